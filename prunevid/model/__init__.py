@@ -1,0 +1,1 @@
+"""Offline model code (torch): config parsing, checkpoint loading, the PLLaVA modules."""

@@ -60,7 +60,10 @@ def prune_options(fn):
 
 def build_config(preset: str, mode: str | None, no_prune: bool, **overrides):
     from prunevid.config import preset as get_preset
+    from prunevid.errors import ConfigError
 
+    if no_prune and mode not in (None, "none"):
+        raise ConfigError(f"--no-prune contradicts --mode {mode}")
     return get_preset(preset).with_overrides(mode="none" if no_prune else mode, **overrides)
 
 
@@ -108,8 +111,10 @@ def run(model_dir, video, question, template, max_new_tokens, as_json, preset, m
 @click.argument("out", type=click.Path(path_type=Path))
 def make_tiny(model, geometry, seed, force, out):
     """Write a randomly initialised model in the public checkpoint layout into OUT."""
+    from prunevid.atomic import check_target
     from prunevid.model.tiny import make_tiny as write
 
+    check_target(out, force)
     click.echo(f"writing a random {model} ({geometry}) into {out} ...", err=True)
     write(out, geometry=geometry, seed=seed, force=force)
     click.echo(str(out))

@@ -14,6 +14,10 @@ from typing import Any
 from prunevid.errors import ConfigError
 
 
+# Far above any video LLM's context at one token per frame; keeps a typo from decoding gigabytes.
+MAX_FRAMES = 512
+
+
 class Mode(str, Enum):
     """How much of PruneVid runs."""
 
@@ -66,8 +70,10 @@ class PruneConfig:
 
     def validate(self, num_layers: int | None = None) -> PruneConfig:
         """Check every setting (and K against ``num_layers`` when given); returns ``self``."""
-        if self.frames < 1:
-            raise ConfigError(f"--frames must be at least 1, got {self.frames}")
+        if not 1 <= self.frames <= MAX_FRAMES:
+            raise ConfigError(f"--frames must be in [1, {MAX_FRAMES}], got {self.frames}")
+        if self.lora_alpha < 0:
+            raise ConfigError(f"--lora-alpha must be >= 0, got {self.lora_alpha}")
         if not 0.0 <= self.tau <= 1.0:
             raise ConfigError(f"--tau must be in [0, 1], got {self.tau}")
         if not 0.0 < self.alpha <= 1.0:

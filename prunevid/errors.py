@@ -1,8 +1,8 @@
 """Typed, user-facing errors.
 
 Every failure a user can cause (a bad file, a bad folder, an impossible setting) raises a
-subclass of :class:`PruneVidError`. The CLI prints ``error: <message>`` on one line and exits
-with status 2 for these; anything else is a bug and keeps its traceback.
+subclass of :class:`PruneVidError`. The CLI prints ``Error: <message>`` on one line and exits
+with status 1 for these; anything else is a bug and keeps its traceback.
 """
 
 

@@ -212,6 +212,9 @@ class EagerPipeline:
         from prunevid.runtime.text import check_fits
 
         prompt = self.prompt(question, template)  # validate the question before any heavy work
+        if not self.cfg.merges:  # the baseline's visual token count is known before decoding
+            check_fits(len(prompt.ids), self.cfg.frames * self.model_cfg.tokens_per_frame, max_new_tokens,
+                       self.model_cfg.text.max_position_embeddings)
         clock = Stopwatch()
         with clock.stage("video"):
             pixels = self.load_pixels(video)

@@ -27,7 +27,8 @@ SINGLE_FILE = "model.safetensors"
 KEY_PREFIXES: tuple[tuple[str, str], ...] = (
     ("language_model.base_model.model.", "language_model."),  # PEFT-wrapped (released PLLaVA)
     ("model.language_model.", "language_model.model."),  # transformers >= 5 in-memory names
-    ("model.vision_tower.", "vision_tower."),
+    ("model.vision_tower.vision_model.", "vision_tower.vision_model."),
+    ("model.vision_tower.", "vision_tower.vision_model."),  # transformers >= 5 flattens CLIPVisionModel
     ("model.multi_modal_projector.", "multi_modal_projector."),
     ("lm_head.", "language_model.lm_head."),
 )

@@ -102,6 +102,34 @@ def run(model_dir, video, question, template, max_new_tokens, as_json, preset, m
     print_answer(result, as_json)
 
 
+@cli.command()
+@click.option("--model", "family", type=click.Choice(["pllava"]), default="pllava", show_default=True,
+              help="Model family; the checkpoint's config.json must match.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Checkpoint folder [the demo's tiny PLLaVA, built on first use].")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Export folder to write.")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--template", default="videoqa", show_default=True, help="Conversation template the runtime uses.")
+@click.option("--force", is_flag=True, help="Replace a non-empty OUT.")
+@prune_options
+def export(family, checkpoint, out, dtype, opset, template, force, preset, mode, no_prune, **overrides):
+    """Export the encoder, merger, two-stage decoder and decode step to ONNX."""
+    from prunevid.exporter.export import ExportOptions
+    from prunevid.exporter.export import export as run_export
+    from prunevid.model.config import read_config
+
+    cfg = build_config(preset, mode, no_prune, **{k: v for k, v in overrides.items() if k != "frames"})
+    checkpoint = checkpoint or demo_model()
+    if read_config(checkpoint).family != family:
+        from prunevid.errors import ModelDirError
+
+        raise ModelDirError(f"{checkpoint} is not a {family} checkpoint")
+    options = ExportOptions(frames=overrides.get("frames"), dtype=dtype, opset=opset, template=template)
+    run_export(checkpoint, out, cfg, options, force=force, progress=lambda msg: click.echo(msg, err=True))
+    click.echo(str(out))
+
+
 @cli.command("make-tiny")
 @click.option("--model", type=click.Choice(["pllava"]), default="pllava", show_default=True)
 @click.option("--geometry", type=click.Choice(["tiny", "bench"]), default="tiny", show_default=True,
@@ -125,6 +153,17 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def demo_model() -> Path:
+    """The demo's tiny PLLaVA in the cache folder, built on first use."""
+    from prunevid.model.tiny import make_tiny
+
+    model_dir = cache_dir() / "tiny-pllava"
+    if not (model_dir / "config.json").is_file():
+        click.echo(f"building the tiny PLLaVA in {model_dir} ...", err=True)
+        make_tiny(model_dir, force=True)
+    return model_dir
+
+
 def demo_clip(cache: Path) -> Path:
     from prunevid.runtime.video import bundled_clips, write_synthetic_clip
 
@@ -142,15 +181,10 @@ def demo_clip(cache: Path) -> Path:
 def demo(video, question, as_json):
     """Run PruneVid and the unpruned baseline on a tiny PLLaVA and a bundled real clip."""
     from prunevid.config import Mode, PruneConfig
-    from prunevid.model.tiny import make_tiny
     from prunevid.reference import EagerPipeline
 
-    cache = cache_dir()
-    model_dir = cache / "tiny-pllava"
-    if not (model_dir / "config.json").is_file():
-        click.echo(f"building the tiny PLLaVA in {model_dir} ...", err=True)
-        make_tiny(model_dir, force=True)
-    clip = video or demo_clip(cache)
+    model_dir = demo_model()
+    clip = video or demo_clip(cache_dir())
     click.echo(f"model {model_dir}\nclip  {clip}\nquestion: {question}", err=True)
     for mode in (Mode.PRUNEVID, Mode.NONE):
         result = EagerPipeline(model_dir, PruneConfig(mode=mode)).run(clip, question, max_new_tokens=16)

@@ -17,18 +17,16 @@ It is the oracle for the exported graphs; speed is not its goal.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from prunevid.config import PruneConfig
 from prunevid.model.llama import KV, LlamaForCausalLM, causal_mask
 from prunevid.pruning import MergedVideo, merge_video_tokens, scoring_attention, select_visual_tokens
+from prunevid.runtime.report import Answer, Stopwatch
 
 
 @dataclass(frozen=True)
@@ -138,49 +136,6 @@ def greedy(
         if token == eos_id or j == max_new_tokens - 1:
             return
         logits, caches = decode_step(lm, embed, token, state.seq_len + j, caches)
-
-
-@dataclass
-class Answer:
-    """What ``prunevid run`` reports (``to_json`` is the ``--json`` output)."""
-
-    answer: str
-    token_ids: list[int]
-    visual_tokens: dict[str, int]
-    timings_ms: dict[str, float]
-    prompt_tokens: dict[str, int]
-    segments: dict[str, list[int]] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ttft_ms(self) -> float:
-        t = self.timings_ms
-        return t["encoder"] + t["merge"] + t["prefill"]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "answer": self.answer,
-            "token_ids": self.token_ids,
-            "visual_tokens": self.visual_tokens,
-            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
-            "ttft_ms": round(self.ttft_ms, 3),
-            "prompt_tokens": self.prompt_tokens,
-            "segments": self.segments,
-            "settings": self.settings,
-        }
-
-
-class Stopwatch:
-    """Named wall-clock stages in milliseconds."""
-
-    def __init__(self) -> None:
-        self.ms: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        yield
-        self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
 
 
 class EagerPipeline:

@@ -1,0 +1,1 @@
+"""Offline side: torch stages, ONNX export, TensorRT build."""

@@ -1,0 +1,265 @@
+"""``prunevid export``: a checkpoint folder in, an export folder out.
+
+    load checkpoint --> eager stages on sample inputs (also the trace inputs)
+    --> per graph: torch.onnx.export (TorchScript exporter) --> attach prunevid op functions
+        --> onnx.checker (full, strict shape inference) --> sha256
+    --> tokenizer and preprocessor files, manifest.json
+
+The folder is built beside the target and renamed into place at the end (see
+:mod:`prunevid.atomic`), so an interrupted export never leaves a folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunevid import __version__, spec
+from prunevid.atomic import atomic_dir
+from prunevid.config import PruneConfig
+from prunevid.errors import ConfigError, ModelDirError
+from prunevid.plugins.ops import DOMAIN, DOMAIN_VERSION
+
+TWO_GB = 2**31 - 1
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+SAMPLE_QUESTION = "What happens in this video?"
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What ``prunevid export`` was asked for."""
+
+    frames: int | None = None  # default: the checkpoint's num_frames
+    dtype: str = "fp32"
+    opset: int = 18
+    template: str = "videoqa"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_hash(model_dir: Path) -> str:
+    """sha256 over the names and contents of config.json and every weight file."""
+    from prunevid.model.checkpoint import weight_files
+
+    digest = hashlib.sha256()
+    for path in [model_dir / "config.json", *weight_files(model_dir)]:
+        digest.update(path.name.encode())
+        digest.update(sha256(path).encode())
+    return digest.hexdigest()
+
+
+def geometry(model, frames: int, cfg: PruneConfig) -> spec.Geometry:
+    mc = model.cfg
+    return spec.Geometry(
+        frames=frames,
+        tokens_per_frame=mc.tokens_per_frame,
+        hidden=mc.text.hidden_size,
+        image_size=mc.vision.image_size,
+        num_layers=mc.text.num_hidden_layers,
+        select_layer=cfg.layer,
+        kv_heads=mc.text.kv_heads,
+        head_dim=mc.text.dim_per_head,
+        vocab=mc.text.vocab_size,
+    )
+
+
+def dim_ranges(g: spec.Geometry, max_positions: int) -> dict[str, dict[str, int]]:
+    """min / opt / max of every symbolic dimension (TensorRT profiles, documentation)."""
+    v = g.max_visual
+    opt_text = 96
+    return {
+        "frames": {"min": 1, "opt": g.frames, "max": g.frames},
+        "text_len": {"min": 2, "opt": opt_text, "max": max_positions},
+        "visual_rows": {"min": 1, "opt": v, "max": v},
+        "merged": {"min": 1, "opt": v // 2, "max": v},
+        "seq": {"min": 2, "opt": opt_text + v // 2, "max": max_positions},
+        "kept": {"min": 2, "opt": opt_text + v // 8, "max": max_positions},
+        "past": {"min": 2, "opt": opt_text + v // 8, "max": max_positions},
+        "past_plus_one": {"min": 3, "opt": opt_text + v // 8 + 1, "max": max_positions},
+    }
+
+
+class Exporter:
+    """Builds the stages of one checkpoint and exports them graph by graph."""
+
+    def __init__(self, checkpoint: Path, cfg: PruneConfig, options: ExportOptions, progress: Progress):
+        from prunevid.model.checkpoint import load_model
+        from prunevid.runtime.text import TextTokenizer, build_prompt
+
+        self.checkpoint, self.options, self.progress = Path(checkpoint), options, progress
+        self.model, self.model_cfg = load_model(self.checkpoint, cfg.lora_alpha)
+        frames = options.frames or self.model_cfg.num_frames
+        self.cfg = cfg.with_overrides(frames=frames).validate(self.model_cfg.text.num_hidden_layers)
+        if options.dtype not in DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {options.dtype}")
+        if not 17 <= options.opset <= 21:
+            raise ConfigError(f"--opset must be in [17, 21], got {options.opset}")
+        self.geometry = geometry(self.model, frames, self.cfg)
+        self.graphs = spec.graphs(self.geometry)
+        tok = TextTokenizer.from_dir(self.checkpoint)
+        self.tokenizer = tok
+        self.prompt = build_prompt(tok, SAMPLE_QUESTION, options.template, self.model_cfg.image_token_index)
+
+    def stages_and_inputs(self) -> dict[str, tuple[torch.nn.Module, tuple]]:
+        """Each graph's module and trace inputs, produced by running the stages eagerly in order."""
+        from prunevid.exporter.merger import MergerStage
+        from prunevid.exporter.stages import DecodeStepStage, EncoderStage, LateStage, PrefillStage, SelectStage
+
+        g, model, k = self.geometry, self.model, self.cfg.layer
+        gen = torch.Generator().manual_seed(0)
+        pixels = torch.randn(g.frames, 3, g.image_size, g.image_size, generator=gen)
+        stages = {
+            "encoder": EncoderStage(model),
+            "merger": MergerStage(self.cfg, g.frames, g.tokens_per_frame),
+            "decoder_prefill": PrefillStage(model, k),
+            "select": SelectStage(self.cfg, g.tokens_per_frame),
+            "decoder_late": LateStage(model, k),
+            "decode_step": DecodeStepStage(model),
+        }
+        ids = torch.tensor(self.prompt.ids)
+        pos = torch.tensor(self.prompt.image_pos)
+        with torch.inference_mode():
+            feats = stages["encoder"](pixels)
+            merged, num, groups, _ = stages["merger"](feats)
+            pre = stages["decoder_prefill"](ids, pos, merged, num)
+            keep = stages["select"](pre[1], groups, pos, ids)
+            late = stages["decoder_late"](pre[0], keep, *pre[2:])
+        token = torch.argmax(late[0]).reshape(1)
+        position = torch.tensor([ids.shape[0] - 1 + int(num)])
+        return {
+            "encoder": (stages["encoder"], (pixels,)),
+            "merger": (stages["merger"], (feats,)),
+            "decoder_prefill": (stages["decoder_prefill"], (ids, pos, merged, num)),
+            "select": (stages["select"], (pre[1], groups, pos, ids)),
+            "decoder_late": (stages["decoder_late"], (pre[0], keep, *pre[2:])),
+            "decode_step": (stages["decode_step"], (token, position, *late[1:])),
+        }
+
+    def export_graph(self, name: str, module: torch.nn.Module, args: tuple, out: Path) -> dict[str, Any]:
+        import onnx
+
+        from prunevid.plugins.onnx_functions import attach_functions
+
+        graph = self.graphs[name]
+        path = out / graph.file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        axes = {t.name: {i: d for i, d in enumerate(t.dims) if isinstance(d, str)} for t in graph.inputs + graph.outputs}
+        dtype = DTYPES[self.options.dtype]
+        module = module.to(dtype) if dtype != torch.float32 else module
+        args = tuple(a.to(dtype) if a.is_floating_point() else a for a in args)
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module, args, str(path), dynamo=False, opset_version=self.options.opset,
+                input_names=graph.input_names, output_names=graph.output_names, dynamic_axes=axes,
+                custom_opsets={DOMAIN: DOMAIN_VERSION} if graph.custom_ops else None, do_constant_folding=True,
+            )
+        model = onnx.load(str(path), load_external_data=False)
+        attach_functions(model)
+        external = self._save(model, path)
+        onnx.checker.check_model(str(path), full_check=True)
+        files = [path] + ([path.with_suffix(".onnx.data")] if external else [])
+        return {
+            "file": graph.file,
+            "sha256": {f.name: sha256(f) for f in files},
+            "external_data": external,
+            "inputs": [self._tensor_entry(t) for t in graph.inputs],
+            "outputs": [self._tensor_entry(t) for t in graph.outputs],
+            "doc": graph.doc,
+        }
+
+    def _save(self, model, path: Path) -> bool:
+        import onnx
+
+        has_external = any(
+            t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer
+        )
+        if has_external or model.ByteSize() > TWO_GB:
+            onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=path.name + ".data")
+            return True
+        onnx.save_model(model, str(path))
+        return False
+
+    def _tensor_entry(self, t: spec.Tensor) -> dict[str, Any]:
+        ranges = dim_ranges(self.geometry, self.model_cfg.text.max_position_embeddings)
+        shape = {key: [ranges[d][key] if isinstance(d, str) else d for d in t.dims] for key in ("min", "opt", "max")}
+        dtype = self.options.dtype if t.dtype == "float32" else t.dtype
+        dtype = {"fp32": "float32", "fp16": "float16"}.get(dtype, dtype)
+        return {"name": t.name, "dtype": dtype, "dims": list(t.dims), **shape}
+
+    def manifest(self, graph_entries: dict[str, Any]) -> dict[str, Any]:
+        import onnx
+
+        mc = self.model_cfg
+        return {
+            "format_version": spec.FORMAT_VERSION,
+            "family": mc.family,
+            "versions": {"prunevid": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
+            "opset": self.options.opset,
+            "dtype": self.options.dtype,
+            "source": {"path": str(self.checkpoint.resolve()), "sha256": checkpoint_hash(self.checkpoint)},
+            "prune": self.cfg.to_json(),
+            "geometry": self.geometry.__dict__,
+            "model": {
+                "image_token_index": mc.image_token_index,
+                "max_position_embeddings": mc.text.max_position_embeddings,
+                "template": self.options.template,
+            },
+            "dims": dim_ranges(self.geometry, mc.text.max_position_embeddings),
+            "graphs": graph_entries,
+            "files": {},
+        }
+
+
+def copy_support_files(src: Path, out: Path) -> dict[str, str]:
+    """Tokenizer, preprocessor and config files the runtime reads, with their hashes."""
+    hashes = {}
+    for name in (*spec.TOKENIZER_FILES, spec.PREPROCESSOR_FILE, "config.json"):
+        if (src / name).is_file():
+            shutil.copy2(src / name, out / name)
+            hashes[name] = sha256(out / name)
+    if "tokenizer.json" not in hashes:
+        raise ModelDirError(f"no tokenizer.json in {src}")
+    return hashes
+
+
+def export(checkpoint: str | Path, out: str | Path, cfg: PruneConfig, options: ExportOptions,
+           *, force: bool = False, progress: Progress = lambda _msg: None) -> Path:
+    """Export every graph of ``checkpoint`` into ``out`` atomically; returns ``out``."""
+    from prunevid.atomic import check_target
+
+    out = Path(out)
+    check_target(out, force)  # refuse before any heavy work
+    progress(f"loading {checkpoint}")
+    exporter = Exporter(Path(checkpoint), cfg, options, progress)
+    with atomic_dir(out, force=force) as tmp:
+        progress("running the stages eagerly for trace inputs")
+        plan = exporter.stages_and_inputs()
+        entries = {}
+        for i, name in enumerate(spec.GRAPH_ORDER, 1):
+            progress(f"[{i}/{len(spec.GRAPH_ORDER)}] exporting {name}")
+            module, args = plan[name]
+            entries[name] = exporter.export_graph(name, module, args, tmp)
+        progress("hashing the source checkpoint")
+        manifest = exporter.manifest(entries)
+        manifest["files"] = copy_support_files(exporter.checkpoint, tmp)
+        (tmp / spec.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    progress(f"wrote {out}")
+    return out

@@ -1,0 +1,169 @@
+"""PruneVid's stages A-C as one fixed-shape torch module, exportable as the ``merger`` graph.
+
+The eager reference (:func:`prunevid.pruning.merge_video_tokens`) loops over segments, frames and
+groups with data-dependent sizes. This module computes the same tokens in the same order for a
+fixed ``[T, L, C]`` input, batched over all groups at once:
+
+    frames [T,L,C] --mean--> [T,C] --PvDpcKnn--> labels [T] --refine (unrolled over T)--> segment of each frame
+    static test per (segment, location) --> static means [S,L,C] and dynamic masks
+    groups: T static slots + T frames, each compacted to the front in raster order  [2T, L, C]
+    PvDpcKnn on all groups at once --> cluster means for groups of > 14 tokens      [2T, L, C]
+    groups sorted into token order (static of s, then its frames) --> scattered into [T*L, C]
+
+Outputs: merged tokens ``[T*L, C]`` (rows past ``num_merged`` are zero), ``num_merged``, the group
+sizes in token order ``[2T]`` (trailing zeros) and the window sizes ``[T]`` (trailing zeros).
+``T`` is fixed per export; data-dependent sizes live in masks. Group sizes go through exact lookup
+tables (``int(n * ratio)`` computed in Python at build time), never float rounding in the graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunevid.config import PruneConfig
+from prunevid.pruning.merge import MERGE_MIN_GROUP
+
+
+def _scalar(value: int) -> torch.Tensor:
+    return torch.tensor(value, dtype=torch.int64)
+
+
+def refine_unrolled(labels: torch.Tensor) -> torch.Tensor:
+    """:func:`prunevid.pruning.refine_segments` for a fixed length ``T``, as tensor ops only.
+
+    The left-to-right fill is unrolled over ``T`` (a Python loop at trace time), each step reading
+    the labels already filled, exactly as the official scan does.
+    """
+    t = labels.shape[0]
+    change = torch.cat([torch.ones(1, dtype=torch.bool), labels[1:] != labels[:-1]])  # [T]
+    run_id = torch.cumsum(change.long(), 0) - 1  # [T]
+    run_len = (run_id[:, None] == run_id[None, :]).long().sum(1)  # [T]
+    same_label = labels[:, None] == labels[None, :]  # [T, T]
+    longest = (same_label.long() * run_len[None, :]).amax(1)  # [T]
+    unassigned = (longest == 1) | (run_len != longest)
+    out = torch.where(unassigned, torch.full_like(labels, -1), labels)  # [T]
+
+    # Right-hand information on the labels before filling: the length of the run starting at j,
+    # and the first assigned index at or after i (t when there is none).
+    right_len: list[torch.Tensor] = [_scalar(1)] * t
+    next_assigned: list[torch.Tensor] = [_scalar(t)] * (t + 1)
+    for j in range(t - 1, -1, -1):
+        if j < t - 1:
+            right_len[j] = torch.where(out[j] == out[j + 1], right_len[j + 1] + 1, _scalar(1))
+        next_assigned[j] = torch.where(out[j] != -1, _scalar(j), next_assigned[j + 1])
+    right_len_t = torch.stack(right_len)  # [T]
+
+    filled: list[torch.Tensor] = []
+    left_run: list[torch.Tensor] = []
+    for i in range(t):
+        nxt = next_assigned[i]
+        has_right = nxt < t
+        at = nxt.clamp(max=t - 1).reshape(1)
+        right_label = torch.where(has_right, out.index_select(0, at)[0], _scalar(0))
+        right_run = torch.where(has_right, right_len_t.index_select(0, at)[0], _scalar(0))
+        if i == 0:
+            value = torch.where(out[0] == -1, right_label, out[0])
+            run = _scalar(1)
+        else:
+            choose = torch.where(left_run[i - 1] >= right_run, filled[i - 1], right_label)
+            start = out[i - 1] != -1
+            value = torch.where(out[i] == -1, torch.where(start, choose, filled[i - 1]), out[i])
+            run = torch.where(value == filled[i - 1], left_run[i - 1] + 1, _scalar(1))
+        filled.append(value)
+        left_run.append(run)
+    return torch.stack(filled)  # [T]
+
+
+class MergerStage(nn.Module):
+    """Stages A-C for clips of exactly ``frames`` frames of ``tokens_per_frame`` tokens."""
+
+    def __init__(self, cfg: PruneConfig, frames: int, tokens_per_frame: int):
+        super().__init__()
+        self.cfg = cfg
+        self.frames, self.tokens = frames, tokens_per_frame
+        self.temporal_clusters = int(frames * cfg.temporal_segment_ratio)
+        sizes = range(tokens_per_frame + 1)
+        clustered = [n >= MERGE_MIN_GROUP for n in sizes]
+        self.register_buffer("clustered", torch.tensor(clustered), persistent=False)  # [L+1]
+        self.register_buffer(
+            "num_clusters", torch.tensor([int(n * cfg.cluster_ratio) if c else 0 for n, c in zip(sizes, clustered)]),
+            persistent=False,
+        )  # [L+1]
+
+    def segments(self, video: torch.Tensor) -> torch.Tensor:
+        """Stage A: ``[T, L, C] -> [T]`` segment index of each frame (0, 0, 1, 1, 1, 2, ...)."""
+        from prunevid.plugins.torch_ops import dpc_knn_op
+
+        t = video.shape[0]
+        frame = video.mean(dim=1).unsqueeze(0)  # [1, T, C]
+        labels, _ = dpc_knn_op(frame, torch.ones(1, t, dtype=torch.bool),
+                               torch.full((1,), self.temporal_clusters, dtype=torch.int64), self.cfg.temporal_k)
+        refined = refine_unrolled(labels[0])  # [T]
+        change = torch.cat([torch.zeros(1, dtype=torch.int64), (refined[1:] != refined[:-1]).long()])
+        return torch.cumsum(change, 0)  # [T]
+
+    def static_split(self, video: torch.Tensor, seg: torch.Tensor):
+        """Stage B: static mask ``[S, L]`` (S = T slots), window sizes ``[S]``, static means ``[S, L, C]``."""
+        t, l, c = video.shape
+        member = seg[None, :] == torch.arange(t)[:, None]  # [S, T]: frame t in segment s
+        w = member.long().sum(1)  # [S]
+        normed = F.normalize(video, p=2, dim=-1)  # [T, L, C]
+        gram = torch.einsum("tlc,ulc->ltu", normed, normed)  # [L, T, T]
+        same = (seg[:, None] == seg[None, :]).float()  # [T, T]
+        inner = (gram * same).sum(-1) - 1  # [L, T]: sum over the frame's own window, minus 1
+        sim = member.float() @ inner.t()  # [S, L]
+        pairs = (w * (w - 1)).clamp(min=1).float()  # [S]
+        static = (sim / pairs[:, None] > self.cfg.tau) & (w > 1)[:, None]  # [S, L]
+        means = (member.float() @ video.reshape(t, l * c)).reshape(t, l, c)  # [S, L, C] sums
+        means = means / w.clamp(min=1).float()[:, None, None]
+        return static, w, means
+
+    def merge_groups(self, tokens: torch.Tensor, mask: torch.Tensor):
+        """Stage C on all groups: ``[G, L, C]`` with member masks ``[G, L]`` to tokens and counts."""
+        from prunevid.plugins.torch_ops import dpc_knn_op
+
+        g, l, _ = tokens.shape
+        slots = torch.arange(l)
+        pos = torch.cumsum(mask.long(), 1) - 1  # [G, L] slot of each member
+        pick = mask[:, :, None] & (pos[:, :, None] == slots[None, None, :])  # [G, L(src), L(slot)]
+        src = (pick.long() * slots[None, :, None]).sum(1)  # [G, L] source location of each slot
+        compact = torch.gather(tokens, 1, src[:, :, None].expand_as(tokens))  # [G, L, C], raster order
+        n = mask.long().sum(1)  # [G]
+        valid = slots[None, :] < n[:, None]  # [G, L]
+        clusters = self.num_clusters.index_select(0, n)  # [G]
+        labels, _ = dpc_knn_op(compact, valid, clusters.clamp(min=1), self.cfg.spatial_k)  # [G, L]
+        onehot = ((labels[:, :, None] == slots[None, None, :]) & valid[:, :, None]).float()  # [G, L(tok), L(cl)]
+        sums = onehot.transpose(1, 2) @ compact  # [G, L(cl), C]
+        counts = onehot.sum(1)  # [G, L(cl)]
+        means = sums / counts.clamp(min=1)[:, :, None]
+        merged = self.clustered.index_select(0, n)  # [G]
+        out = torch.where(merged[:, None, None], means, compact)  # [G, L, C]
+        return out, torch.where(merged, clusters, n)
+
+    def forward(self, video: torch.Tensor):
+        t, l, c = video.shape
+        seg = self.segments(video)  # [T]
+        static, w, means = self.static_split(video, seg)
+        dynamic = ~static.index_select(0, seg)  # [T, L]: frame t's dynamic locations
+        tokens = torch.cat([means, video])  # [2T, L, C]: static slot s, then frame t
+        mask = torch.cat([static & (w > 0)[:, None], dynamic])  # [2T, L]
+        out, counts = self.merge_groups(tokens, mask)
+
+        # token order: static group of segment s at key 2*start_s, frame t at 2t + 1; unused slots last
+        member = seg[None, :] == torch.arange(t)[:, None]  # [S, T]
+        start = torch.argmax(member.long(), dim=1)  # [S]: first frame of each segment
+        slot_key = torch.where(w > 0, 2 * start, 4 * t + torch.arange(t))  # [S]
+        keys = torch.cat([slot_key, 2 * torch.arange(t) + 1])  # [2T]
+        order = torch.argsort(keys)  # [2T]
+        counts = counts.index_select(0, order)  # [2T], token order
+        out = out.index_select(0, order).reshape(2 * t * l, c)  # [2T*L, C]
+        ends = torch.cumsum(counts, 0)  # [2T]
+        total = ends[-1]
+        rows = torch.arange(t * l)  # [T*L]
+        group = (ends[None, :] <= rows[:, None]).long().sum(1).clamp(max=2 * t - 1)  # [T*L]
+        within = rows - (ends - counts).index_select(0, group)  # [T*L]
+        src = (group * l + within).clamp(min=0, max=2 * t * l - 1)
+        merged = out.index_select(0, src) * (rows < total).float()[:, None]  # [T*L, C]
+        return merged, total, counts, w

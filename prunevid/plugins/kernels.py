@@ -36,7 +36,7 @@ def _pairwise_distance(x: torch.Tensor) -> torch.Tensor:
 def _rank_before(
     score_j: torch.Tensor, score_i: torch.Tensor, lower_j: torch.Tensor, eligible_j: torch.Tensor
 ) -> torch.Tensor:
-    """``before[..., i, j]``: ``j`` ranks ahead of ``i`` (higher score, or equal score and lower index)."""
+    """``before[..., i, j]``: ``j`` ranks ahead of ``i`` (higher score, or tie and lower index)."""
     return ((score_j > score_i) | ((score_j == score_i) & lower_j)) & eligible_j
 
 
@@ -134,6 +134,7 @@ def group_topk(
         )
     m = scores.shape[0]
     device = scores.device
+    scores = scores.float()
     idx = torch.arange(m, dtype=torch.int64, device=device)  # [M]
     ends = torch.cumsum(group_sizes.long(), dim=0)  # [G]
     group_id = (ends[None, :] <= idx[:, None]).long().sum(dim=-1)  # [M], G past the last group

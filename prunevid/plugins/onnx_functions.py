@@ -59,7 +59,7 @@ class _Body:
         return self.op("Constant", out=self._name(hint), value=tensor)
 
     def reduce(self, op_type: str, data: str, axes: list[int], keepdims: int) -> str:
-        """ReduceX over ``axes``: axes as an input from opset 18 on (13 for ReduceSum), else an attribute."""
+        """ReduceX over ``axes``: an input from opset 18 (13 for ReduceSum) on, else an attribute."""
         axes_as_input = self.opset >= (13 if op_type == "ReduceSum" else 18)
         if axes_as_input:
             axes_t = self.const(axes, TensorProto.INT64, "axes", shape=(len(axes),))

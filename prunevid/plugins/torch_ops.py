@@ -3,8 +3,10 @@
 Eagerly each op runs its kernel (:mod:`prunevid.plugins.kernels`); under the TorchScript ONNX
 exporter (``torch.onnx.export(..., dynamo=False, custom_opsets={"prunevid": 1})``) it becomes one
 ``prunevid::<name>`` node carrying the op's attributes and the plugin routing attributes of
-:mod:`prunevid.plugins.ops`. Call :func:`prunevid.plugins.onnx_functions.attach_functions` on the
-exported model to add the standard-op function bodies.
+:mod:`prunevid.plugins.ops`. Inputs of another element type than the table's (a float16 export)
+are cast to it in front of the node, as the kernels cast them eagerly. Call
+:func:`prunevid.plugins.onnx_functions.attach_functions` on the exported model to add the
+standard-op function bodies.
 """
 
 from __future__ import annotations
@@ -40,6 +42,23 @@ def _symbolic_attrs(spec, **values) -> dict:
     return out
 
 
+# table dtype -> (TorchScript scalar type, ONNX TensorProto element type)
+_SCALAR_TYPES = {"float32": ("Float", 1), "int64": ("Long", 7), "bool": ("Bool", 9)}
+
+
+def _inputs_as_table_types(g, spec, values) -> list:
+    """Cast each input to the element type of the table (e.g. a float16 export feeds ``x``)."""
+    out = []
+    for t, value in zip(spec.inputs, values):
+        want, onnx_type = _SCALAR_TYPES[t.dtype]
+        try:
+            have = value.type().scalarType()
+        except (AttributeError, RuntimeError):
+            have = None
+        out.append(value if have == want else g.op("Cast", value, to_i=onnx_type))
+    return out
+
+
 def _typed(value, like, dtype: torch.dtype, sizes):
     """Give a symbolic output a tensor type (``sizes`` may hold None for unknown dims)."""
     try:
@@ -67,9 +86,7 @@ class _DpcKnn(torch.autograd.Function):
     def symbolic(g, x, valid, num_clusters, k):  # noqa: D102
         labels, centers = g.op(
             f"{DOMAIN}::{_DPC_KNN.name}",
-            x,
-            valid,
-            num_clusters,
+            *_inputs_as_table_types(g, _DPC_KNN, (x, valid, num_clusters)),
             outputs=len(_DPC_KNN.outputs),
             **_symbolic_attrs(_DPC_KNN, k=int(k)),
         )
@@ -87,9 +104,7 @@ class _GroupTopK(torch.autograd.Function):
     def symbolic(g, scores, group_sizes, keep_counts):  # noqa: D102
         keep = g.op(
             f"{DOMAIN}::{_GROUP_TOPK.name}",
-            scores,
-            group_sizes,
-            keep_counts,
+            *_inputs_as_table_types(g, _GROUP_TOPK, (scores, group_sizes, keep_counts)),
             outputs=len(_GROUP_TOPK.outputs),
             **_symbolic_attrs(_GROUP_TOPK),
         )

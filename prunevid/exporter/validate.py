@@ -1,0 +1,174 @@
+"""``prunevid check``: every exported graph against the eager stages, then answers end to end.
+
+Per graph, the torch stage (the same module that was exported, running eagerly on the original
+weights) and ONNX Runtime get identical fresh inputs, at shapes other than the export's trace
+shapes where the graph has dynamic dimensions (fewer frames, another question length, another
+merged-token count, another cache length). Float outputs must satisfy
+``|ort - torch| <= atol + rtol * |torch|`` elementwise; integer outputs must be equal. Then the
+runtime's generated token ids must equal the eager reference's, with pruning on and off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prunevid import spec
+from prunevid.config import Mode, PruneConfig
+
+# (atol, rtol) per graph for float32 outputs; integer outputs are compared exactly.
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "encoder": (1e-4, 1e-4),
+    "merger": (1e-5, 1e-5),
+    "decoder_prefill": (1e-4, 1e-4),
+    "select": (0.0, 0.0),
+    "decoder_late": (1e-4, 1e-4),
+    "decode_step": (1e-4, 1e-4),
+}
+CHECK_QUESTIONS = ("What happens in this video?", "Describe the main object and how it moves, step by step, in detail.")
+
+
+@dataclass
+class OutputCheck:
+    graph: str
+    output: str
+    shape: tuple[int, ...]
+    max_abs: float
+    max_rel: float
+    ok: bool
+
+    def line(self) -> str:
+        atol, rtol = TOLERANCES[self.graph]
+        verdict = "ok" if self.ok else "FAIL"
+        return (f"{self.graph:16s} {self.output:28s} {str(self.shape):18s} max_abs {self.max_abs:.2e} "
+                f"max_rel {self.max_rel:.2e} (atol {atol:g}, rtol {rtol:g}) {verdict}")
+
+
+@dataclass
+class CheckReport:
+    outputs: list[OutputCheck] = field(default_factory=list)
+    end_to_end: list[tuple[str, str, bool]] = field(default_factory=list)  # (mode, question, equal)
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outputs) and all(e[2] for e in self.end_to_end)
+
+
+def compare(graph: str, name: str, got: np.ndarray, want: np.ndarray) -> OutputCheck:
+    atol, rtol = TOLERANCES[graph]
+    if got.shape != want.shape:
+        return OutputCheck(graph, name, tuple(got.shape), float("inf"), float("inf"), False)
+    if not np.issubdtype(want.dtype, np.floating):
+        equal = bool(np.array_equal(got, want))
+        return OutputCheck(graph, name, tuple(got.shape), 0.0 if equal else float("inf"), 0.0, equal)
+    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    scale = np.abs(want.astype(np.float64))
+    rel = diff / np.maximum(scale, 1e-12)
+    ok = bool(np.all(diff <= atol + rtol * scale))
+    return OutputCheck(graph, name, tuple(got.shape), float(diff.max(initial=0.0)), float(rel.max(initial=0.0)), ok)
+
+
+class GraphChecker:
+    """Runs each torch stage and its ONNX graph on the same inputs."""
+
+    def __init__(self, artifact, model, cfg: PruneConfig, tokenizer):
+        from prunevid.exporter.merger import MergerStage
+        from prunevid.exporter.stages import DecodeStepStage, EncoderStage, LateStage, PrefillStage, SelectStage
+        from prunevid.runtime.backend import OrtBackend
+
+        g = artifact.geometry
+        self.artifact, self.geometry, self.tokenizer = artifact, g, tokenizer
+        self.stages = {
+            "encoder": EncoderStage(model),
+            "merger": MergerStage(cfg, g.frames, g.tokens_per_frame),
+            "decoder_prefill": PrefillStage(model, g.select_layer),
+            "select": SelectStage(cfg, g.tokens_per_frame),
+            "decoder_late": LateStage(model, g.select_layer),
+            "decode_step": DecodeStepStage(model),
+        }
+        self.backend = OrtBackend({n: artifact.graph_path(n) for n in spec.GRAPH_ORDER})
+        self.graphs = spec.graphs(g)
+        self.report = CheckReport()
+
+    def step(self, name: str, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Run graph ``name`` both ways, record the comparison, return the torch outputs."""
+        graph = self.graphs[name]
+        with torch.inference_mode():
+            want = self.stages[name](*args)
+        want = want if isinstance(want, tuple) else (want,)
+        feeds = {t.name: a.numpy() for t, a in zip(graph.inputs, args)}
+        got = self.backend.run(name, feeds)
+        for t, w in zip(graph.outputs, want):
+            self.report.outputs.append(compare(name, t.name, self.backend.host(got[t.name]), w.numpy()))
+        return want
+
+    def run_all(self, seed: int = 1) -> None:
+        g = self.geometry
+        gen = torch.Generator().manual_seed(seed)
+        frames = max(1, g.frames - 3)  # not the export's frame count
+        self.step("encoder", torch.randn(frames, 3, g.image_size, g.image_size, generator=gen))
+        video = torch.randn(g.frames, 3, g.image_size, g.image_size, generator=gen)
+        video[g.frames // 2 :] += 1.5  # a scene cut, so several segments
+        (feats,) = self.step("encoder", video)
+        merged, num, groups, _ = self.step("merger", feats)
+        from prunevid.runtime.text import build_prompt
+
+        model = self.artifact.manifest["model"]
+        prompt = build_prompt(self.tokenizer, CHECK_QUESTIONS[1], model["template"], model["image_token_index"])
+        ids, pos = torch.tensor(prompt.ids), torch.tensor(prompt.image_pos)
+        pre = self.step("decoder_prefill", ids, pos, merged, num)
+        (keep,) = self.step("select", pre[1], groups, pos, ids)
+        late = self.step("decoder_late", pre[0], keep, *pre[2:])
+        token = torch.argmax(late[0]).reshape(1)
+        position = torch.tensor([ids.shape[0] - 1 + int(num)])
+        self.step("decode_step", token, position, *late[1:])
+
+
+def end_to_end(engine_dir: Path, checkpoint: Path, cfg: PruneConfig, clip: Path, progress) -> list[tuple[str, str, bool]]:
+    """Generated token ids of the runtime against the eager reference, pruning on and off."""
+    from prunevid.reference import EagerPipeline
+    from prunevid.runtime.pipeline import RuntimePipeline
+
+    results = []
+    for mode in ("prunevid", "none"):
+        runtime = RuntimePipeline(engine_dir, mode=mode)
+        eager = EagerPipeline(checkpoint, PruneConfig(**{**cfg.to_json(), "mode": Mode(mode)}))
+        for question in CHECK_QUESTIONS:
+            a = runtime.run(clip, question, max_new_tokens=12)
+            b = eager.run(clip, question, max_new_tokens=12)
+            same = a.token_ids == b.token_ids and a.visual_tokens == b.visual_tokens
+            progress(f"end to end [{mode}] {'same' if same else 'DIFFERENT'} tokens: {question!r}")
+            results.append((mode, question, same))
+    return results
+
+
+def check_export(engine_dir: str | Path, checkpoint: str | Path | None = None, *, clip: Path | None = None,
+                 progress: Callable[[str], None] = lambda _m: None) -> CheckReport:
+    """Check every graph of ``engine_dir`` against the eager stages of its source checkpoint."""
+    from prunevid.errors import ArtifactError
+    from prunevid.exporter.export import checkpoint_hash
+    from prunevid.model.checkpoint import load_model
+    from prunevid.runtime.artifact import open_artifact
+    from prunevid.runtime.text import TextTokenizer
+
+    artifact = open_artifact(engine_dir)
+    source = Path(checkpoint or artifact.manifest["source"]["path"])
+    if not source.is_dir():
+        raise ArtifactError(f"source checkpoint {source} not found; pass --checkpoint DIR")
+    if checkpoint_hash(source) != artifact.manifest["source"]["sha256"]:
+        raise ArtifactError(f"{source} is not the checkpoint this folder was exported from (sha256 differs)")
+    settings = {**artifact.prune, "mode": Mode(artifact.prune["mode"])}
+    cfg = PruneConfig(**settings)
+    progress(f"loading {source}")
+    model, _ = load_model(source, cfg.lora_alpha)
+    checker = GraphChecker(artifact, model, cfg, TextTokenizer.from_dir(artifact.root))
+    progress("comparing each graph with its torch stage on fresh inputs")
+    checker.run_all()
+    report = checker.report
+    if clip is not None:
+        report.end_to_end = end_to_end(Path(engine_dir), source, cfg, clip, progress)
+    return report

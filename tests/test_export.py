@@ -1,0 +1,232 @@
+"""The export folder: graphs, custom ops, manifest, atomicity, and the runtime against the eager
+reference (token ids, token counts and, per graph, outputs within the stated tolerances)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from prunevid import spec
+from prunevid.config import Mode, PruneConfig
+from prunevid.errors import ArtifactError
+from prunevid.exporter.export import ExportOptions, export
+from prunevid.plugins.ops import OPS, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from prunevid.reference import EagerPipeline
+from prunevid.runtime.pipeline import RuntimePipeline
+from prunevid.runtime.video import write_synthetic_clip
+
+QUESTIONS = (
+    "What are the people doing?",
+    "Describe the scene in one short sentence.",
+    "Which objects move from the left side of the frame to the right side, and how fast do they move?",
+    "Is it day or night?",
+    "What colour is the largest object, and what happens to it at the end of the clip?",
+)
+
+
+def load(export_dir, name):
+    return onnx.load(str(export_dir / spec.GRAPH_DIR / f"{name}.onnx"))
+
+
+@pytest.mark.parametrize("name", spec.GRAPH_ORDER)
+def test_every_graph_passes_the_full_checker_with_strict_shape_inference(tiny_export, name):
+    model = load(tiny_export, name)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    graph = spec.graphs(spec.Geometry(**json.loads((tiny_export / spec.MANIFEST).read_text())["geometry"]))[name]
+    assert [i.name for i in model.graph.input] == graph.input_names
+    assert [o.name for o in model.graph.output] == graph.output_names
+
+
+@pytest.mark.parametrize("name", ["merger", "select"])
+def test_custom_ops_carry_plugin_attributes_and_function_bodies(tiny_export, name):
+    model = load(tiny_export, name)
+    graph = spec.graphs(spec.Geometry(**json.loads((tiny_export / spec.MANIFEST).read_text())["geometry"]))[name]
+    nodes = [n for n in model.graph.node if n.domain == "prunevid"]
+    assert {n.op_type for n in nodes} == set(graph.custom_ops)
+    for node in nodes:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["plugin_namespace"] == PLUGIN_NAMESPACE.encode()
+        assert attrs["plugin_version"] == PLUGIN_VERSION.encode()
+        assert node.op_type in OPS
+    assert {f.name for f in model.functions} == set(graph.custom_ops)
+    assert all(f.domain == "prunevid" for f in model.functions)
+
+
+def test_manifest_records_hashes_shapes_settings_and_versions(tiny_export, tiny_model_dir):
+    from prunevid.exporter.export import checkpoint_hash, sha256
+
+    manifest = json.loads((tiny_export / spec.MANIFEST).read_text())
+    assert manifest["opset"] == 18 and manifest["dtype"] == "fp32"
+    assert set(manifest["versions"]) == {"prunevid", "torch", "onnx"}
+    assert manifest["prune"] == PruneConfig().to_json()
+    assert manifest["source"]["sha256"] == checkpoint_hash(tiny_model_dir)
+    for name in spec.GRAPH_ORDER:
+        entry = manifest["graphs"][name]
+        path = tiny_export / entry["file"]
+        assert entry["sha256"] == {path.name: sha256(path)}
+        for tensor in entry["inputs"] + entry["outputs"]:
+            assert len(tensor["min"]) == len(tensor["opt"]) == len(tensor["max"]) == len(tensor["dims"])
+            assert all(a <= b <= c for a, b, c in zip(tensor["min"], tensor["opt"], tensor["max"]))
+    for name in ("tokenizer.json", "preprocessor_config.json"):
+        assert manifest["files"][name] == sha256(tiny_export / name)
+
+
+def clips(real_clips, scene_cut_clip):
+    return [*real_clips.values(), scene_cut_clip]
+
+
+@pytest.mark.parametrize("mode", ["prunevid", "none"])
+def test_runtime_tokens_equal_eager_on_tiny(tiny_export, tiny_model_dir, real_clips, scene_cut_clip, mode):
+    runtime = RuntimePipeline(tiny_export, mode=mode)
+    eager = EagerPipeline(tiny_model_dir, PruneConfig(mode=Mode(mode)))
+    merged_counts, text_lens = set(), set()
+    for clip, question in zip(clips(real_clips, scene_cut_clip), QUESTIONS):
+        a = runtime.run(clip, question, max_new_tokens=10)
+        b = eager.run(clip, question, max_new_tokens=10)
+        assert a.token_ids == b.token_ids, (clip.name, question)
+        assert a.visual_tokens == b.visual_tokens and a.prompt_tokens == b.prompt_tokens
+        assert a.segments == b.segments
+        merged_counts.add(a.visual_tokens["merged"])
+        text_lens.add(a.prompt_tokens["text"])
+    # one export served different merged-token counts and question lengths
+    assert len(text_lens) >= 4
+    assert len(merged_counts) >= (2 if mode == "prunevid" else 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["prunevid", "none"])
+def test_runtime_tokens_equal_eager_on_pllava_token_geometry(medium_export, medium_model_dir, real_clips,
+                                                              scene_cut_clip, mode):
+    runtime = RuntimePipeline(medium_export, mode=mode)
+    eager = EagerPipeline(medium_model_dir, PruneConfig(mode=Mode(mode)))
+    for clip, question in zip(clips(real_clips, scene_cut_clip), QUESTIONS):
+        a = runtime.run(clip, question, max_new_tokens=6)
+        b = eager.run(clip, question, max_new_tokens=6)
+        assert a.visual_tokens["encoder"] == 2304
+        assert a.token_ids == b.token_ids and a.visual_tokens == b.visual_tokens, (clip.name, question)
+
+
+def test_check_passes_every_graph_and_end_to_end(tiny_export, scene_cut_clip):
+    from prunevid.exporter.validate import check_export
+
+    report = check_export(tiny_export, clip=scene_cut_clip)
+    assert report.ok, [o.line() for o in report.outputs if not o.ok]
+    assert {o.graph for o in report.outputs} == set(spec.GRAPH_ORDER)
+    assert len(report.end_to_end) == 4
+
+
+def test_check_detects_a_wrong_graph(tiny_export, tiny_model_dir, tmp_path, scene_cut_clip):
+    """Swapping in a graph exported with another alpha must make ``check`` fail."""
+    from prunevid.exporter.validate import check_export
+
+    other = export(tiny_model_dir, tmp_path / "other", PruneConfig(alpha=0.8), ExportOptions())
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_export, broken)
+    shutil.copy(other / spec.GRAPH_DIR / "select.onnx", broken / spec.GRAPH_DIR / "select.onnx")
+    manifest = json.loads((broken / spec.MANIFEST).read_text())
+    manifest["graphs"]["select"]["sha256"] = json.loads((other / spec.MANIFEST).read_text())["graphs"]["select"]["sha256"]
+    (broken / spec.MANIFEST).write_text(json.dumps(manifest))
+    report = check_export(broken)
+    assert not report.ok
+    assert any(o.graph == "select" and not o.ok for o in report.outputs)
+
+
+def test_runtime_imports_no_torch(tiny_export, scene_cut_clip, tiny_model_dir):
+    """The runtime answers in a process where importing torch fails."""
+    script = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch is blocked in this test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from prunevid.cli import main\n"
+        "sys.argv = ['prunevid', 'run', '--engine-dir', sys.argv[1], '--video', sys.argv[2],\n"
+        "            '--question', 'What happens?', '--max-new-tokens', '5', '--json']\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(tiny_export), str(scene_cut_clip)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    eager = EagerPipeline(tiny_model_dir, PruneConfig()).run(scene_cut_clip, "What happens?", max_new_tokens=5)
+    assert result["token_ids"] == eager.token_ids
+    assert result["settings"]["backend"] == "onnxruntime-cpu"
+
+
+def test_short_clip_is_sampled_like_the_eager_path(tiny_export, tiny_model_dir, tmp_path):
+    clip = write_synthetic_clip(tmp_path / "short.mp4", num_frames=5, scene_cut_at=3)
+    a = RuntimePipeline(tiny_export).run(clip, QUESTIONS[0], max_new_tokens=6)
+    b = EagerPipeline(tiny_model_dir, PruneConfig()).run(clip, QUESTIONS[0], max_new_tokens=6)
+    assert a.token_ids == b.token_ids and a.visual_tokens == b.visual_tokens
+
+
+def test_export_refuses_non_empty_folder_and_changes_nothing(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ArtifactError, match="--force"):
+        export(tiny_model_dir, out, PruneConfig(), ExportOptions())
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_interrupted_export_leaves_no_complete_looking_folder(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+
+    def interrupt(message):
+        if "decoder_late" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export(tiny_model_dir, out, PruneConfig(), ExportOptions(), progress=interrupt)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # the partial folder was removed too
+
+
+def test_missing_graph_or_changed_file_is_refused(tiny_export, tmp_path):
+    broken = tmp_path / "missing"
+    shutil.copytree(tiny_export, broken)
+    (broken / spec.GRAPH_DIR / "decode_step.onnx").unlink()
+    with pytest.raises(ArtifactError, match="missing graph decode_step"):
+        RuntimePipeline(broken)
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_export, changed)
+    with open(changed / spec.GRAPH_DIR / "merger.onnx", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ArtifactError, match="sha256 mismatch"):
+        RuntimePipeline(changed)
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        RuntimePipeline(tmp_path)
+
+
+def test_cli_export_run_and_errors(tiny_model_dir, tmp_path, scene_cut_clip):
+    from click.testing import CliRunner
+
+    from prunevid.cli import cli
+
+    runner = CliRunner()
+    out = tmp_path / "exp"
+    result = runner.invoke(cli, ["export", "--model", "pllava", "--checkpoint", str(tiny_model_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / spec.MANIFEST).is_file()
+    again = runner.invoke(cli, ["export", "--checkpoint", str(tiny_model_dir), "--out", str(out)])
+    assert again.exit_code != 0 and "--force" in again.output and "Traceback" not in again.output
+    run = runner.invoke(cli, ["run", "--engine-dir", str(out), "--video", str(scene_cut_clip), "--question", "Why?",
+                              "--json", "--max-new-tokens", "4"])
+    assert run.exit_code == 0, run.output
+    payload = json.loads(run.stdout)
+    assert {"answer", "token_ids", "visual_tokens", "timings_ms", "ttft_ms"} <= set(payload)
+    fixed = runner.invoke(cli, ["run", "--engine-dir", str(out), "--video", str(scene_cut_clip), "--question", "Why?",
+                                "--alpha", "0.2"])
+    assert fixed.exit_code != 0 and "fixed at export" in fixed.output
+    both = runner.invoke(cli, ["run", "--engine-dir", str(out), "--model-dir", str(tiny_model_dir),
+                               "--video", str(scene_cut_clip), "--question", "Why?"])
+    assert both.exit_code != 0 and "exactly one" in both.output
+    assert np.array(payload["token_ids"]).size >= 1

@@ -1161,9 +1161,9 @@ class _Checker:
             graph = _function_graph(self.model, func, node, caller_values)
         else:
             graph = _function_graph(self.model, func, None, None)
-        self._collect_graph_values(graph, body_values, top=False)
         for name in func.input:
-            body_values.origin.setdefault(name, "function-input")
+            body_values.origin[name] = "function-input"
+        self._collect_graph_values(graph, body_values, top=False)
         self._check_graph(graph, scope, body_values, ctx, opset or self.target.max_opset)
 
 

@@ -81,7 +81,7 @@ DPC_KNN = OpSpec(
     doc=(
         "Batched, masked DPC-KNN (PruneVid's cluster_dpc_knn). For group b with n valid tokens and "
         "1 <= num_clusters[b] <= n, k <= n: d_ij = sqrt(max(|x_i|^2 + |x_j|^2 - 2 x_i.x_j, 0)) / sqrt(C) "
-        "with d_ii = 0, over valid i, j only; rho_i = exp(-mean of the k smallest d_ij^2, i itself "
+        "with d_ii = 0 and d exactly symmetric (x_i.x_j computed once per pair), over valid i, j only; rho_i = exp(-mean of the k smallest d_ij^2, i itself "
         "included); delta_i = min d_ij over valid j with rho_j > rho_i, or the group's maximum distance "
         "when there is none; score = delta * rho; the num_clusters best scores are the centres, in "
         "descending order, exact ties to the lower index; every valid token takes the nearest centre "

@@ -188,8 +188,8 @@ def check(engine_dir, checkpoint, video, trt_compat):
 
     report = check_export(engine_dir, checkpoint, clip=video or demo_clip(cache_dir()),
                           progress=lambda msg: click.echo(msg, err=True))
-    for line in report.outputs:
-        click.echo(line.line())
+    for row in report.summary():
+        click.echo(row.line())
     for mode, question, same in report.end_to_end:
         click.echo(f"end-to-end {mode:9s} token ids {'equal' if same else 'DIFFER'}: {question}")
     failed = not report.ok

@@ -230,3 +230,23 @@ def test_cli_export_run_and_errors(tiny_model_dir, tmp_path, scene_cut_clip):
                                "--video", str(scene_cut_clip), "--question", "Why?"])
     assert both.exit_code != 0 and "exactly one" in both.output
     assert np.array(payload["token_ids"]).size >= 1
+
+
+def test_large_weights_go_to_one_external_data_file(tiny_model_dir, tmp_path, scene_cut_clip, monkeypatch):
+    """Graphs whose weights pass the threshold (2 GB in real use) are saved with external data."""
+    import prunevid.exporter.export as export_module
+
+    monkeypatch.setattr(export_module, "EXTERNAL_DATA_BYTES", 100_000)
+    out = export(tiny_model_dir, tmp_path / "ext", PruneConfig(), ExportOptions())
+    manifest = json.loads((out / spec.MANIFEST).read_text())
+    external = {n for n, g in manifest["graphs"].items() if g["external_data"]}
+    assert {"decoder_prefill", "decode_step"} <= external
+    assert "select" not in external
+    for name in external:
+        assert set(manifest["graphs"][name]["sha256"]) == {f"{name}.onnx", f"{name}.onnx.data"}
+        onnx.checker.check_model(str(out / spec.GRAPH_DIR / f"{name}.onnx"), full_check=True)
+    files = sorted(p.name for p in (out / spec.GRAPH_DIR).iterdir())
+    assert files == sorted([f"{n}.onnx" for n in spec.GRAPH_ORDER] + [f"{n}.onnx.data" for n in external])
+    a = RuntimePipeline(out).run(scene_cut_clip, QUESTIONS[1], max_new_tokens=5)
+    b = EagerPipeline(tiny_model_dir, PruneConfig()).run(scene_cut_clip, QUESTIONS[1], max_new_tokens=5)
+    assert a.token_ids == b.token_ids

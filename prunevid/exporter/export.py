@@ -28,7 +28,8 @@ from prunevid.config import PruneConfig
 from prunevid.errors import ConfigError, ModelDirError
 from prunevid.plugins.ops import DOMAIN, DOMAIN_VERSION
 
-TWO_GB = 2**31 - 1
+# Weights above this go to an external data file (protobuf cannot serialise 2 GB; keep a margin).
+EXTERNAL_DATA_BYTES = 1_800_000_000
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 SAMPLE_QUESTION = "What happens in this video?"
 
@@ -103,6 +104,7 @@ class Exporter:
         from prunevid.runtime.text import TextTokenizer, build_prompt
 
         self.checkpoint, self.options, self.progress = Path(checkpoint), options, progress
+        self.external_data_bytes = EXTERNAL_DATA_BYTES
         self.model, self.model_cfg = load_model(self.checkpoint, cfg.lora_alpha)
         frames = options.frames or self.model_cfg.num_frames
         self.cfg = cfg.with_overrides(frames=frames).validate(self.model_cfg.text.num_hidden_layers)
@@ -163,6 +165,7 @@ class Exporter:
         dtype = DTYPES[self.options.dtype]
         module = module.to(dtype) if dtype != torch.float32 else module
         args = tuple(a.to(dtype) if a.is_floating_point() else a for a in args)
+        before = set(path.parent.iterdir())
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
@@ -170,7 +173,9 @@ class Exporter:
                 input_names=graph.input_names, output_names=graph.output_names, dynamic_axes=axes,
                 custom_opsets={DOMAIN: DOMAIN_VERSION} if graph.custom_ops else None, do_constant_folding=True,
             )
-        model = onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path))  # pulls in any external data the exporter wrote
+        for stray in set(path.parent.iterdir()) - before - {path}:
+            stray.unlink()  # per-tensor files of the exporter, now in memory; saved below as one file
         attach_functions(model)
         external = self._save(model, path)
         onnx.checker.check_model(str(path), full_check=True)
@@ -185,14 +190,14 @@ class Exporter:
         }
 
     def _save(self, model, path: Path) -> bool:
+        """Save ``model`` (external data already loaded) as one file, or with one ``.data`` file
+        beside it when its weights pass :data:`EXTERNAL_DATA_BYTES` (protobuf's 2 GB limit)."""
         import onnx
 
-        has_external = any(
-            t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer
-        )
-        if has_external or model.ByteSize() > TWO_GB:
+        weights = sum(t.ByteSize() for t in model.graph.initializer)
+        if weights > self.external_data_bytes:
             onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=path.name + ".data")
+                            location=path.name + ".data", size_threshold=1024)
             return True
         onnx.save_model(model, str(path))
         return False

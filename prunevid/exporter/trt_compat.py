@@ -95,6 +95,15 @@ SOURCES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "used_for": "11: opset range",
             }
         ),
+        "layer_api_docs": MappingProxyType(
+            {
+                "repository": "docs.nvidia.com",
+                "file": "deeplearning/tensorrt/.../api/c_api/class_i_non_zero.html (INonZero)",
+                "version": "TensorRT 10.2.0 and 10.4.0 C++ API reference",
+                "commit": "-",
+                "used_for": "NonZero input types (the operators.md types column omits INT32 and BOOL)",
+            }
+        ),
         "topk_limit": MappingProxyType(
             {
                 "repository": "NVIDIA/TensorRT",
@@ -374,6 +383,10 @@ _RULES_10_15: dict[str, dict[str, Any]] = {
     "TensorScatter": {"ranks": {0: (4,), 1: (4,)}, "attrs": {"axis": ((-2,), -2)}},
     "TopK": {"topk_k_max": 3840, "attrs": {"sorted": ((1,), 1)}},
     "Where": {"type_input": 1},
+    # The types column describes the output of these ops (their inputs are sizes or shapes).
+    **{op: {"type_output": 0} for op in (
+        "BlackmanWindow", "HammingWindow", "HannWindow", "ConstantOfShape", "EyeLike",
+        "RandomNormalLike", "RandomUniformLike")},
 }
 
 # --------------------------------------------------------------------------------------------
@@ -381,6 +394,13 @@ _RULES_10_15: dict[str, dict[str, Any]] = {
 # --------------------------------------------------------------------------------------------
 
 _TRT_DTYPES_10_0 = ("DOUBLE", "FP32", "FP16", "BF16", "INT32", "INT64", "FP8", "INT8", "INT4", "UINT8", "BOOL")
+
+# Corrections of the table's types column from the TensorRT layer documentation (both targets):
+# operators.md lists NonZero as FP32/FP16 only, while INonZeroLayer takes kFLOAT, kHALF, kINT32 and
+# kBOOL (C++ API reference 10.2 and 10.4, "class INonZero").
+_LAYER_TYPE_FIXES: dict[str, dict[str, Any]] = {
+    "NonZero": {"types": "FP32 FP16 INT32 BOOL"},
+}
 
 _DELTAS_10_3: dict[str, dict[str, Any]] = {
     # Added after 10.3 according to docs/Changelog.md:
@@ -509,8 +529,8 @@ TARGETS: Mapping[str, TargetInfo] = MappingProxyType(
             plugin_over_function=False,
             domain_is_plugin_namespace=False,
             dtypes=frozenset(_TRT_DTYPES_10_0),
-            ops=MappingProxyType(_apply(_BASE_OPS, _DELTAS_10_3)),
-            sources=("operators_md_10.15", "operators_md_10.0", "parser_changelog", "topk_limit"),
+            ops=MappingProxyType(_apply(_apply(_BASE_OPS, _LAYER_TYPE_FIXES), _DELTAS_10_3)),
+            sources=("operators_md_10.15", "operators_md_10.0", "parser_changelog", "layer_api_docs", "topk_limit"),
             undetermined=(
                 "The release/10.3 revision of docs/operators.md could not be read; the table is the 10.15 "
                 "table minus everything docs/Changelog.md lists as added in 10.4..10.15.",
@@ -520,6 +540,8 @@ TARGETS: Mapping[str, TargetInfo] = MappingProxyType(
                 "support that changed silently between 10.3 and 10.15 is not captured.",
                 "Gelu, Mish and CastLike appear in the 10.15 table with no changelog entry: status '?'.",
                 "Whether 'TopK sorted must be 1' (10.15 wording) already applied in 10.3 is assumed, not read.",
+                "The types column of operators.md is incomplete (NonZero omits BOOL/INT32): a type outside it "
+                "is a warning unless it is DOUBLE, a quantized type or not a TensorRT type.",
             ),
         ),
         "11": TargetInfo(
@@ -531,8 +553,8 @@ TARGETS: Mapping[str, TargetInfo] = MappingProxyType(
             plugin_over_function=True,
             domain_is_plugin_namespace=True,
             dtypes=frozenset(_TRT_DTYPES_10_0 + ("FP4",)),
-            ops=MappingProxyType(_apply(_BASE_OPS, _DELTAS_11)),
-            sources=("operators_md_10.15", "trt_release_notes_11", "opset_guide", "topk_limit"),
+            ops=MappingProxyType(_apply(_apply(_BASE_OPS, _LAYER_TYPE_FIXES), _DELTAS_11)),
+            sources=("operators_md_10.15", "trt_release_notes_11", "opset_guide", "layer_api_docs", "topk_limit"),
             undetermined=(
                 "No 11.x revision of docs/operators.md could be read; the table is the 10.15 table plus the "
                 "parser items of the 11.0..11.5 release notes (Swish, DFT, 5D GridSample, Squeeze without "
@@ -542,6 +564,8 @@ TARGETS: Mapping[str, TargetInfo] = MappingProxyType(
                 "Operators new in ONNX opsets 25..27 are absent from every table read and are reported as "
                 "unknown.",
                 "The domain of the 11.0 custom ops TRT_Attention/TRT_MoE/TRT_KVCacheUpdate is not checked.",
+                "The types column of operators.md is incomplete (NonZero omits BOOL/INT32): a type outside it "
+                "is a warning unless it is DOUBLE, a quantized type or not a TensorRT type.",
             ),
         ),
     }
@@ -626,7 +650,8 @@ def dtype_name(elem_type: int) -> str:
 
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
-_NO_TYPE_CHECK = {"Shape", "Size", "If", "Loop", "Scan", "RandomNormalLike", "RandomUniformLike", "EyeLike"}
+_NO_TYPE_CHECK = {"Shape", "Size", "If", "Loop", "Scan"}
+_QUANTIZED = {"INT8", "INT4", "FP8", "FP4"}
 _MAX_CONST_ELEMENTS = 1 << 16
 
 
@@ -929,8 +954,9 @@ class _Checker:
         allowed = set(support.types)
         if node.op_type in ("Cast", "CastLike"):
             names = [n for n in (node.input[:1] + node.output[:1]) if n]
-        elif not any(node.input):
-            names = [n for n in node.output[:1] if n]
+        elif "type_output" in support.rules or not any(node.input):
+            idx = support.rules.get("type_output", 0)
+            names = [node.output[idx]] if len(node.output) > idx and node.output[idx] else []
         else:
             idx = support.rules.get("type_input", 0)
             names = [node.input[idx]] if len(node.input) > idx and node.input[idx] else []
@@ -941,9 +967,18 @@ class _Checker:
             dname = dtype_name(elem)
             if dname == "DOUBLE" and values.origin_of(name) in ("input", "initializer", "constant"):
                 continue  # the parser casts DOUBLE inputs and weights down to FLOAT
-            if dname not in allowed:
+            if dname in allowed:
+                continue
+            documented = ", ".join(support.types)
+            if dname == "DOUBLE" or dname in _QUANTIZED or dname not in self.target.dtypes:
+                # DOUBLE has no layer; quantized types exist only between Q/DQ pairs (operators.md note)
                 self.report(scope, label, node.op_type, "op-dtype",
-                            f"'{name}' is {dname}; {node.op_type} supports {', '.join(support.types)}", "error", ctx)
+                            f"'{name}' is {dname}; {node.op_type} supports {documented}", "error", ctx)
+            else:
+                # The types column is known to be incomplete (NonZero on BOOL): a trap, not a verdict.
+                self.report(scope, label, node.op_type, "op-dtype",
+                            f"'{name}' is {dname}, not among the documented types of {node.op_type} "
+                            f"({documented}); verify with the real parser", "warning", ctx)
 
     def _check_rules(self, node, label, scope, values: _Values, ctx, support: OpSupport, opset: int) -> None:
         rules = support.rules
@@ -1240,7 +1275,12 @@ def check_model(
     return checker.run()
 
 
-def summarize(model_path_or_dir: str | Path, targets: Iterable[str] = tuple(TARGETS), *, plugins: Iterable[str] = ()) -> dict:
+def summarize(
+    model_path_or_dir: str | Path,
+    targets: Iterable[str] = tuple(TARGETS),
+    *,
+    plugins: Iterable[str] = (),
+) -> dict:
     """Check one ``.onnx`` file or every ``.onnx`` file under a folder, for several targets.
 
     Weights stored as external data are not loaded (only the few constants a check reads).

@@ -57,6 +57,21 @@ class CheckReport:
     def ok(self) -> bool:
         return all(o.ok for o in self.outputs) and all(e[2] for e in self.end_to_end)
 
+    def summary(self) -> list[OutputCheck]:
+        """One row per output, the KV cache of each graph folded into one ``present.*`` row."""
+        rows: list[OutputCheck] = []
+        folded: dict[str, list[OutputCheck]] = {}
+        for o in self.outputs:
+            if o.output.startswith("present."):
+                folded.setdefault(o.graph, []).append(o)
+            else:
+                rows.append(o)
+        for graph, kv in folded.items():
+            rows.append(OutputCheck(graph, f"present.* ({len(kv)} tensors)", kv[0].shape,
+                                    max(o.max_abs for o in kv), max(o.max_rel for o in kv), all(o.ok for o in kv)))
+        order = {name: i for i, name in enumerate(spec.GRAPH_ORDER)}
+        return sorted(rows, key=lambda o: order[o.graph])
+
 
 def compare(graph: str, name: str, got: np.ndarray, want: np.ndarray) -> OutputCheck:
     atol, rtol = TOLERANCES[graph]

@@ -1,0 +1,587 @@
+"""Thin TensorRT build path: plugin-aware ONNX preparation, trtexec command lines, engine builds
+and the parsing of trtexec's JSON exports.
+
+Everything except :func:`build_engine` works without TensorRT; ``tensorrt`` is imported only inside
+the functions that need it. Two TensorRT lines are supported (``docs/deployment.md`` sections 1.5,
+1.9 and 4.2):
+
+* **10.x** (10.3 on JetPack 6): weak typing is available (``--fp16`` / ``BuilderFlag.FP16``);
+  timing hygiene must be asked for (``--useCudaGraph --noDataTransfers --separateProfileRun``);
+  before 10.7 a local function always beats a plugin of the same name, so the build strips the
+  ``FunctionProto`` of every prunevid op whose plugin is loaded.
+* **11.x**: strongly typed only. Precision flags are gone and precision must come from the ONNX
+  (ModelOpt AutoCast for FP16/BF16, Q/DQ for INT8/FP8); CUDA graphs, no data transfers and a
+  separate profile run are the defaults. The engine inspector reports ``I/O Tensors`` instead of
+  ``Bindings``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from prunevid.errors import ArtifactError, ConfigError, PruneVidError
+from prunevid.plugins.ops import DOMAIN, OPS, PLUGIN_NAMESPACE, PLUGIN_VERSION, OpSpec
+
+# First TensorRT version whose ONNX parser prefers a registered plugin over a local function.
+PLUGIN_OVER_FUNCTION = (10, 7)
+
+# trtexec flags that select a precision (weak typing); all removed in TensorRT 11.
+PRECISION_FLAGS = ("--fp16", "--bf16", "--int8", "--fp8", "--int4", "--best", "--calib")
+
+
+class TrtBuildError(PruneVidError):
+    """TensorRT rejected the model (parse) or could not build an engine."""
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX preparation
+# --------------------------------------------------------------------------------------------
+
+
+def needs_function_strip(trt_version: str | tuple[int, ...]) -> bool:
+    """True for TensorRT versions (``"10.3.0"`` or ``(10, 3)``) whose parser inlines a local
+    function even when a plugin of the same name is loaded (< 10.7)."""
+    if isinstance(trt_version, str):
+        parts = tuple(int(p) for p in trt_version.split(".")[:2] if p.isdigit())
+    else:
+        parts = tuple(trt_version[:2])
+    return parts < PLUGIN_OVER_FUNCTION
+
+
+def strip_functions_for_plugins(model: onnx.ModelProto, ops: Iterable[str | OpSpec]) -> onnx.ModelProto:
+    """A copy of ``model`` without the local functions of the prunevid ops in ``ops``.
+
+    For TensorRT < 10.7 with plugins loaded: the parser tries builtins, then local functions, then
+    the plugin registry, so a node keeps running its function body unless the ``FunctionProto`` is
+    gone. The nodes themselves (with their ``plugin_namespace``/``plugin_version`` attributes) and
+    every other function are kept. ``model`` is not modified.
+
+    Args:
+        model: the model; external data may stay unloaded (initializers are copied as they are).
+        ops: op names (``"PvDpcKnn"``, ``"prunevid::PvDpcKnn"``) or :class:`OpSpec`\\ s whose
+            plugins are loaded.
+    """
+    names = set()
+    for op in ops:
+        name = op.name if isinstance(op, OpSpec) else str(op).split("::")[-1]
+        names.add(name)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    keep = [f for f in out.functions if not (f.domain == DOMAIN and f.name in names)]
+    del out.functions[:]
+    out.functions.extend(keep)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Optimization profiles
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    """min/opt/max shape of one network input."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+def profile_from_manifest(graph_spec: Mapping[str, Any]) -> dict[str, ShapeRange]:
+    """Optimization-profile shapes from ``{input_name: {"min": [...], "opt": [...], "max": [...]}}``.
+
+    A manifest entry ``{"inputs": {...}}`` is unwrapped; an input given as ``{"shape": [...]}``
+    (or a plain list) is static (min = opt = max); an input with only some of min/opt/max takes the
+    missing ones from ``opt`` (or ``max``). Raises :class:`ConfigError` on ranks that differ or on
+    ``min <= opt <= max`` failing in some dimension.
+    """
+    spec = graph_spec
+    if (
+        "inputs" in spec
+        and isinstance(spec["inputs"], Mapping)
+        and all(isinstance(v, (Mapping, list, tuple)) for v in spec["inputs"].values())
+        and not _is_range(spec["inputs"])
+    ):
+        spec = spec["inputs"]
+    out: dict[str, ShapeRange] = {}
+    for name, entry in spec.items():
+        if isinstance(entry, ShapeRange):
+            out[name] = entry
+            continue
+        if isinstance(entry, (list, tuple)):
+            entry = {"shape": entry}
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"profile entry for {name!r} must be a mapping with min/opt/max, got {entry!r}")
+        if "shape" in entry and not any(k in entry for k in ("min", "opt", "max")):
+            mn = op = mx = entry["shape"]
+        else:
+            op = entry.get("opt", entry.get("max", entry.get("min")))
+            mn = entry.get("min", op)
+            mx = entry.get("max", op)
+        if op is None:
+            raise ConfigError(f"profile entry for {name!r} has none of min/opt/max")
+        rng = ShapeRange(tuple(int(d) for d in mn), tuple(int(d) for d in op), tuple(int(d) for d in mx))
+        if not len(rng.min) == len(rng.opt) == len(rng.max):
+            raise ConfigError(f"profile for {name!r}: min/opt/max ranks differ: {rng}")
+        for lo, mid, hi in zip(rng.min, rng.opt, rng.max):
+            if not 0 <= lo <= mid <= hi:
+                raise ConfigError(f"profile for {name!r}: need 0 <= min <= opt <= max per dimension, got {rng}")
+        out[name] = rng
+    return out
+
+
+def _is_range(entry: Any) -> bool:
+    return isinstance(entry, Mapping) and any(k in entry for k in ("min", "opt", "max", "shape"))
+
+
+def _as_profile(profile: Mapping[str, Any] | None) -> dict[str, ShapeRange]:
+    if not profile:
+        return {}
+    if all(isinstance(v, ShapeRange) for v in profile.values()):
+        return dict(profile)
+    return profile_from_manifest(profile)
+
+
+# --------------------------------------------------------------------------------------------
+# trtexec
+# --------------------------------------------------------------------------------------------
+
+
+def _shape_name(name: str) -> str:
+    # trtexec splits on ',' and ':'; names containing them are wrapped in single quotes.
+    return f"'{name}'" if ("," in name or ":" in name) else name
+
+
+def format_shapes(shapes: Mapping[str, Sequence[int]]) -> str:
+    """``{"pixel_values": (1, 3, 336, 336), "ids": (1, 7)}`` -> ``pixel_values:1x3x336x336,ids:1x7``."""
+    return ",".join(f"{_shape_name(n)}:{'x'.join(str(int(d)) for d in dims)}" for n, dims in shapes.items())
+
+
+def trtexec_command(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    shapes: Mapping[str, Any] | None,
+    *,
+    trt_major: int,
+    fp16: bool = False,
+    plugin_libs: Sequence[str] = (),
+    timing_cache: str | Path | None = None,
+    extra: Sequence[str] = (),
+    profiling_verbosity: str | None = "detailed",
+    export_times: str | Path | None = None,
+    export_profile: str | Path | None = None,
+    export_layer_info: str | Path | None = None,
+    serialize_plugins: bool = False,
+    trtexec: str = "trtexec",
+) -> list[str]:
+    """The trtexec argv that builds ``engine_path`` from ``onnx_path`` and profiles it.
+
+    Args:
+        shapes: optimization profile, a :func:`profile_from_manifest` result or its manifest form;
+            emitted as ``--minShapes/--optShapes/--maxShapes`` (``name:1x3x336x336``, comma-joined).
+        trt_major: 10 or 11; decides the flags.
+        fp16: TensorRT 10 only (``--fp16``). On 11 this raises :class:`ConfigError`: precision
+            must be in the ONNX (ModelOpt AutoCast or Q/DQ).
+        plugin_libs: plugin shared libraries: ``--staticPlugins=``, or with ``serialize_plugins``
+            ``--dynamicPlugins=`` plus ``--setPluginsToSerialize=`` (the engine carries them).
+            Python (QDP) plugins cannot be loaded by trtexec.
+        timing_cache: ``--timingCacheFile=`` (read and updated).
+        extra: further flags, appended last; on 11, precision flags in it raise :class:`ConfigError`.
+        profiling_verbosity: ``--profilingVerbosity=`` (``detailed`` keeps layer metadata), or None.
+        export_times / export_profile / export_layer_info: ``--exportTimes=`` / ``--exportProfile=`` /
+            ``--exportLayerInfo=`` paths, when given (see :func:`parse_trtexec_times`,
+            :func:`parse_layer_info`).
+    """
+    if trt_major not in (10, 11):
+        raise ConfigError(f"trtexec_command knows TensorRT 10 and 11, not {trt_major}")
+    extra = list(extra)
+    if trt_major >= 11:
+        if fp16:
+            raise ConfigError(
+                "TensorRT 11 has no --fp16 (strong typing only): produce an FP16 ONNX instead "
+                "(python -m modelopt.onnx.autocast) and build it without precision flags"
+            )
+        bad = [f for f in extra if f.split("=")[0] in PRECISION_FLAGS]
+        if bad:
+            raise ConfigError(f"TensorRT 11 removed the precision flags {bad}; precision must come from the ONNX")
+    cmd = [trtexec, f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
+    profile = _as_profile(shapes)
+    if profile:
+        cmd.append("--minShapes=" + format_shapes({n: r.min for n, r in profile.items()}))
+        cmd.append("--optShapes=" + format_shapes({n: r.opt for n, r in profile.items()}))
+        cmd.append("--maxShapes=" + format_shapes({n: r.max for n, r in profile.items()}))
+    if trt_major == 10:
+        if fp16:
+            cmd.append("--fp16")
+        # Opt-in on 10.x, defaults (and no-ops) on 11.x.
+        cmd += ["--useCudaGraph", "--noDataTransfers", "--separateProfileRun"]
+    for lib in plugin_libs:
+        if serialize_plugins:
+            cmd += [f"--dynamicPlugins={lib}", f"--setPluginsToSerialize={lib}"]
+        else:
+            cmd.append(f"--staticPlugins={lib}")
+    if timing_cache is not None:
+        cmd.append(f"--timingCacheFile={timing_cache}")
+    if profiling_verbosity:
+        cmd.append(f"--profilingVerbosity={profiling_verbosity}")
+    if export_times is not None:
+        cmd.append(f"--exportTimes={export_times}")
+    if export_profile is not None:
+        cmd.append(f"--exportProfile={export_profile}")
+    if export_layer_info is not None:
+        cmd.append(f"--exportLayerInfo={export_layer_info}")
+    cmd += extra
+    return cmd
+
+
+# --------------------------------------------------------------------------------------------
+# trtexec JSON exports
+# --------------------------------------------------------------------------------------------
+
+
+def _load_json(source: str | Path | Mapping | list) -> Any:
+    if isinstance(source, (Mapping, list)):
+        return source
+    if isinstance(source, Path) or (isinstance(source, str) and not source.lstrip().startswith(("{", "["))):
+        return json.loads(Path(source).read_text())
+    return json.loads(source)
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+
+    def pct(p: float) -> float:
+        # nearest-rank percentile, as trtexec reports them
+        idx = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
+        return ordered[idx]
+
+    return {
+        "mean": statistics.fmean(ordered),
+        "median": statistics.median(ordered),
+        "min": ordered[0],
+        "max": ordered[-1],
+        "p90": pct(90),
+        "p95": pct(95),
+        "p99": pct(99),
+    }
+
+
+_TIME_FIELDS = ("latencyMs", "computeMs", "h2dMs", "d2hMs")
+
+
+def parse_trtexec_times(json_path: str | Path | list) -> dict[str, Any]:
+    """Summarize ``trtexec --exportTimes`` output.
+
+    The file is an array of per-iteration objects (``startEnqMs, endEnqMs, startH2dMs, ...,
+    h2dMs, computeMs, d2hMs, latencyMs``; warm-up excluded). Returns ``{"iterations": n,
+    "latencyMs": {mean, median, min, max, p90, p95, p99}, "computeMs": {...}, "h2dMs": {...},
+    "d2hMs": {...}, "enqueueMs": {...}, "throughput_qps": float | None}`` with only the fields
+    present. Accepts a path, JSON text or the already-loaded list.
+    """
+    data = _load_json(json_path)
+    if not isinstance(data, list) or not data:
+        raise ArtifactError("trtexec --exportTimes output must be a non-empty JSON array")
+    out: dict[str, Any] = {"iterations": len(data)}
+    for fld in _TIME_FIELDS:
+        vals = [float(it[fld]) for it in data if fld in it]
+        if vals:
+            out[fld] = _stats(vals)
+    enq = [float(it["endEnqMs"]) - float(it["startEnqMs"]) for it in data if "endEnqMs" in it and "startEnqMs" in it]
+    if enq:
+        out["enqueueMs"] = _stats(enq)
+    qps = None
+    starts = [float(it["startComputeMs"]) for it in data if "startComputeMs" in it]
+    ends = [float(it["endComputeMs"]) for it in data if "endComputeMs" in it]
+    if len(starts) == len(data) and len(ends) == len(data) and max(ends) > min(starts):
+        qps = len(data) / ((max(ends) - min(starts)) / 1000.0)
+    out["throughput_qps"] = qps
+    return out
+
+
+def parse_trtexec_profile(json_path: str | Path | list) -> dict[str, Any]:
+    """Summarize ``trtexec --exportProfile`` output (``[{"count": N}, {name, timeMs, averageMs,
+    medianMs, percentage}, ...]``) as ``{"count": N, "layers": [...], "total_average_ms": x}``."""
+    data = _load_json(json_path)
+    if not isinstance(data, list):
+        raise ArtifactError("trtexec --exportProfile output must be a JSON array")
+    count = None
+    layers = []
+    for item in data:
+        if set(item) == {"count"}:
+            count = item["count"]
+        elif "name" in item:
+            layers.append(item)
+    return {"count": count, "layers": layers, "total_average_ms": sum(float(l.get("averageMs", 0)) for l in layers)}
+
+
+def _layer_record(layer: Any) -> dict[str, Any]:
+    if isinstance(layer, str):  # --profilingVerbosity=layer_names_only
+        return {"name": layer, "type": None, "inputs": [], "outputs": [], "tactic": None, "metadata": None,
+                "raw": layer}
+
+    def names(items):
+        return [i.get("Name") if isinstance(i, Mapping) else str(i) for i in items or []]
+
+    return {
+        "name": layer.get("Name"),
+        "type": layer.get("LayerType"),
+        "inputs": names(layer.get("Inputs")),
+        "outputs": names(layer.get("Outputs")),
+        "tactic": layer.get("TacticName", layer.get("TacticValue")),
+        "metadata": layer.get("Metadata"),
+        "raw": layer,
+    }
+
+
+def parse_layer_info(source: str | Path | Mapping) -> dict[str, Any]:
+    """Normalize engine-inspector JSON (``trtexec --exportLayerInfo``, ``IEngineInspector``).
+
+    Accepts both formats: TensorRT 10.x (top-level ``"Bindings"``: a list of I/O tensor names) and
+    11.x (``"I/O Tensors"``: objects with ``Name, IOMode, DataType, Dimensions, Location,
+    IsShapeInferenceIO, ProfileInfo``). Layers may be objects (``--profilingVerbosity=detailed``)
+    or plain names (``layer_names_only``).
+
+    Returns:
+        ``{"format": "10.x" | "11.x", "layers": [{"name", "type", "inputs", "outputs", "tactic",
+        "metadata", "raw"}], "io_tensors": [{"name", "mode", "dtype", "dims", "location",
+        "is_shape_io", "profiles"}], "inputs": [names], "outputs": [names]}``. With the 10.x
+        format, dtype/dims/profiles are None and the mode is inferred from the layers (a binding
+        some layer produces is an output).
+    """
+    data = _load_json(source)
+    if not isinstance(data, Mapping):
+        raise ArtifactError("engine inspector JSON must be an object with 'Layers'")
+    layers = [_layer_record(layer) for layer in data.get("Layers", [])]
+    io: list[dict[str, Any]] = []
+    if "I/O Tensors" in data:
+        fmt = "11.x"
+        for t in data["I/O Tensors"]:
+            profiles = [
+                {
+                    "min": p.get("MinShape"),
+                    "opt": p.get("OptShape"),
+                    "max": p.get("MaxShape"),
+                    "format": p.get("Format"),
+                }
+                for p in t.get("ProfileInfo", []) or []
+            ]
+            mode = t.get("IOMode")
+            io.append(
+                {
+                    "name": t.get("Name"),
+                    "mode": mode.lower() if isinstance(mode, str) else None,
+                    "dtype": t.get("DataType"),
+                    "dims": t.get("Dimensions"),
+                    "location": t.get("Location"),
+                    "is_shape_io": t.get("IsShapeInferenceIO"),
+                    "profiles": profiles,
+                }
+            )
+    elif "Bindings" in data:
+        fmt = "10.x"
+        produced = {o for layer in layers for o in layer["outputs"]}
+        detailed = any(layer["inputs"] or layer["outputs"] for layer in layers)
+        for name in data["Bindings"]:
+            io.append(
+                {
+                    "name": name,
+                    "mode": "output" if name in produced else ("input" if detailed else None),
+                    "dtype": None,
+                    "dims": None,
+                    "location": None,
+                    "is_shape_io": None,
+                    "profiles": None,
+                }
+            )
+    else:
+        raise ArtifactError("engine inspector JSON has neither 'Bindings' (10.x) nor 'I/O Tensors' (11.x)")
+    return {
+        "format": fmt,
+        "layers": layers,
+        "io_tensors": io,
+        "inputs": [t["name"] for t in io if t["mode"] == "input"],
+        "outputs": [t["name"] for t in io if t["mode"] == "output"],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Building with the TensorRT Python API
+# --------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _phase(name: str, enabled: bool = True, stream=None) -> Iterator[None]:
+    """A spinner with the phase name and elapsed seconds (TensorRT's IProgressMonitor calls back
+    too rarely to be useful, ``docs/deployment.md`` section 4.2). On a non-terminal it prints one
+    line at the start and one at the end."""
+    stream = stream or sys.stderr
+    start = time.monotonic()
+    stop = threading.Event()
+    tty = enabled and hasattr(stream, "isatty") and stream.isatty()
+
+    def spin() -> None:
+        frames = "|/-\\"
+        i = 0
+        while not stop.wait(0.2):
+            stream.write(f"\r{frames[i % 4]} {name} {time.monotonic() - start:6.1f}s")
+            stream.flush()
+            i += 1
+
+    thread = threading.Thread(target=spin, daemon=True) if tty else None
+    if enabled and not tty:
+        stream.write(f"{name} ...\n")
+        stream.flush()
+    if thread:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if thread:
+            thread.join()
+        if enabled:
+            stream.write(("\r" if tty else "") + f"{name} done in {time.monotonic() - start:.1f}s\n")
+            stream.flush()
+
+
+def _trt_version(trt) -> tuple[int, int]:
+    parts = [int(p) for p in trt.__version__.split(".")[:2]]
+    return parts[0], parts[1]
+
+
+def load_plugins(plugins: Sequence[str]) -> list[str]:
+    """Load plugins into TensorRT's registry; return the prunevid ops whose plugins are now there.
+
+    Entries ending in ``.so``/``.dll`` (or naming existing files) are shared libraries
+    (``IPluginRegistry.load_library``); ``"prunevid"`` registers the Python QDP plugins of
+    :mod:`prunevid.plugins.trt_plugins`. Needs ``tensorrt``.
+    """
+    import tensorrt as trt
+
+    registry = trt.get_plugin_registry()
+    for entry in plugins:
+        if entry.endswith((".so", ".dll")) or os.path.isfile(entry):
+            if not os.path.isfile(entry):
+                raise ArtifactError(f"plugin library {entry} not found")
+            if registry.load_library(entry) is None:
+                raise TrtBuildError(f"TensorRT could not load plugin library {entry}")
+        elif entry == PLUGIN_NAMESPACE:
+            from prunevid.plugins.trt_plugins import register_plugins
+
+            register_plugins()
+        else:
+            raise ConfigError(f"unknown plugin {entry!r}: give a .so path or {PLUGIN_NAMESPACE!r}")
+    loaded = []
+    for name in OPS:
+        try:
+            creator = registry.get_creator(name, PLUGIN_VERSION, PLUGIN_NAMESPACE)
+        except Exception:  # noqa: BLE001 - older bindings raise instead of returning None
+            creator = None
+        if creator is not None:
+            loaded.append(name)
+    return loaded
+
+
+def build_engine(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    profile: Mapping[str, Any] | None,
+    *,
+    fp16: bool = False,
+    plugins: Sequence[str] = (),
+    workspace_mb: int | None = None,
+    timing_cache: str | Path | None = None,
+    verbose: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Build a serialized engine from an ONNX file with the TensorRT Python API.
+
+    The ONNX is parsed from its path (``OnnxParser.parse_from_file``) so external data resolves.
+    With plugins requested on TensorRT < 10.7, the local functions of the ops whose plugins are
+    loaded are stripped first (:func:`strip_functions_for_plugins`); the stripped copy is written
+    beside the original, so its relative external-data paths still resolve, and removed after.
+
+    Args:
+        profile: one optimization profile (:func:`profile_from_manifest` form or its manifest);
+            None for static models.
+        fp16: TensorRT 10 only (``BuilderFlag.FP16``); on 11 it raises :class:`ConfigError`.
+        plugins: see :func:`load_plugins`.
+        workspace_mb: workspace pool limit, MiB.
+        timing_cache: a timing-cache file to read (if present) and update.
+    """
+    import tensorrt as trt
+
+    onnx_path = Path(onnx_path)
+    engine_path = Path(engine_path)
+    if not onnx_path.is_file():
+        raise ArtifactError(f"{onnx_path} not found")
+    major, minor = _trt_version(trt)
+    if fp16 and major >= 11:
+        raise ConfigError("TensorRT 11 has no FP16 builder flag (strong typing only): give an FP16 ONNX instead")
+    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+    trt.init_libnvinfer_plugins(logger, "")
+    loaded = load_plugins(plugins)
+
+    parse_path = onnx_path
+    stripped: Path | None = None
+    if loaded and needs_function_strip((major, minor)):
+        model = onnx.load(str(onnx_path), load_external_data=False)
+        if any(f.domain == DOMAIN and f.name in loaded for f in model.functions):
+            stripped = onnx_path.with_name(f".{onnx_path.stem}.plugins{onnx_path.suffix}")
+            onnx.save(strip_functions_for_plugins(model, loaded), str(stripped))
+            parse_path = stripped
+        del model
+    try:
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)
+        parser = trt.OnnxParser(network, logger)
+        with _phase(f"parse {onnx_path.name}", progress):
+            ok = parser.parse_from_file(str(parse_path))
+        if not ok:
+            msgs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+            raise TrtBuildError(f"TensorRT {trt.__version__} could not parse {onnx_path}:\n" + "\n".join(msgs))
+    finally:
+        if stripped is not None:
+            stripped.unlink(missing_ok=True)
+
+    config = builder.create_builder_config()
+    if workspace_mb is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    shapes = _as_profile(profile)
+    if shapes:
+        opt_profile = builder.create_optimization_profile()
+        for name, rng in shapes.items():
+            opt_profile.set_shape(name, rng.min, rng.opt, rng.max)
+        config.add_optimization_profile(opt_profile)
+    cache = None
+    if timing_cache is not None:
+        data = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
+        cache = config.create_timing_cache(data)
+        config.set_timing_cache(cache, False)
+
+    with _phase(f"build {engine_path.name}", progress):
+        serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise TrtBuildError(f"TensorRT {trt.__version__} could not build an engine from {onnx_path} (see its log)")
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = engine_path.with_name(f".{engine_path.name}.partial")
+    with _phase(f"write {engine_path.name}", progress):
+        tmp.write_bytes(bytes(serialized))
+        tmp.replace(engine_path)
+    if cache is not None:
+        Path(timing_cache).write_bytes(bytes(config.get_timing_cache().serialize()))
+    return engine_path

@@ -29,7 +29,11 @@ PREPROCESSOR_FILE = "preprocessor_config.json"
 
 @dataclass(frozen=True)
 class Tensor:
-    """A graph input or output: ``dims`` are ints (fixed) or names of symbolic dimensions."""
+    """A graph input or output: ``dims`` are ints (fixed) or names of symbolic dimensions.
+
+    ``dtype`` "float" follows the export's ``--dtype`` (float32 or float16); "float32", "int64" and
+    "bool" are fixed whatever the export dtype.
+    """
 
     name: str
     dtype: str
@@ -110,7 +114,7 @@ class Geometry:
 
 
 def _kv(names: list[str], length: str, g: Geometry) -> tuple[Tensor, ...]:
-    return tuple(Tensor(n, "float32", (g.kv_heads, length, g.head_dim)) for n in names)
+    return tuple(Tensor(n, "float", (g.kv_heads, length, g.head_dim)) for n in names)
 
 
 def graphs(g: Geometry) -> dict[str, Graph]:
@@ -120,15 +124,15 @@ def graphs(g: Geometry) -> dict[str, Graph]:
     return {
         "encoder": Graph(
             "encoder",
-            (Tensor("pixel_values", "float32", ("frames", 3, g.image_size, g.image_size)),),
-            (Tensor("visual_features", "float32", ("frames", l, c)),),
+            (Tensor("pixel_values", "float", ("frames", 3, g.image_size, g.image_size)),),
+            (Tensor("visual_features", "float", ("frames", l, c)),),
             "CLIP layer -2 without CLS, projector, per-frame average pooling.",
         ),
         "merger": Graph(
             "merger",
-            (Tensor("visual_features", "float32", (t, l, c)),),
+            (Tensor("visual_features", "float", (t, l, c)),),
             (
-                Tensor("merged_tokens", "float32", (t * l, c)),
+                Tensor("merged_tokens", "float", (t * l, c)),
                 Tensor("num_merged", "int64", ()),
                 Tensor("group_sizes", "int64", (2 * t,)),
                 Tensor("window_sizes", "int64", (t,)),
@@ -141,11 +145,11 @@ def graphs(g: Geometry) -> dict[str, Graph]:
             (
                 Tensor("input_ids", "int64", ("text_len",)),
                 Tensor("image_pos", "int64", ()),
-                Tensor("merged_tokens", "float32", ("visual_rows", c)),
+                Tensor("merged_tokens", "float", ("visual_rows", c)),
                 Tensor("num_merged", "int64", ()),
             ),
             (
-                Tensor("hidden_k", "float32", ("seq", c)),
+                Tensor("hidden_k", "float", ("seq", c)),
                 Tensor("visual_scores", "float32", ("merged",)),
                 *_kv(present_names(early), "seq", g),
             ),
@@ -166,11 +170,11 @@ def graphs(g: Geometry) -> dict[str, Graph]:
         "decoder_late": Graph(
             "decoder_late",
             (
-                Tensor("hidden_k", "float32", ("seq", c)),
+                Tensor("hidden_k", "float", ("seq", c)),
                 Tensor("keep_index", "int64", ("kept",)),
                 *_kv(past_names(early), "seq", g),
             ),
-            (Tensor("logits", "float32", (g.vocab,)), *_kv(present_names(every), "kept", g)),
+            (Tensor("logits", "float", (g.vocab,)), *_kv(present_names(every), "kept", g)),
             "Gathers hidden states and the KV cache of layers 0..K, runs layers K+1.. at the kept positions.",
         ),
         "decode_step": Graph(
@@ -180,7 +184,7 @@ def graphs(g: Geometry) -> dict[str, Graph]:
                 Tensor("position", "int64", (1,)),
                 *_kv(past_names(every), "past", g),
             ),
-            (Tensor("logits", "float32", (g.vocab,)), *_kv(present_names(every), "past_plus_one", g)),
+            (Tensor("logits", "float", (g.vocab,)), *_kv(present_names(every), "past_plus_one", g)),
             "One token at position S + j over every layer's cache.",
         ),
     }

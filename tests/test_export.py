@@ -250,3 +250,33 @@ def test_large_weights_go_to_one_external_data_file(tiny_model_dir, tmp_path, sc
     a = RuntimePipeline(out).run(scene_cut_clip, QUESTIONS[1], max_new_tokens=5)
     b = EagerPipeline(tiny_model_dir, PruneConfig()).run(scene_cut_clip, QUESTIONS[1], max_new_tokens=5)
     assert a.token_ids == b.token_ids
+
+
+def test_cli_check_with_trt_compat_lists_parser_findings(tiny_export, scene_cut_clip):
+    from click.testing import CliRunner
+
+    from prunevid.cli import cli
+
+    result = CliRunner().invoke(cli, ["check", str(tiny_export), "--video", str(scene_cut_clip), "--trt-compat"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "all checks passed" in out
+    for name in spec.GRAPH_ORDER:
+        assert f"[trt 10.3] {name}:" in out and f"[trt 11] {name}:" in out
+    assert "needs plugin prunevid::PvDpcKnn" in out  # the custom op is reported for TensorRT 11
+    assert "plugin ignored before TensorRT 10.7" in out
+    assert "ERROR" not in out
+
+
+def test_fp16_export_passes_the_checker_and_runs(tiny_model_dir, tmp_path, scene_cut_clip):
+    out = export(tiny_model_dir, tmp_path / "fp16", PruneConfig(), ExportOptions(dtype="fp16"))
+    manifest = json.loads((out / spec.MANIFEST).read_text())
+    assert manifest["dtype"] == "fp16"
+    pixel = manifest["graphs"]["encoder"]["inputs"][0]
+    scores = manifest["graphs"]["decoder_prefill"]["outputs"][1]
+    assert pixel["dtype"] == "float16" and scores["dtype"] == "float32"
+    for name in spec.GRAPH_ORDER:
+        onnx.checker.check_model(str(out / spec.GRAPH_DIR / f"{name}.onnx"), full_check=True)
+    answer = RuntimePipeline(out).run(scene_cut_clip, QUESTIONS[0], max_new_tokens=4)
+    assert 1 <= len(answer.token_ids) <= 4
+    assert 0 < answer.visual_tokens["kept"] < answer.visual_tokens["merged"] < answer.visual_tokens["encoder"]

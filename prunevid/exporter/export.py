@@ -164,7 +164,7 @@ class Exporter:
         axes = {t.name: {i: d for i, d in enumerate(t.dims) if isinstance(d, str)} for t in graph.inputs + graph.outputs}
         dtype = DTYPES[self.options.dtype]
         module = module.to(dtype) if dtype != torch.float32 else module
-        args = tuple(a.to(dtype) if a.is_floating_point() else a for a in args)
+        args = tuple(a.to(dtype) if t.dtype == "float" else a for t, a in zip(graph.inputs, args))
         before = set(path.parent.iterdir())
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -205,8 +205,7 @@ class Exporter:
     def _tensor_entry(self, t: spec.Tensor) -> dict[str, Any]:
         ranges = dim_ranges(self.geometry, self.model_cfg.text.max_position_embeddings)
         shape = {key: [ranges[d][key] if isinstance(d, str) else d for d in t.dims] for key in ("min", "opt", "max")}
-        dtype = self.options.dtype if t.dtype == "float32" else t.dtype
-        dtype = {"fp32": "float32", "fp16": "float16"}.get(dtype, dtype)
+        dtype = {"fp32": "float32", "fp16": "float16"}[self.options.dtype] if t.dtype == "float" else t.dtype
         return {"name": t.name, "dtype": dtype, "dims": list(t.dims), **shape}
 
     def manifest(self, graph_entries: dict[str, Any]) -> dict[str, Any]:

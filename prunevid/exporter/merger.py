@@ -143,6 +143,8 @@ class MergerStage(nn.Module):
         return out, torch.where(merged, clusters, n)
 
     def forward(self, video: torch.Tensor):
+        dtype = video.dtype  # float16 exports still merge in float32: the decisions are thresholds
+        video = video.float()
         t, l, c = video.shape
         seg = self.segments(video)  # [T]
         static, w, means = self.static_split(video, seg)
@@ -166,4 +168,4 @@ class MergerStage(nn.Module):
         within = rows - (ends - counts).index_select(0, group)  # [T*L]
         src = (group * l + within).clamp(min=0, max=2 * t * l - 1)
         merged = out.index_select(0, src) * (rows < total).float()[:, None]  # [T*L, C]
-        return merged, total, counts, w
+        return merged.to(dtype), total, counts, w

@@ -53,7 +53,7 @@ def question_scores_dynamic(q: torch.Tensor, k: torch.Tensor, start: torch.Tenso
     the pre-RoPE, non-causal logits, as PruneVid's scoring map.
     """
     rep = q.shape[0] // k.shape[0]
-    k = k.repeat_interleave(rep, dim=0)  # [H, S, d]
+    q, k = q.float(), k.repeat_interleave(rep, dim=0).float()  # [H, S, d]; scores in float32
     rows = q.index_select(1, _range(end, _size(q, 1)))  # [H, Q, d]
     attn = torch.softmax(rows @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # [H, Q, S]
     block = attn.index_select(2, _range(start, end))  # [H, Q, Nv]
@@ -84,7 +84,7 @@ class PrefillStage(nn.Module):
             ]
         )  # [S, C]
         s = x.shape[0]
-        rope, mask = lm.rope(torch.arange(s)), causal_mask(s)
+        rope, mask = lm.rope(torch.arange(s)), causal_mask(s, x.dtype)
         caches: list[KV] = []
         for i in range(self.k_layer + 1):
             out = lm.model.layers[i](x, rope, mask, keep_pre_rope=i == self.k_layer)
@@ -128,7 +128,7 @@ class LateStage(nn.Module):
         lm = self.model.language_model
         x = hidden_k.index_select(0, keep_index)  # [S', C]
         early = [(k.index_select(1, keep_index), v.index_select(1, keep_index)) for k, v in _pairs(past)]
-        x, late = lm.run_layers(x, range(self.k_layer + 1, len(lm.model.layers)), keep_index, causal_mask(x.shape[0]))
+        x, late = lm.run_layers(x, range(self.k_layer + 1, len(lm.model.layers)), keep_index, causal_mask(x.shape[0], x.dtype))
         logits = lm.logits(x[-1:])[0]  # [V]
         return (logits, *_flatten(early + late))
 

@@ -70,6 +70,11 @@ class _Body:
         axes_t = self.const(axes, TensorProto.INT64, "axes", shape=(len(axes),))
         return self.op("Unsqueeze", data, axes_t)
 
+    def squeeze(self, data: str, axes: list[int]) -> str:
+        """Squeeze with explicit axes (TensorRT before 11.5 rejects Squeeze without them)."""
+        axes_t = self.const(axes, TensorProto.INT64, "axes", shape=(len(axes),))
+        return self.op("Squeeze", data, axes_t)
+
 
 def _dpc_knn_body(b: _Body, spec: OpSpec) -> None:
     """Body of PvDpcKnn, step for step as :func:`prunevid.plugins.kernels.dpc_knn_batched`."""
@@ -87,7 +92,7 @@ def _dpc_knn_body(b: _Body, spec: OpSpec) -> None:
     # sizes and index vectors
     n_1d = b.op("Shape", x, start=1, end=2)  # [1] = N
     c_1d = b.op("Shape", x, start=2, end=3)  # [1] = C
-    n_scalar = b.op("Squeeze", n_1d)  # scalar N
+    n_scalar = b.squeeze(n_1d, [0])  # scalar N
     idx = b.op("Range", zero_i, n_scalar, one_i)  # [N]
     idx_row = b.unsqueeze(idx, [0])  # [1, N]  (j along the last axis)
     idx_col = b.unsqueeze(idx, [1])  # [N, 1]  (i along the rows)
@@ -169,7 +174,7 @@ def _group_topk_body(b: _Body, spec: OpSpec) -> None:
     zero_i = b.const(0, i64, "zero_i")
     one_i = b.const(1, i64, "one_i")
 
-    m_scalar = b.op("Squeeze", b.op("Shape", scores))  # scalar M
+    m_scalar = b.squeeze(b.op("Shape", scores), [0])  # scalar M
     idx = b.op("Range", zero_i, m_scalar, one_i)  # [M]
     idx_row = b.unsqueeze(idx, [0])  # [1, M]  (j)
     idx_col = b.unsqueeze(idx, [1])  # [M, 1]  (i)

@@ -44,6 +44,7 @@ class RuntimePipeline:
         self.geometry = self.artifact.geometry
         self.tokenizer = TextTokenizer.from_dir(self.artifact.root)
         self.preprocess = Preprocess.from_json(self.artifact.root / spec.PREPROCESSOR_FILE)
+        self.float_type = np.float16 if self.artifact.manifest.get("dtype") == "fp16" else np.float32
         paths = {name: self.artifact.graph_path(name) for name in spec.GRAPH_ORDER}
         self.backend = OrtBackend(paths, providers)
         self.backend.warm_up()
@@ -83,7 +84,7 @@ class RuntimePipeline:
             check_fits(len(ids), g.max_visual, max_new_tokens, ctx)
         clock = Stopwatch()
         with clock.stage("video"):
-            pixels = load_video(video, g.frames, self.preprocess)  # [T, 3, S, S]
+            pixels = load_video(video, g.frames, self.preprocess).astype(self.float_type)  # [T, 3, S, S]
         with clock.stage("encoder"):
             features = run("encoder", {"pixel_values": pixels})["visual_features"]
         clock.ms.setdefault("merge", 0.0)

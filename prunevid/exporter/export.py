@@ -27,6 +27,7 @@ from prunevid.atomic import atomic_dir
 from prunevid.config import PruneConfig
 from prunevid.errors import ConfigError, ModelDirError
 from prunevid.plugins.ops import DOMAIN, DOMAIN_VERSION
+from prunevid.runtime.artifact import sha256
 
 # Weights above this go to an external data file (protobuf cannot serialise 2 GB; keep a margin).
 EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -44,14 +45,6 @@ class ExportOptions:
     dtype: str = "fp32"
     opset: int = 18
     template: str = "videoqa"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checkpoint_hash(model_dir: Path) -> str:

@@ -12,7 +12,8 @@ from prunevid import spec
 from prunevid.errors import ArtifactError
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -42,7 +43,7 @@ class Artifact:
 def _check_file(path: Path, expected: str, what: str) -> None:
     if not path.is_file():
         raise ArtifactError(f"export is missing {what} ({path.name}); export again")
-    if _sha256(path) != expected:
+    if sha256(path) != expected:
         raise ArtifactError(f"{what} ({path.name}) changed since export (sha256 mismatch); export again")
 
 

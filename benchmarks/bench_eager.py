@@ -51,27 +51,6 @@ def measure(pipe: EagerPipeline, clip: Path, repeats: int) -> dict:
     }
 
 
-def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    stages = ["encoder", "merge", "prefill"]
-    fig, ax = plt.subplots(figsize=(6, 3))
-    for i, (mode, res) in enumerate(results.items()):
-        left = 0.0
-        for stage in stages:
-            ms = res["timings_ms"][stage]
-            ax.barh(i, ms, left=left, label=stage if i == 0 else None, color=f"C{stages.index(stage)}")
-            left += ms
-    ax.set_yticks(range(len(results)), [f"{m}\n{r['visual_tokens']['kept']} kept" for m, r in results.items()])
-    ax.set_xlabel("time to first token (ms), eager PyTorch, CPU")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -100,7 +79,9 @@ def main() -> None:
     }
     args.out.write_text(json.dumps(summary, indent=2))
     if args.plot:
-        plot(results, args.plot)
+        from plot_stages import stage_bars
+
+        stage_bars(results, args.plot, "time to first token (ms), eager PyTorch, CPU")
     vt = pv["visual_tokens"]
     print(f"visual tokens: encoder {vt['encoder']} -> merged {vt['merged']} -> kept {vt['kept']} "
           f"({100 * vt['kept'] / vt['encoder']:.1f}% retained)")

@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("PRUNEVID_CACHE", Path.home() / ".cache/prunevid")))
     parser.add_argument("--out", type=Path, default=Path("bench-runtime.json"))
+    parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args()
 
     import torch
@@ -130,6 +131,10 @@ def main() -> None:
         "results": results,
     }
     args.out.write_text(json.dumps(summary, indent=2))
+    if args.plot:
+        from plot_stages import stage_bars
+
+        stage_bars(results, args.plot, "time to first token (ms), CPU")
     vt = rp["visual_tokens"]
     print(f"visual tokens: encoder {vt['encoder']} -> merged {vt['merged']} -> kept {vt['kept']}")
     for m in ("prunevid", "none"):

@@ -219,6 +219,28 @@ def print_trt_compat(engine_dir: Path) -> bool:
     return errors
 
 
+@cli.command()
+@click.argument("engine_dir", type=click.Path(path_type=Path))
+@click.option("--trt-major", type=click.Choice(["10", "11"]), default="10", show_default=True,
+              help="TensorRT major version on the target (JetPack 6 ships 10.3).")
+@click.option("--fp16", is_flag=True, help="Add --fp16 (TensorRT 10 only; on 11 export with --dtype fp16).")
+@click.option("--plugin-lib", "plugin_libs", multiple=True, help="Plugin shared library for trtexec.")
+def trtexec(engine_dir, trt_major, fp16, plugin_libs):
+    """Print the trtexec command that builds and profiles each graph, with shape profiles from the manifest."""
+    from prunevid.exporter.trt_build import trtexec_command
+    from prunevid.runtime.artifact import open_artifact
+
+    artifact = open_artifact(engine_dir, verify=False)
+    for name, entry in artifact.manifest["graphs"].items():
+        shapes = {t["name"]: {k: t[k] for k in ("min", "opt", "max")}
+                  for t in entry["inputs"] if any(isinstance(d, str) for d in t["dims"])}
+        stem = Path(engine_dir) / entry["file"]
+        cmd = trtexec_command(stem, stem.with_suffix(".engine"), shapes, trt_major=int(trt_major), fp16=fp16,
+                              plugin_libs=plugin_libs, export_times=stem.with_suffix(".times.json"),
+                              export_layer_info=stem.with_suffix(".layers.json"))
+        click.echo(" ".join(cmd))
+
+
 @cli.command("make-tiny")
 @click.option("--model", type=click.Choice(["pllava"]), default="pllava", show_default=True)
 @click.option("--geometry", type=click.Choice(["tiny", "medium", "bench"]), default="tiny", show_default=True,

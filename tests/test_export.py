@@ -280,3 +280,21 @@ def test_fp16_export_passes_the_checker_and_runs(tiny_model_dir, tmp_path, scene
     answer = RuntimePipeline(out).run(scene_cut_clip, QUESTIONS[0], max_new_tokens=4)
     assert 1 <= len(answer.token_ids) <= 4
     assert 0 < answer.visual_tokens["kept"] < answer.visual_tokens["merged"] < answer.visual_tokens["encoder"]
+
+
+def test_cli_trtexec_commands_follow_the_manifest_profiles(tiny_export):
+    from click.testing import CliRunner
+
+    from prunevid.cli import cli
+
+    runner = CliRunner()
+    ten = runner.invoke(cli, ["trtexec", str(tiny_export), "--fp16"])
+    assert ten.exit_code == 0, ten.output
+    lines = ten.stdout.strip().splitlines()
+    assert len(lines) == len(spec.GRAPH_ORDER)
+    assert all(line.startswith("trtexec --onnx=") and "--fp16" in line for line in lines)
+    assert "--minShapes=pixel_values:1x3x112x112" in lines[0] and "--maxShapes=pixel_values:16x3x112x112" in lines[0]
+    eleven = runner.invoke(cli, ["trtexec", str(tiny_export), "--trt-major", "11"])
+    assert eleven.exit_code == 0 and "--fp16" not in eleven.stdout and "--useCudaGraph" not in eleven.stdout
+    refused = runner.invoke(cli, ["trtexec", str(tiny_export), "--trt-major", "11", "--fp16"])
+    assert refused.exit_code != 0 and "TensorRT 11 has no --fp16" in refused.output

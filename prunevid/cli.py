@@ -231,7 +231,7 @@ def trtexec(engine_dir, trt_major, fp16, plugin_libs):
     from prunevid.runtime.artifact import open_artifact
 
     artifact = open_artifact(engine_dir, verify=False)
-    for name, entry in artifact.manifest["graphs"].items():
+    for entry in artifact.manifest["graphs"].values():
         shapes = {t["name"]: {k: t[k] for k in ("min", "opt", "max")}
                   for t in entry["inputs"] if any(isinstance(d, str) for d in t["dims"])}
         stem = Path(engine_dir) / entry["file"]

@@ -13,7 +13,6 @@ from typing import Any
 
 from prunevid.errors import ConfigError
 
-
 # Far above any video LLM's context at one token per frame; keeps a typo from decoding gigabytes.
 MAX_FRAMES = 512
 

@@ -25,7 +25,12 @@ import torch
 
 from prunevid.config import PruneConfig
 from prunevid.model.llama import KV, LlamaForCausalLM, causal_mask
-from prunevid.pruning import MergedVideo, merge_video_tokens, scoring_attention, select_visual_tokens
+from prunevid.pruning import (
+    MergedVideo,
+    merge_video_tokens,
+    scoring_attention,
+    select_visual_tokens,
+)
 from prunevid.runtime.report import Answer, Stopwatch
 
 

@@ -15,8 +15,19 @@ import torch
 from onnx import TensorProto, helper
 
 from prunevid.plugins.kernels import dpc_knn_batched, group_topk
-from prunevid.plugins.onnx_functions import MAX_OPSET, MIN_OPSET, attach_functions, function_proto
-from prunevid.plugins.ops import DOMAIN, DOMAIN_VERSION, OPS, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from prunevid.plugins.onnx_functions import (
+    MAX_OPSET,
+    MIN_OPSET,
+    attach_functions,
+    function_proto,
+)
+from prunevid.plugins.ops import (
+    DOMAIN,
+    DOMAIN_VERSION,
+    OPS,
+    PLUGIN_NAMESPACE,
+    PLUGIN_VERSION,
+)
 from prunevid.plugins.torch_ops import dpc_knn_op, group_topk_op
 from prunevid.pruning import dpc_knn, group_layout, keep_count, select_visual_tokens
 
@@ -402,3 +413,12 @@ def test_inputs_of_another_type_are_cast_to_the_table_types():
     got = _session(model).run(None, {n: v.numpy() for n, v in zip(names, inputs)})
     for g, want in zip(got, module(*inputs)):
         np.testing.assert_array_equal(g, want.numpy())
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_table_declares_a_tolerance_for_every_output(name):
+    spec = OPS[name]
+    outputs = {t.name for t in spec.outputs}
+    assert set(spec.atol) == set(spec.rtol) == outputs
+    # integer outputs are compared exactly
+    assert all(spec.atol[t.name] == spec.rtol[t.name] == 0.0 for t in spec.outputs if t.dtype == "int64")

@@ -4,7 +4,12 @@ import math
 
 import torch
 
-from prunevid.pruning import keep_count, scoring_attention, select_visual_tokens, visual_token_scores
+from prunevid.pruning import (
+    keep_count,
+    scoring_attention,
+    select_visual_tokens,
+    visual_token_scores,
+)
 from prunevid.reference import question_scores
 
 

@@ -114,7 +114,13 @@ class Exporter:
     def stages_and_inputs(self) -> dict[str, tuple[torch.nn.Module, tuple]]:
         """Each graph's module and trace inputs, produced by running the stages eagerly in order."""
         from prunevid.exporter.merger import MergerStage
-        from prunevid.exporter.stages import DecodeStepStage, EncoderStage, LateStage, PrefillStage, SelectStage
+        from prunevid.exporter.stages import (
+            DecodeStepStage,
+            EncoderStage,
+            LateStage,
+            PrefillStage,
+            SelectStage,
+        )
 
         g, model, k = self.geometry, self.model, self.cfg.layer
         gen = torch.Generator().manual_seed(0)

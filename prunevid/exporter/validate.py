@@ -92,7 +92,13 @@ class GraphChecker:
 
     def __init__(self, artifact, model, cfg: PruneConfig, tokenizer):
         from prunevid.exporter.merger import MergerStage
-        from prunevid.exporter.stages import DecodeStepStage, EncoderStage, LateStage, PrefillStage, SelectStage
+        from prunevid.exporter.stages import (
+            DecodeStepStage,
+            EncoderStage,
+            LateStage,
+            PrefillStage,
+            SelectStage,
+        )
         from prunevid.runtime.backend import OrtBackend
 
         g = artifact.geometry

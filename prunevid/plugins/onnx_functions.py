@@ -17,7 +17,14 @@ import math
 from collections.abc import Callable, Iterator
 
 import onnx
-from onnx import AttributeProto, FunctionProto, ModelProto, NodeProto, TensorProto, helper
+from onnx import (
+    AttributeProto,
+    FunctionProto,
+    ModelProto,
+    NodeProto,
+    TensorProto,
+    helper,
+)
 
 from prunevid.plugins.ops import DOMAIN, DOMAIN_VERSION, OPS, OpSpec
 

@@ -88,6 +88,9 @@ DPC_KNN = OpSpec(
         "(first centre on ties) and each centre its own slot. Groups outside those bounds give "
         "unspecified labels and centres (but never crash)."
     ),
+    # integer outputs: every backend must agree exactly (up to float near-ties in the distances)
+    atol={"labels": 0.0, "centers": 0.0},
+    rtol={"labels": 0.0, "centers": 0.0},
 )
 
 GROUP_TOPK = OpSpec(
@@ -106,6 +109,8 @@ GROUP_TOPK = OpSpec(
         "index) and return all kept indices sorted ascending. PruneVid's stage D calls it with "
         "keep_counts = floor(alpha * group_sizes), computed exactly outside the op."
     ),
+    atol={"keep": 0.0},
+    rtol={"keep": 0.0},
 )
 
 OPS: dict[str, OpSpec] = {op.name: op for op in (DPC_KNN, GROUP_TOPK)}

@@ -67,17 +67,19 @@ def build_config(preset: str, mode: str | None, no_prune: bool, **overrides):
     return get_preset(preset).with_overrides(mode="none" if no_prune else mode, **overrides)
 
 
+def print_summary(result) -> None:
+    """Token counts and TTFT, on stderr."""
+    vt = result.visual_tokens
+    click.echo(f"[visual tokens {vt['encoder']} -> merged {vt['merged']} -> kept {vt['kept']}; "
+               f"TTFT {result.ttft_ms:.1f} ms]", err=True)
+
+
 def print_answer(result, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result.to_json()))
         return
     click.echo(result.answer)
-    vt = result.visual_tokens
-    click.echo(
-        f"[visual tokens {vt['encoder']} -> merged {vt['merged']} -> kept {vt['kept']}; "
-        f"TTFT {result.ttft_ms:.1f} ms]",
-        err=True,
-    )
+    print_summary(result)
 
 
 @cli.command()
@@ -121,9 +123,7 @@ def run_runtime(engine_dir, video, question, template, max_new_tokens, as_json, 
                           on_token=streamer)
     if streamer is not None:
         streamer.finish()
-        vt = result.visual_tokens
-        click.echo(f"[visual tokens {vt['encoder']} -> merged {vt['merged']} -> kept {vt['kept']}; "
-                   f"TTFT {result.ttft_ms:.1f} ms]", err=True)
+        print_summary(result)
     else:
         print_answer(result, as_json=True)
 

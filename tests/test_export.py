@@ -298,3 +298,36 @@ def test_cli_trtexec_commands_follow_the_manifest_profiles(tiny_export):
     assert eleven.exit_code == 0 and "--fp16" not in eleven.stdout and "--useCudaGraph" not in eleven.stdout
     refused = runner.invoke(cli, ["trtexec", str(tiny_export), "--trt-major", "11", "--fp16"])
     assert refused.exit_code != 0 and "TensorRT 11 has no --fp16" in refused.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--frames", "0"], "--frames"),
+        (["--frames", "5"], "temporal_k"),
+        (["--opset", "30"], "--opset"),
+        (["--alpha", "1.5"], "--alpha"),
+        (["--layer", "11"], "leaves no layer"),
+    ],
+)
+def test_cli_export_refuses_impossible_settings_without_writing(tiny_model_dir, tmp_path, args, message):
+    from click.testing import CliRunner
+
+    from prunevid.cli import cli
+
+    out = tmp_path / "never"
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(tiny_model_dir), "--out", str(out), *args])
+    assert result.exit_code != 0 and message in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1
+    assert isinstance(result.exception, SystemExit)  # click's clean exit, not a traceback
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_refuses_a_folder_that_is_not_a_checkpoint(tmp_path):
+    from click.testing import CliRunner
+
+    from prunevid.cli import cli
+
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0 and "no config.json" in result.output

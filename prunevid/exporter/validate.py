@@ -52,10 +52,12 @@ class OutputCheck:
 class CheckReport:
     outputs: list[OutputCheck] = field(default_factory=list)
     end_to_end: list[tuple[str, str, bool]] = field(default_factory=list)  # (mode, question, equal)
+    polygraphy: dict[str, bool] = field(default_factory=dict)  # graph -> Polygraphy's verdict
 
     @property
     def ok(self) -> bool:
-        return all(o.ok for o in self.outputs) and all(e[2] for e in self.end_to_end)
+        return (all(o.ok for o in self.outputs) and all(e[2] for e in self.end_to_end)
+                and all(self.polygraphy.values()))
 
     def summary(self) -> list[OutputCheck]:
         """One row per output, the KV cache of each graph folded into one ``present.*`` row."""
@@ -87,10 +89,31 @@ def compare(graph: str, name: str, got: np.ndarray, want: np.ndarray) -> OutputC
     return OutputCheck(graph, name, tuple(got.shape), float(diff.max(initial=0.0)), float(rel.max(initial=0.0)), ok)
 
 
+def polygraphy_verdict(path: Path, graph: spec.Graph, feeds: dict[str, np.ndarray],
+                       torch_outputs: dict[str, np.ndarray]) -> bool:
+    """The same comparison through Polygraphy: its ONNX Runtime runner against the torch outputs,
+    with its simple (elementwise) compare function at this graph's tolerances (integer outputs exact)."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy import comparator
+    from polygraphy.comparator.struct import IterationResult
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.ERROR
+    atol, rtol = TOLERANCES[graph.name]
+    exact = {t.name: 0.0 for t in graph.outputs if t.dtype in ("int64", "bool")}
+    runner = OnnxrtRunner(SessionFromOnnx(str(path), providers=["cpu"]), name="onnxruntime")
+    results = comparator.Comparator.run([runner], data_loader=[feeds])
+    results.append(("torch-eager", [IterationResult(outputs=torch_outputs, runner_name="torch-eager")]))
+    # SimpleCompareFunc since Polygraphy 0.50; CompareFunc.simple before (deprecated after)
+    simple = getattr(comparator, "SimpleCompareFunc", None) or comparator.CompareFunc.simple
+    compare = simple(atol={"": atol, **exact}, rtol={"": rtol, **exact}, check_error_stat="elemwise")
+    return bool(comparator.Comparator.compare_accuracy(results, compare_func=compare))
+
+
 class GraphChecker:
     """Runs each torch stage and its ONNX graph on the same inputs."""
 
-    def __init__(self, artifact, model, cfg: PruneConfig, tokenizer):
+    def __init__(self, artifact, model, cfg: PruneConfig, tokenizer, use_polygraphy: bool = False):
         from prunevid.exporter.merger import MergerStage
         from prunevid.exporter.stages import (
             DecodeStepStage,
@@ -114,6 +137,7 @@ class GraphChecker:
         self.backend = OrtBackend({n: artifact.graph_path(n) for n in spec.GRAPH_ORDER})
         self.graphs = spec.graphs(g)
         self.report = CheckReport()
+        self.use_polygraphy = use_polygraphy
 
     def step(self, name: str, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Run graph ``name`` both ways, record the comparison, return the torch outputs."""
@@ -125,6 +149,10 @@ class GraphChecker:
         got = self.backend.run(name, feeds)
         for t, w in zip(graph.outputs, want):
             self.report.outputs.append(compare(name, t.name, self.backend.host(got[t.name]), w.numpy()))
+        if self.use_polygraphy:
+            wanted = {t.name: w.numpy() for t, w in zip(graph.outputs, want)}
+            verdict = polygraphy_verdict(self.artifact.graph_path(name), graph, feeds, wanted)
+            self.report.polygraphy[name] = self.report.polygraphy.get(name, True) and verdict
         return want
 
     def run_all(self, seed: int = 1) -> None:
@@ -168,7 +196,7 @@ def end_to_end(engine_dir: Path, checkpoint: Path, cfg: PruneConfig, clip: Path,
 
 
 def check_export(engine_dir: str | Path, checkpoint: str | Path | None = None, *, clip: Path | None = None,
-                 progress: Callable[[str], None] = lambda _m: None) -> CheckReport:
+                 use_polygraphy: bool = False, progress: Callable[[str], None] = lambda _m: None) -> CheckReport:
     """Check every graph of ``engine_dir`` against the eager stages of its source checkpoint."""
     from prunevid.errors import ArtifactError
     from prunevid.exporter.export import checkpoint_hash
@@ -186,7 +214,7 @@ def check_export(engine_dir: str | Path, checkpoint: str | Path | None = None, *
     cfg = PruneConfig(**settings)
     progress(f"loading {source}")
     model, _ = load_model(source, cfg.lora_alpha)
-    checker = GraphChecker(artifact, model, cfg, TextTokenizer.from_dir(artifact.root))
+    checker = GraphChecker(artifact, model, cfg, TextTokenizer.from_dir(artifact.root), use_polygraphy)
     progress("comparing each graph with its torch stage on fresh inputs")
     checker.run_all()
     report = checker.report

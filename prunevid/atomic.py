@@ -28,8 +28,11 @@ def atomic_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder that replaces ``out`` when the block succeeds."""
     out = Path(out)
     check_target(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as exc:
+        raise ArtifactError(f"cannot write {out}: {exc.strerror or exc}") from None
     try:
         yield tmp
     except BaseException:

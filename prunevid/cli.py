@@ -40,8 +40,8 @@ def cli() -> None:
 def prune_options(fn):
     """Options shared by every command that runs the pipeline."""
     opts = [
-        click.option("--preset", default="pllava-mvbench", show_default=True,
-                     help="Named PruneVid settings (pllava-mvbench: K=10, LoRA alpha 14; pllava-vcg: K=5, LoRA alpha 4)."),
+        click.option("--preset", default=None,
+                     help="Named PruneVid settings [pllava-mvbench: K=10, LoRA alpha 14]; pllava-vcg: K=5, LoRA alpha 4."),
         click.option("--mode", type=click.Choice(["prunevid", "merge", "none"]), default=None,
                      help="prunevid: merge + select (default); merge: merging only; none: the unpruned baseline."),
         click.option("--no-prune", is_flag=True, help="Run the unpruned baseline (same as --mode none)."),
@@ -58,13 +58,14 @@ def prune_options(fn):
     return fn
 
 
-def build_config(preset: str, mode: str | None, no_prune: bool, **overrides):
+def build_config(preset: str | None, mode: str | None, no_prune: bool, **overrides):
+    from prunevid.config import DEFAULT_PRESET
     from prunevid.config import preset as get_preset
     from prunevid.errors import ConfigError
 
     if no_prune and mode not in (None, "none"):
         raise ConfigError(f"--no-prune contradicts --mode {mode}")
-    return get_preset(preset).with_overrides(mode="none" if no_prune else mode, **overrides)
+    return get_preset(preset or DEFAULT_PRESET).with_overrides(mode="none" if no_prune else mode, **overrides)
 
 
 def print_summary(result) -> None:
@@ -98,7 +99,8 @@ def run(model_dir, engine_dir, video, question, template, max_new_tokens, as_jso
     if (model_dir is None) == (engine_dir is None):
         raise ConfigError("pass exactly one of --model-dir DIR (checkpoint) or --engine-dir DIR (export)")
     if engine_dir is not None:
-        return run_runtime(engine_dir, video, question, template, max_new_tokens, as_json, mode, no_prune, overrides)
+        return run_runtime(engine_dir, video, question, template, max_new_tokens, as_json, mode, no_prune,
+                           {"preset": preset, **overrides})
     cfg = build_config(preset, mode, no_prune, **overrides)
     from prunevid.reference import EagerPipeline
 
@@ -117,7 +119,7 @@ def run_runtime(engine_dir, video, question, template, max_new_tokens, as_json, 
         raise ConfigError(f"--{fixed[0].replace('_', '-')} is fixed at export; export again to change it")
     if no_prune and mode not in (None, "none"):
         raise ConfigError(f"--no-prune contradicts --mode {mode}")
-    pipeline = RuntimePipeline(engine_dir, mode="none" if no_prune else mode or "prunevid")
+    pipeline = RuntimePipeline(engine_dir, mode="none" if no_prune else mode)
     streamer = None if as_json else TokenPrinter(pipeline.tokenizer)
     result = pipeline.run(video, question, max_new_tokens=max_new_tokens, template=template,
                           on_token=streamer)

@@ -7,6 +7,7 @@ temporal segment ratio 0.25, cluster ratio 0.5, DPC k = 7, 16 frames, LoRA alpha
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from typing import Any
@@ -71,6 +72,9 @@ class PruneConfig:
         """Check every setting (and K against ``num_layers`` when given); returns ``self``."""
         if not 1 <= self.frames <= MAX_FRAMES:
             raise ConfigError(f"--frames must be in [1, {MAX_FRAMES}], got {self.frames}")
+        for name in ("tau", "alpha", "temporal_segment_ratio", "cluster_ratio", "lora_alpha"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
         if self.lora_alpha < 0:
             raise ConfigError(f"--lora-alpha must be >= 0, got {self.lora_alpha}")
         if not 0.0 <= self.tau <= 1.0:

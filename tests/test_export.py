@@ -312,6 +312,8 @@ def test_cli_trtexec_commands_follow_the_manifest_profiles(tiny_export):
         (["--opset", "30"], "--opset"),
         (["--alpha", "1.5"], "--alpha"),
         (["--layer", "11"], "leaves no layer"),
+        (["--frames", "3", "--mode", "none"], "temporal_k"),  # the merger is exported whatever the mode
+        (["--lora-alpha", "nan"], "finite"),
     ],
 )
 def test_cli_export_refuses_impossible_settings_without_writing(tiny_model_dir, tmp_path, args, message):
@@ -335,3 +337,29 @@ def test_cli_export_refuses_a_folder_that_is_not_a_checkpoint(tmp_path):
 
     result = CliRunner().invoke(cli, ["export", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o")])
     assert result.exit_code != 0 and "no config.json" in result.output
+
+
+def test_runtime_defaults_to_the_exported_mode_and_refuses_export_settings(tiny_model_dir, tmp_path, scene_cut_clip):
+    from click.testing import CliRunner
+
+    from prunevid.cli import cli
+
+    out = export(tiny_model_dir, tmp_path / "baseline", PruneConfig(mode=Mode.NONE), ExportOptions())
+    assert RuntimePipeline(out).mode == "none"
+    assert RuntimePipeline(out, mode="prunevid").mode == "prunevid"
+    result = CliRunner().invoke(cli, ["run", "--engine-dir", str(out), "--video", str(scene_cut_clip),
+                                      "--question", "q", "--preset", "pllava-vcg"])
+    assert result.exit_code != 0 and "--preset is fixed at export" in result.output
+
+
+def test_unwritable_output_is_a_one_line_error(tiny_model_dir):
+    from click.testing import CliRunner
+
+    from prunevid.cli import cli
+
+    under_a_file = tiny_model_dir / "config.json" / "sub"
+    for args in (["make-tiny", str(under_a_file)], ["export", "--checkpoint", str(tiny_model_dir), "--out", str(under_a_file)]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code != 0 and isinstance(result.exception, SystemExit)
+        errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and f"cannot write {under_a_file}" in errors[0]

@@ -115,7 +115,7 @@ class MergerStage(nn.Module):
         inner = (gram * same).sum(-1) - 1  # [L, T]: sum over the frame's own window, minus 1
         sim = member.float() @ inner.t()  # [S, L]
         pairs = (w * (w - 1)).clamp(min=1).float()  # [S]
-        static = (sim / pairs[:, None] > self.cfg.tau) & (w > 1)[:, None]  # [S, L]
+        static = ((sim / pairs[:, None]).clamp(max=1.0) > self.cfg.tau) & (w > 1)[:, None]  # [S, L]
         means = (member.float() @ video.reshape(t, l * c)).reshape(t, l, c)  # [S, L, C] sums
         means = means / w.clamp(min=1).float()[:, None, None]
         return static, w, means

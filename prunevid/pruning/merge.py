@@ -79,6 +79,9 @@ def static_mask(window: torch.Tensor, tau: float) -> torch.Tensor:
 
     ``sim_l = (sum_i (sum_j cos(x_il, x_jl) - 1)) / (w (w - 1))``: the self-similarity is removed
     by subtracting exactly 1 per frame, as in the official code. One-frame windows are all dynamic.
+    ``sim`` is clamped at 1 before the test: float32 rounding can lift the mean cosine of identical
+    frames a few ulps above 1, which would make them static even at ``tau = 1`` (the spec: nothing
+    is static at ``tau = 1``) and would depend on the backend's summation order.
     """
     w, L, _ = window.shape
     if w == 1:
@@ -86,7 +89,7 @@ def static_mask(window: torch.Tensor, tau: float) -> torch.Tensor:
     normed = F.normalize(window, p=2, dim=-1)  # [w, L, C]
     sim = torch.einsum("wlc,tlc->wtl", normed, normed)  # [w, w, L]
     sim = (sim.sum(dim=-2) - 1).sum(dim=-2) / (w * (w - 1))  # [L]
-    return sim > tau
+    return sim.clamp(max=1.0) > tau  # rounding must not lift a mean of cosines above 1
 
 
 def temporal_segments(

@@ -31,15 +31,17 @@ def _int(value) -> int:
 class RuntimePipeline:
     """Answers questions about videos from an export folder alone. Load once, answer many times."""
 
-    def __init__(self, engine_dir: str | Path, mode: str = "prunevid", providers: list[str] | None = None,
+    def __init__(self, engine_dir: str | Path, mode: str | None = None, providers: list[str] | None = None,
                  verify: bool = True):
+        """``mode`` None takes the mode the folder was exported with."""
         from prunevid.errors import ConfigError
         from prunevid.runtime.text import TextTokenizer
         from prunevid.runtime.video import Preprocess
 
+        self.artifact = open_artifact(engine_dir, verify=verify)
+        mode = mode or self.artifact.prune["mode"]
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode}")
-        self.artifact = open_artifact(engine_dir, verify=verify)
         self.mode = mode
         self.geometry = self.artifact.geometry
         self.tokenizer = TextTokenizer.from_dir(self.artifact.root)

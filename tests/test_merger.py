@@ -1,0 +1,70 @@
+"""The fixed-shape merger graph's torch module against the loop reference of stages A-C."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prunevid.config import PruneConfig
+from prunevid.exporter.merger import MergerStage, refine_unrolled
+from prunevid.pruning import merge_video_tokens, refine_segments
+from prunevid.pruning.merge import static_mask
+
+
+def reference(video: torch.Tensor, cfg: PruneConfig):
+    return merge_video_tokens(video, tau=cfg.tau, temporal_segment_ratio=cfg.temporal_segment_ratio,
+                              cluster_ratio=cfg.cluster_ratio, temporal_k=cfg.temporal_k, spatial_k=cfg.spatial_k)
+
+
+def assert_same(video: torch.Tensor, cfg: PruneConfig) -> None:
+    t, l, _ = video.shape
+    ref = reference(video, cfg)
+    merged, num, groups, windows = MergerStage(cfg, t, l)(video)
+    m = ref.num_tokens
+    assert int(num) == m
+    assert torch.allclose(merged[:m], ref.tokens, atol=1e-5)
+    assert torch.all(merged[m:] == 0)
+    assert [int(w) for w in windows if w > 0] == ref.window_sizes
+    expected_groups = []
+    for n_s, n_d, w in zip(ref.static_sizes, ref.dynamic_sizes, ref.window_sizes):
+        expected_groups += [n_s] + [n_d // w] * w
+    assert groups.tolist()[: len(expected_groups)] == expected_groups
+    assert all(g == 0 for g in groups.tolist()[len(expected_groups):])
+
+
+@pytest.mark.parametrize("t", [1, 2, 5, 8, 16, 24])
+def test_unrolled_refinement_equals_reference(t):
+    gen = torch.Generator().manual_seed(t)
+    for _ in range(300):
+        labels = torch.randint(0, 5, (t,), generator=gen)
+        assert torch.equal(refine_unrolled(labels), refine_segments(labels))
+
+
+def scene_clip(seed: int, t: int = 16, l: int = 16, c: int = 32) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    video = torch.randn(t, l, c, generator=gen)
+    for cut in sorted(torch.randint(1, t, (3,), generator=gen).tolist()):
+        video[cut:] += 2 * torch.randn(1, 1, c, generator=gen)
+    static = torch.randperm(l, generator=gen)[: int(torch.randint(0, l, (1,), generator=gen))]
+    video[:, static] = video[:1, static] + 0.05 * torch.randn(t, len(static), c, generator=gen)
+    return video
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_merger_equals_reference_on_scene_clips(seed):
+    assert_same(scene_clip(seed), PruneConfig())
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.5, 1.0])
+def test_merger_equals_reference_across_tau(tau):
+    assert_same(scene_clip(100, l=144, c=24), PruneConfig(tau=tau))
+
+
+def test_identical_frames_are_not_static_at_tau_one():
+    """The spec: with tau = 1 nothing is static; rounding must not lift identical frames above 1."""
+    frame = torch.randn(1, 16, 64, generator=torch.Generator().manual_seed(7))
+    video = frame.expand(16, 16, 64).contiguous()
+    assert not static_mask(video[:8], 1.0).any()
+    assert static_mask(video[:8], 0.999).all()
+    assert_same(video, PruneConfig(tau=1.0))
+    assert_same(video, PruneConfig())

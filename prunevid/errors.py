@@ -6,6 +6,11 @@ with status 1 for these; anything else is a bug and keeps its traceback.
 """
 
 
+import json
+from pathlib import Path
+from typing import Any
+
+
 class PruneVidError(Exception):
     """Base class of every error caused by user input or environment, not by a bug."""
 
@@ -28,3 +33,21 @@ class PromptError(PruneVidError):
 
 class ArtifactError(PruneVidError):
     """An export folder is missing files, fails its hash check, or would be overwritten."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (user-facing errors are one line)."""
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def read_json_object(path: Path, error: type[PruneVidError], what: str | None = None) -> dict[str, Any]:
+    """Parse ``path`` as a JSON object; any failure raises ``error`` naming ``what`` (or the path)."""
+    what = what or str(path)
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"cannot read {what}: {one_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise error(f"{what} is not a JSON object")
+    return data

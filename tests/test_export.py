@@ -208,6 +208,11 @@ def test_missing_graph_or_changed_file_is_refused(tiny_export, tmp_path):
         RuntimePipeline(changed)
     with pytest.raises(ArtifactError, match="no manifest.json"):
         RuntimePipeline(tmp_path)
+    listed = tmp_path / "listed"
+    shutil.copytree(tiny_export, listed)
+    (listed / spec.MANIFEST).write_text("[1, 2]")
+    with pytest.raises(ArtifactError, match="is not a JSON object"):
+        RuntimePipeline(listed)
 
 
 def test_cli_export_run_and_errors(tiny_model_dir, tmp_path, scene_cut_clip):

@@ -93,8 +93,8 @@ def polygraphy_verdict(path: Path, graph: spec.Graph, feeds: dict[str, np.ndarra
                        torch_outputs: dict[str, np.ndarray]) -> bool:
     """The same comparison through Polygraphy: its ONNX Runtime runner against the torch outputs,
     with its simple (elementwise) compare function at this graph's tolerances (integer outputs exact)."""
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy import comparator
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.comparator.struct import IterationResult
     from polygraphy.logger import G_LOGGER
 

@@ -7,12 +7,11 @@ architectures exist, and what they need, is data in :data:`FAMILIES`; nothing br
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from prunevid.errors import ModelDirError
+from prunevid.errors import ModelDirError, read_json_object
 
 
 @dataclass(frozen=True)
@@ -182,12 +181,7 @@ def read_config(model_dir: Path) -> ModelConfig:
     path = model_dir / "config.json"
     if not path.is_file():
         raise ModelDirError(f"no config.json in {model_dir}")
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelDirError(f"cannot read {path}: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ModelDirError(f"{path} is not a JSON object")
+    raw = read_json_object(path, ModelDirError)
     try:
         return parse_config(raw)
     except (TypeError, ValueError) as exc:

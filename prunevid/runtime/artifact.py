@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prunevid import spec
-from prunevid.errors import ArtifactError
+from prunevid.errors import ArtifactError, read_json_object
 
 
 def sha256(path: Path) -> str:
@@ -55,10 +54,7 @@ def open_artifact(root: str | Path, verify: bool = True) -> Artifact:
     path = root / spec.MANIFEST
     if not path.is_file():
         raise ArtifactError(f"{root} has no {spec.MANIFEST}; is it an export folder?")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"cannot read {path}: {exc}") from None
+    manifest = read_json_object(path, ArtifactError)
     if manifest.get("format_version") != spec.FORMAT_VERSION:
         raise ArtifactError(f"{path} has format {manifest.get('format_version')}, this prunevid reads {spec.FORMAT_VERSION}")
     graphs = manifest.get("graphs", {})

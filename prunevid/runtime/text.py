@@ -9,14 +9,13 @@ torch or transformers, so that the lean runtime stays lean.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer
 
-from prunevid.errors import ModelDirError, PromptError
+from prunevid.errors import ModelDirError, PromptError, one_line, read_json_object
 
 IMAGE_PLACEHOLDER = "<image>"
 DEFAULT_TEMPLATE = "videoqa"
@@ -82,12 +81,6 @@ TEMPLATES: dict[str, Template] = {
 }
 
 
-def _first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (user-facing errors are one line)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _token_content(value: Any) -> str | None:
     """A special token as HF writes it in tokenizer_config.json: a string or {"content": ...}."""
     if isinstance(value, dict):
@@ -102,20 +95,14 @@ def _load_tokenizer_json(path: Path) -> Tokenizer:
     try:
         return Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a bare Exception on bad files
-        raise ModelDirError(f"cannot read tokenizer file {path}: {_first_line(exc)}") from None
+        raise ModelDirError(f"cannot read tokenizer file {path}: {one_line(exc)}") from None
 
 
 def _load_config(path: Path) -> dict[str, Any]:
     """Load ``tokenizer_config.json``; an absent file means LLaMA defaults (empty dict)."""
     if not path.is_file():
         return {}
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelDirError(f"cannot read {path}: {_first_line(exc)}") from None
-    if not isinstance(config, dict):
-        raise ModelDirError(f"{path} does not hold a JSON object")
-    return config
+    return read_json_object(path, ModelDirError)
 
 
 def _resolve_id(tokenizer: Tokenizer, config: dict[str, Any], key: str, default: str) -> int:

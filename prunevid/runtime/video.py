@@ -12,7 +12,6 @@ chains the two.
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import pathlib
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from prunevid.errors import ConfigError, VideoError
+from prunevid.errors import ConfigError, VideoError, one_line, read_json_object
 
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
@@ -73,16 +72,11 @@ class Preprocess:
         Raises :class:`ConfigError` if the file cannot be read or parsed, or a value is invalid.
         """
         path = pathlib.Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot read preprocessor config {path}: {_one_line(exc)}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"preprocessor config {path} is not a JSON object")
+        data = read_json_object(path, ConfigError, f"preprocessor config {path}")
         try:
             return cls._from_dict(data)
         except (TypeError, ValueError, KeyError) as exc:
-            raise ConfigError(f"invalid preprocessor config {path}: {_one_line(exc)}") from None
+            raise ConfigError(f"invalid preprocessor config {path}: {one_line(exc)}") from None
 
     @classmethod
     def _from_dict(cls, data: dict[str, Any]) -> Preprocess:
@@ -157,12 +151,6 @@ def _triple(values: Any) -> tuple[float, float, float]:
     if len(values) != 3:
         raise ValueError(f"expected 3 values, got {list(values)}")
     return values  # type: ignore[return-value]
-
-
-def _one_line(exc: BaseException) -> str:
-    """Render an exception as a single line (no newlines)."""
-    text = str(exc) or type(exc).__name__
-    return " ".join(text.split())
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,7 +263,7 @@ def read_frames(path: str | pathlib.Path, num_frames: int) -> np.ndarray:
         indices = sample_indices(total, num_frames)
         rgb = _decode_selected(path, set(indices.tolist()))
     except errors as exc:
-        raise VideoError(f"cannot decode video {path}: {_one_line(exc)}") from None
+        raise VideoError(f"cannot decode video {path}: {one_line(exc)}") from None
     return _stack_frames(rgb, indices, path)
 
 

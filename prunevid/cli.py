@@ -58,14 +58,20 @@ def prune_options(fn):
     return fn
 
 
-def build_config(preset: str | None, mode: str | None, no_prune: bool, **overrides):
-    from prunevid.config import DEFAULT_PRESET
-    from prunevid.config import preset as get_preset
+def resolve_mode(mode: str | None, no_prune: bool) -> str | None:
+    """``--no-prune`` is ``--mode none``; the two must not contradict each other."""
     from prunevid.errors import ConfigError
 
     if no_prune and mode not in (None, "none"):
         raise ConfigError(f"--no-prune contradicts --mode {mode}")
-    return get_preset(preset or DEFAULT_PRESET).with_overrides(mode="none" if no_prune else mode, **overrides)
+    return "none" if no_prune else mode
+
+
+def build_config(preset: str | None, mode: str | None, no_prune: bool, **overrides):
+    from prunevid.config import DEFAULT_PRESET
+    from prunevid.config import preset as get_preset
+
+    return get_preset(preset or DEFAULT_PRESET).with_overrides(mode=resolve_mode(mode, no_prune), **overrides)
 
 
 def print_summary(result) -> None:
@@ -117,9 +123,7 @@ def run_runtime(engine_dir, video, question, template, max_new_tokens, as_json, 
     fixed = [name for name, value in overrides.items() if value is not None]
     if fixed:
         raise ConfigError(f"--{fixed[0].replace('_', '-')} is fixed at export; export again to change it")
-    if no_prune and mode not in (None, "none"):
-        raise ConfigError(f"--no-prune contradicts --mode {mode}")
-    pipeline = RuntimePipeline(engine_dir, mode="none" if no_prune else mode)
+    pipeline = RuntimePipeline(engine_dir, mode=resolve_mode(mode, no_prune))
     streamer = None if as_json else TokenPrinter(pipeline.tokenizer)
     result = pipeline.run(video, question, max_new_tokens=max_new_tokens, template=template,
                           on_token=streamer)

@@ -111,6 +111,11 @@ class PruneConfig:
             # a group of 15 (the smallest that is clustered) must have at least k tokens
             raise ConfigError(f"spatial_k={self.spatial_k} exceeds the smallest clustered group (15 tokens)")
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PruneConfig:
+        """The inverse of :meth:`to_json` (e.g. the ``prune`` block of a manifest), validated."""
+        return cls(**{**data, "mode": Mode(data["mode"])}).validate()
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["mode"] = self.mode.value

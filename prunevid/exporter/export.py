@@ -100,9 +100,9 @@ class Exporter:
         self.external_data_bytes = EXTERNAL_DATA_BYTES
         self.model, self.model_cfg = load_model(self.checkpoint, cfg.lora_alpha)
         frames = self.model_cfg.num_frames if options.frames is None else options.frames
-        self.cfg = cfg.with_overrides(frames=frames).validate(self.model_cfg.text.num_hidden_layers)
+        self.cfg = cfg.with_overrides(frames=frames)
         # every export carries the merger and the selection, whatever its default mode
-        cfg.with_overrides(frames=frames, mode="prunevid").validate(self.model_cfg.text.num_hidden_layers)
+        self.cfg.with_overrides(mode="prunevid").validate(self.model_cfg.text.num_hidden_layers)
         if options.dtype not in DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {options.dtype}")
         if not 17 <= options.opset <= 21:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from prunevid import spec
-from prunevid.config import Mode, PruneConfig
+from prunevid.config import PruneConfig
 
 # (atol, rtol) per graph for float32 outputs; integer outputs are compared exactly.
 TOLERANCES: dict[str, tuple[float, float]] = {
@@ -185,7 +185,7 @@ def end_to_end(engine_dir: Path, checkpoint: Path, cfg: PruneConfig, clip: Path,
     results = []
     for mode in ("prunevid", "none"):
         runtime = RuntimePipeline(engine_dir, mode=mode)
-        eager = EagerPipeline(checkpoint, PruneConfig(**{**cfg.to_json(), "mode": Mode(mode)}))
+        eager = EagerPipeline(checkpoint, cfg.with_overrides(mode=mode))
         for question in CHECK_QUESTIONS:
             a = runtime.run(clip, question, max_new_tokens=12)
             b = eager.run(clip, question, max_new_tokens=12)
@@ -210,8 +210,7 @@ def check_export(engine_dir: str | Path, checkpoint: str | Path | None = None, *
         raise ArtifactError(f"source checkpoint {source} not found; pass --checkpoint DIR")
     if checkpoint_hash(source) != artifact.manifest["source"]["sha256"]:
         raise ArtifactError(f"{source} is not the checkpoint this folder was exported from (sha256 differs)")
-    settings = {**artifact.prune, "mode": Mode(artifact.prune["mode"])}
-    cfg = PruneConfig(**settings)
+    cfg = PruneConfig.from_json(artifact.prune)
     progress(f"loading {source}")
     model, _ = load_model(source, cfg.lora_alpha)
     checker = GraphChecker(artifact, model, cfg, TextTokenizer.from_dir(artifact.root), use_polygraphy)

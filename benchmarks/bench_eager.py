@@ -15,57 +15,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import statistics
 import sys
 from pathlib import Path
 
 import torch
+from common import DEFAULT_CACHE, bench_clip, bench_model, median_runs
 
 from prunevid.config import Mode, PruneConfig
-from prunevid.model.tiny import make_tiny
 from prunevid.reference import EagerPipeline
-from prunevid.runtime.video import bundled_clips, write_synthetic_clip
-
-QUESTION = "What are the people riding, in which direction do they move, and what is in the background?"
-
-
-def model_dir(cache: Path) -> Path:
-    path = cache / "bench-pllava"
-    if not (path / "config.json").is_file():
-        print(f"building the bench-geometry model in {path} ...", file=sys.stderr)
-        make_tiny(path, geometry="bench", force=True)
-    return path
-
-
-def measure(pipe: EagerPipeline, clip: Path, repeats: int) -> dict:
-    runs = [pipe.run(clip, QUESTION, max_new_tokens=8) for _ in range(repeats + 1)][1:]  # first is warm-up
-    med = {k: statistics.median(r.timings_ms[k] for r in runs) for k in runs[0].timings_ms}
-    return {
-        "timings_ms": med,
-        "ttft_ms": statistics.median(r.ttft_ms for r in runs),
-        "visual_tokens": runs[0].visual_tokens,
-        "prompt_tokens": runs[0].prompt_tokens,
-        "token_ids": runs[0].token_ids,
-    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("PRUNEVID_CACHE", Path.home() / ".cache/prunevid")))
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--out", type=Path, default=Path("bench-eager.json"))
     parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args()
 
-    clips = bundled_clips()
-    clip = clips.get("bikes") or write_synthetic_clip(args.cache / "synthetic_scene_cut.mp4")
-    mdir = model_dir(args.cache)
+    clip = bench_clip(args.cache)
+    mdir = bench_model(args.cache)
     results = {}
     for mode in (Mode.PRUNEVID, Mode.NONE):
         print(f"measuring {mode.value} ...", file=sys.stderr)
-        results[mode.value] = measure(EagerPipeline(mdir, PruneConfig(mode=mode)), clip, args.repeats)
+        results[mode.value] = median_runs(EagerPipeline(mdir, PruneConfig(mode=mode)), clip, args.repeats)
 
     pv, base = results["prunevid"], results["none"]
     summary = {

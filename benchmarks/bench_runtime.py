@@ -13,35 +13,22 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-QUESTION = "What are the people riding, in which direction do they move, and what is in the background?"
+from common import DEFAULT_CACHE, QUESTION, bench_clip, bench_model, median_runs
 
 
 def ensure_model_and_export(cache: Path) -> tuple[Path, Path]:
     from prunevid.config import PruneConfig
     from prunevid.exporter.export import ExportOptions, export
-    from prunevid.model.tiny import make_tiny
 
-    model = cache / "bench-pllava"
-    if not (model / "config.json").is_file():
-        print(f"building the bench-geometry model in {model} ...", file=sys.stderr)
-        make_tiny(model, geometry="bench", force=True)
+    model = bench_model(cache)
     out = cache / "bench-pllava-export"
     if not (out / "manifest.json").is_file():
         export(model, out, PruneConfig(), ExportOptions(), force=True, progress=lambda m: print(m, file=sys.stderr))
     return model, out
-
-
-def timed(pipe, clip: Path, repeats: int) -> dict:
-    runs = [pipe.run(clip, QUESTION, max_new_tokens=8) for _ in range(repeats + 1)][1:]  # first: warm-up
-    stages = {k: statistics.median(r.timings_ms.get(k, 0.0) for r in runs) for k in runs[0].timings_ms}
-    return {"timings_ms": stages, "ttft_ms": statistics.median(r.ttft_ms for r in runs),
-            "visual_tokens": runs[0].visual_tokens, "prompt_tokens": runs[0].prompt_tokens,
-            "token_ids": runs[0].token_ids}
 
 
 def peak_rss_mb(export_dir: Path, clip: Path, mode: str) -> dict[str, float]:
@@ -88,7 +75,7 @@ def prefill_flops(g: dict, seq: int, kept: int, pruned: bool) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("PRUNEVID_CACHE", Path.home() / ".cache/prunevid")))
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--out", type=Path, default=Path("bench-runtime.json"))
     parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args()
@@ -98,16 +85,15 @@ def main() -> None:
     from prunevid.config import Mode, PruneConfig
     from prunevid.reference import EagerPipeline
     from prunevid.runtime.pipeline import RuntimePipeline
-    from prunevid.runtime.video import bundled_clips, write_synthetic_clip
 
-    clip = bundled_clips().get("bikes") or write_synthetic_clip(args.cache / "synthetic_scene_cut.mp4")
+    clip = bench_clip(args.cache)
     model_dir, export_dir = ensure_model_and_export(args.cache)
     results = {}
     for mode in ("prunevid", "none"):
         print(f"runtime {mode} ...", file=sys.stderr)
-        results[f"runtime-{mode}"] = timed(RuntimePipeline(export_dir, mode=mode), clip, args.repeats)
+        results[f"runtime-{mode}"] = median_runs(RuntimePipeline(export_dir, mode=mode), clip, args.repeats)
         print(f"eager {mode} ...", file=sys.stderr)
-        results[f"eager-{mode}"] = timed(EagerPipeline(model_dir, PruneConfig(mode=Mode(mode))), clip, args.repeats)
+        results[f"eager-{mode}"] = median_runs(EagerPipeline(model_dir, PruneConfig(mode=Mode(mode))), clip, args.repeats)
     memory = {mode: peak_rss_mb(export_dir, clip, mode) for mode in ("prunevid", "none")}
 
     manifest = json.loads((export_dir / "manifest.json").read_text())

@@ -115,26 +115,12 @@ class Exporter:
 
     def stages_and_inputs(self) -> dict[str, tuple[torch.nn.Module, tuple]]:
         """Each graph's module and trace inputs, produced by running the stages eagerly in order."""
-        from prunevid.exporter.merger import MergerStage
-        from prunevid.exporter.stages import (
-            DecodeStepStage,
-            EncoderStage,
-            LateStage,
-            PrefillStage,
-            SelectStage,
-        )
+        from prunevid.exporter.stages import build_stages
 
-        g, model, k = self.geometry, self.model, self.cfg.layer
+        g = self.geometry
         gen = torch.Generator().manual_seed(0)
         pixels = torch.randn(g.frames, 3, g.image_size, g.image_size, generator=gen)
-        stages = {
-            "encoder": EncoderStage(model),
-            "merger": MergerStage(self.cfg, g.frames, g.tokens_per_frame),
-            "decoder_prefill": PrefillStage(model, k),
-            "select": SelectStage(self.cfg, g.tokens_per_frame),
-            "decoder_late": LateStage(model, k),
-            "decode_step": DecodeStepStage(model),
-        }
+        stages = build_stages(self.model, self.cfg, g)
         ids = torch.tensor(self.prompt.ids)
         pos = torch.tensor(self.prompt.image_pos)
         with torch.inference_mode():

@@ -11,7 +11,9 @@ import math
 import torch
 from torch import nn
 
+from prunevid import spec
 from prunevid.config import PruneConfig
+from prunevid.exporter.merger import MergerStage
 from prunevid.model.llama import KV, causal_mask
 from prunevid.model.pllava import PllavaModel
 from prunevid.pruning.select import keep_count
@@ -145,3 +147,15 @@ class DecodeStepStage(nn.Module):
         x = self.model.embed(input_id)  # [1, C]
         x, caches = lm.run_layers(x, range(len(lm.model.layers)), position, None, past=_pairs(past))
         return (lm.logits(x)[0], *_flatten(caches))
+
+
+def build_stages(model: PllavaModel, cfg: PruneConfig, g: spec.Geometry) -> dict[str, nn.Module]:
+    """The module behind every graph of :data:`prunevid.spec.GRAPH_ORDER`, sharing ``model``'s weights."""
+    return {
+        "encoder": EncoderStage(model),
+        "merger": MergerStage(cfg, g.frames, g.tokens_per_frame),
+        "decoder_prefill": PrefillStage(model, g.select_layer),
+        "select": SelectStage(cfg, g.tokens_per_frame),
+        "decoder_late": LateStage(model, g.select_layer),
+        "decode_step": DecodeStepStage(model),
+    }

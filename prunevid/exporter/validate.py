@@ -114,26 +114,12 @@ class GraphChecker:
     """Runs each torch stage and its ONNX graph on the same inputs."""
 
     def __init__(self, artifact, model, cfg: PruneConfig, tokenizer, use_polygraphy: bool = False):
-        from prunevid.exporter.merger import MergerStage
-        from prunevid.exporter.stages import (
-            DecodeStepStage,
-            EncoderStage,
-            LateStage,
-            PrefillStage,
-            SelectStage,
-        )
+        from prunevid.exporter.stages import build_stages
         from prunevid.runtime.backend import OrtBackend
 
         g = artifact.geometry
         self.artifact, self.geometry, self.tokenizer = artifact, g, tokenizer
-        self.stages = {
-            "encoder": EncoderStage(model),
-            "merger": MergerStage(cfg, g.frames, g.tokens_per_frame),
-            "decoder_prefill": PrefillStage(model, g.select_layer),
-            "select": SelectStage(cfg, g.tokens_per_frame),
-            "decoder_late": LateStage(model, g.select_layer),
-            "decode_step": DecodeStepStage(model),
-        }
+        self.stages = build_stages(model, cfg, g)
         self.backend = OrtBackend({n: artifact.graph_path(n) for n in spec.GRAPH_ORDER})
         self.graphs = spec.graphs(g)
         self.report = CheckReport()

@@ -35,6 +35,10 @@ class ArtifactError(PruneVidError):
     """An export folder is missing files, fails its hash check, or would be overwritten."""
 
 
+class ToolchainError(PruneVidError):
+    """A compiler, CUDA or TensorRT header set is missing, or compiling the plugin library failed."""
+
+
 def one_line(exc: BaseException) -> str:
     """An exception's message on one line (user-facing errors are one line)."""
     text = str(exc) or type(exc).__name__

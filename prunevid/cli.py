@@ -251,6 +251,23 @@ def trtexec(engine_dir, trt_major, fp16, plugin_libs):
         click.echo(" ".join(cmd))
 
 
+@cli.command("build-plugins")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The plugin library to write (LIB.so).")
+@click.option("--trt-include", type=click.Path(path_type=Path), default=None,
+              help="Folder with NvInferRuntime.h [$TRT_INCLUDE, /usr/include/aarch64-linux-gnu, ...].")
+@click.option("--cuda-home", type=click.Path(path_type=Path), default=None,
+              help="CUDA toolkit with bin/nvcc [$CUDA_HOME, the nvidia-cuda-nvcc package, /usr/local/cuda].")
+@click.option("--arch", default="sm_87,sm_90", show_default=True, help="GPU architectures, comma-separated.")
+def build_plugins(out, trt_include, cuda_home, arch):
+    """Compile the TensorRT plugin library (PvDpcKnn, PvGroupTopK) and write LIB.json beside it."""
+    from prunevid.plugins.build import build_plugin_library, metadata_path
+
+    result = build_plugin_library(out, trt_include=trt_include, cuda_home=cuda_home, archs=arch)
+    meta = result.metadata
+    click.echo(f"built {result.library} (TensorRT {meta['tensorrt']}, CUDA {meta['cuda']}, "
+               f"{','.join(meta['archs'])}); record {metadata_path(result.library)}")
+
+
 @cli.command("make-tiny")
 @click.option("--model", type=click.Choice(["pllava"]), default="pllava", show_default=True)
 @click.option("--geometry", type=click.Choice(["tiny", "medium", "bench"]), default="tiny", show_default=True,

@@ -215,7 +215,7 @@ def print_trt_compat(engine_dir: Path) -> bool:
     import onnx
 
     from prunevid import spec
-    from prunevid.exporter.trt_compat import TARGETS, check_model, format_findings
+    from prunevid.trt.compat import TARGETS, check_model, format_findings
 
     errors = False
     for name in spec.GRAPH_ORDER:
@@ -234,21 +234,32 @@ def print_trt_compat(engine_dir: Path) -> bool:
 @click.option("--trt-major", type=click.Choice(["10", "11"]), default="10", show_default=True,
               help="TensorRT major version on the target (JetPack 6 ships 10.3).")
 @click.option("--fp16", is_flag=True, help="Add --fp16 (TensorRT 10 only; on 11 export with --dtype fp16).")
-@click.option("--plugin-lib", "plugin_libs", multiple=True, help="Plugin shared library for trtexec.")
+@click.option("--plugin-lib", "plugin_libs", multiple=True,
+              help="Plugin library from prunevid build-plugins (--dynamicPlugins); for TensorRT < 10.7 the "
+                   "graphs' prunevid functions are stripped into *.plugins.onnx siblings.")
 def trtexec(engine_dir, trt_major, fp16, plugin_libs):
     """Print the trtexec command that builds and profiles each graph, with shape profiles from the manifest."""
-    from prunevid.exporter.trt_build import trtexec_command
-    from prunevid.runtime.artifact import open_artifact
+    import shlex
 
+    from prunevid.runtime.artifact import open_artifact
+    from prunevid.trt.build import trtexec_command
+    from prunevid.trt.plugins import plugin_onnx, read_library_record
+
+    # the TensorRT version the libraries were built for decides whether functions must be stripped
+    versions = {read_library_record(lib)["tensorrt"] for lib in plugin_libs}
+    if len(versions) > 1:
+        raise click.UsageError(f"plugin libraries built for different TensorRT versions: {sorted(versions)}")
+    lib_version = next(iter(versions), None)
     artifact = open_artifact(engine_dir, verify=False)
     for entry in artifact.manifest["graphs"].values():
         shapes = {t["name"]: {k: t[k] for k in ("min", "opt", "max")}
                   for t in entry["inputs"] if any(isinstance(d, str) for d in t["dims"])}
         stem = Path(engine_dir) / entry["file"]
-        cmd = trtexec_command(stem, stem.with_suffix(".engine"), shapes, trt_major=int(trt_major), fp16=fp16,
+        source = plugin_onnx(stem, lib_version) if lib_version else stem
+        cmd = trtexec_command(source, stem.with_suffix(".engine"), shapes, trt_major=int(trt_major), fp16=fp16,
                               plugin_libs=plugin_libs, export_times=stem.with_suffix(".times.json"),
                               export_layer_info=stem.with_suffix(".layers.json"))
-        click.echo(" ".join(cmd))
+        click.echo(shlex.join(str(a) for a in cmd))
 
 
 @cli.command("build-plugins")

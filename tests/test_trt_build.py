@@ -13,17 +13,16 @@ from onnx import TensorProto as T
 from onnx import helper
 
 from prunevid.errors import ConfigError
-from prunevid.exporter.trt_build import (
+from prunevid.trt.build import (
     ShapeRange,
     format_shapes,
-    needs_function_strip,
     parse_layer_info,
     parse_trtexec_profile,
     parse_trtexec_times,
     profile_from_manifest,
-    strip_functions_for_plugins,
     trtexec_command,
 )
+from prunevid.trt.plugins import needs_function_strip, strip_functions_for_plugins
 
 MANIFEST = {
     "pixel_values": {"min": [1, 3, 336, 336], "opt": [8, 3, 336, 336], "max": [16, 3, 336, 336]},
@@ -65,7 +64,7 @@ def test_trtexec_command_10():
     assert "--optShapes=pixel_values:8x3x336x336,input_ids:1x64" in cmd
     assert "--maxShapes=pixel_values:16x3x336x336,input_ids:1x256" in cmd
     for flag in ("--fp16", "--useCudaGraph", "--noDataTransfers", "--separateProfileRun",
-                 "--staticPlugins=libpv.so", "--timingCacheFile=cache.bin", "--profilingVerbosity=detailed",
+                 "--dynamicPlugins=libpv.so", "--timingCacheFile=cache.bin", "--profilingVerbosity=detailed",
                  "--exportTimes=t.json", "--exportProfile=p.json", "--exportLayerInfo=l.json"):
         assert flag in cmd
     assert cmd[-1] == "--memPoolSize=workspace:1024"
@@ -74,6 +73,8 @@ def test_trtexec_command_10():
     assert not any(a.startswith("--export") for a in plain)
     serialized = trtexec_command("m.onnx", "m.plan", None, trt_major=10, plugin_libs=["a.so"], serialize_plugins=True)
     assert "--dynamicPlugins=a.so" in serialized and "--setPluginsToSerialize=a.so" in serialized
+    assert "--versionCompatible" in serialized
+    assert not any(a.startswith("--staticPlugins") for a in cmd + serialized)
 
 
 def test_trtexec_command_11():
@@ -149,7 +150,7 @@ def test_strip_functions_for_plugins():
 
 
 def test_stripped_model_still_checks_on_10_3():
-    from prunevid.exporter.trt_compat import check_model, errors
+    from prunevid.trt.compat import check_model, errors
 
     stripped = strip_functions_for_plugins(_plugin_model(), ["PvDpcKnn", "PvGroupTopK"])
     found = check_model(stripped, "10.3")
@@ -271,31 +272,6 @@ def test_parse_trtexec_profile():
 
 
 # --------------------------------------------------------------------------------------------
-# the QDP plugin module, without TensorRT
-# --------------------------------------------------------------------------------------------
-
-
-def test_trt_plugins_describe_without_tensorrt():
-    already = "tensorrt" in sys.modules
-    from prunevid.plugins import trt_plugins
-    from prunevid.plugins.ops import OPS
-
-    if not already:
-        assert "tensorrt" not in sys.modules  # imported lazily, inside register_plugins()
-    assert trt_plugins.PLUGIN_IDS == ("prunevid::PvDpcKnn", "prunevid::PvGroupTopK")
-    desc = trt_plugins.describe()
-    assert set(desc) == set(OPS)
-    dpc = desc["PvDpcKnn"]
-    assert dpc["params"] == ["x", "valid", "num_clusters", "k"]
-    assert dpc["output_dtypes"] == ["int64", "int64"]
-    assert dpc["output_dim_sources"] == [((0, 0), (0, 1)), ((0, 0), (0, 1))]  # [B, N] from x
-    assert dpc["size_tensors"] == []
-    topk = desc["PvGroupTopK"]
-    assert topk["output_dim_sources"] == [(None,)]  # K is data-dependent
-    assert topk["size_tensors"] == [{"dim": "K", "upper_bound": ("scores", 0)}]
-
-
-# --------------------------------------------------------------------------------------------
 # a real engine build (TensorRT only)
 # --------------------------------------------------------------------------------------------
 
@@ -303,7 +279,7 @@ def test_trt_plugins_describe_without_tensorrt():
 @pytest.mark.trt
 def test_build_engine_one_node(tmp_path):
     trt = pytest.importorskip("tensorrt")
-    from prunevid.exporter.trt_build import build_engine
+    from prunevid.trt.build import build_engine
 
     vi = helper.make_tensor_value_info
     graph = helper.make_graph(

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
-from prunevid.exporter.trt_compat import (
+from prunevid.trt.compat import (
     SOURCES,
     TARGETS,
     Finding,

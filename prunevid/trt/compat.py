@@ -1155,7 +1155,7 @@ class _Checker:
                 hint = (" -- functions will be stripped, as the plugin is requested"
                         if node.op_type in self.plugins else
                         f"; to use plugin {plugin_id}, strip the function first "
-                        f"(trt_build.strip_functions_for_plugins)")
+                        f"(prunevid.trt.plugins.plugin_onnx)")
                 self.report(scope, label, op, "inlined",
                             f"body will be inlined (plugin ignored before TensorRT 10.7){hint}", "warning", ctx)
         else:
@@ -1263,7 +1263,7 @@ def check_model(
         target: a key of :data:`TARGETS` (``"10.3"`` or ``"11"``).
         plugins: names (``"PvDpcKnn"`` or ``"prunevid::PvDpcKnn"``) of custom ops whose plugins
             will be loaded: their function bodies then matter less (TensorRT >= 10.7 takes the
-            plugin; on 10.3 the build strips the function, see ``trt_build``).
+            plugin; on 10.3 the build strips the function, see ``prunevid.trt.plugins``).
         base_dir: folder of the model file, to read externally stored constants.
 
     Returns:

@@ -32,10 +32,8 @@ from typing import Any
 import onnx
 
 from prunevid.errors import ArtifactError, ConfigError, PruneVidError
-from prunevid.plugins.ops import DOMAIN, OPS, PLUGIN_NAMESPACE, PLUGIN_VERSION, OpSpec
-
-# First TensorRT version whose ONNX parser prefers a registered plugin over a local function.
-PLUGIN_OVER_FUNCTION = (10, 7)
+from prunevid.plugins.ops import DOMAIN
+from prunevid.trt.plugins import load_plugins, needs_function_strip, strip_functions_for_plugins
 
 # trtexec flags that select a precision (weak typing); all removed in TensorRT 11.
 PRECISION_FLAGS = ("--fp16", "--bf16", "--int8", "--fp8", "--int4", "--best", "--calib")
@@ -43,46 +41,6 @@ PRECISION_FLAGS = ("--fp16", "--bf16", "--int8", "--fp8", "--int4", "--best", "-
 
 class TrtBuildError(PruneVidError):
     """TensorRT rejected the model (parse) or could not build an engine."""
-
-
-# --------------------------------------------------------------------------------------------
-# ONNX preparation
-# --------------------------------------------------------------------------------------------
-
-
-def needs_function_strip(trt_version: str | tuple[int, ...]) -> bool:
-    """True for TensorRT versions (``"10.3.0"`` or ``(10, 3)``) whose parser inlines a local
-    function even when a plugin of the same name is loaded (< 10.7)."""
-    if isinstance(trt_version, str):
-        parts = tuple(int(p) for p in trt_version.split(".")[:2] if p.isdigit())
-    else:
-        parts = tuple(trt_version[:2])
-    return parts < PLUGIN_OVER_FUNCTION
-
-
-def strip_functions_for_plugins(model: onnx.ModelProto, ops: Iterable[str | OpSpec]) -> onnx.ModelProto:
-    """A copy of ``model`` without the local functions of the prunevid ops in ``ops``.
-
-    For TensorRT < 10.7 with plugins loaded: the parser tries builtins, then local functions, then
-    the plugin registry, so a node keeps running its function body unless the ``FunctionProto`` is
-    gone. The nodes themselves (with their ``plugin_namespace``/``plugin_version`` attributes) and
-    every other function are kept. ``model`` is not modified.
-
-    Args:
-        model: the model; external data may stay unloaded (initializers are copied as they are).
-        ops: op names (``"PvDpcKnn"``, ``"prunevid::PvDpcKnn"``) or :class:`OpSpec`\\ s whose
-            plugins are loaded.
-    """
-    names = set()
-    for op in ops:
-        name = op.name if isinstance(op, OpSpec) else str(op).split("::")[-1]
-        names.add(name)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    keep = [f for f in out.functions if not (f.domain == DOMAIN and f.name in names)]
-    del out.functions[:]
-    out.functions.extend(keep)
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,9 +152,10 @@ def trtexec_command(
         trt_major: 10 or 11; decides the flags.
         fp16: TensorRT 10 only (``--fp16``). On 11 this raises :class:`ConfigError`: precision
             must be in the ONNX (ModelOpt AutoCast or Q/DQ).
-        plugin_libs: plugin shared libraries: ``--staticPlugins=``, or with ``serialize_plugins``
-            ``--dynamicPlugins=`` plus ``--setPluginsToSerialize=`` (the engine carries them).
-            Python (QDP) plugins cannot be loaded by trtexec.
+        plugin_libs: plugin shared libraries, each ``--dynamicPlugins=`` (``prunevid build-plugins``);
+            with ``serialize_plugins`` also ``--setPluginsToSerialize=`` and ``--versionCompatible``
+            (the engine carries the library). For TensorRT < 10.7 pass an ONNX whose prunevid
+            functions are stripped (:func:`prunevid.trt.plugins.plugin_onnx`).
         timing_cache: ``--timingCacheFile=`` (read and updated).
         extra: further flags, appended last; on 11, precision flags in it raise :class:`ConfigError`.
         profiling_verbosity: ``--profilingVerbosity=`` (``detailed`` keeps layer metadata), or None.
@@ -228,10 +187,12 @@ def trtexec_command(
         # Opt-in on 10.x, defaults (and no-ops) on 11.x.
         cmd += ["--useCudaGraph", "--noDataTransfers", "--separateProfileRun"]
     for lib in plugin_libs:
+        # loadLibrary (getCreators/setLoggerFinder entry points), present from 10.3 to 11.x
+        cmd.append(f"--dynamicPlugins={lib}")
         if serialize_plugins:
-            cmd += [f"--dynamicPlugins={lib}", f"--setPluginsToSerialize={lib}"]
-        else:
-            cmd.append(f"--staticPlugins={lib}")
+            cmd.append(f"--setPluginsToSerialize={lib}")
+    if serialize_plugins and plugin_libs:
+        cmd.append("--versionCompatible")  # plugin libraries are serialized only into such engines
     if timing_cache is not None:
         cmd.append(f"--timingCacheFile={timing_cache}")
     if profiling_verbosity:
@@ -461,39 +422,6 @@ def _trt_version(trt) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
-def load_plugins(plugins: Sequence[str]) -> list[str]:
-    """Load plugins into TensorRT's registry; return the prunevid ops whose plugins are now there.
-
-    Entries ending in ``.so``/``.dll`` (or naming existing files) are shared libraries
-    (``IPluginRegistry.load_library``); ``"prunevid"`` registers the Python QDP plugins of
-    :mod:`prunevid.plugins.trt_plugins`. Needs ``tensorrt``.
-    """
-    import tensorrt as trt
-
-    registry = trt.get_plugin_registry()
-    for entry in plugins:
-        if entry.endswith((".so", ".dll")) or os.path.isfile(entry):
-            if not os.path.isfile(entry):
-                raise ArtifactError(f"plugin library {entry} not found")
-            if registry.load_library(entry) is None:
-                raise TrtBuildError(f"TensorRT could not load plugin library {entry}")
-        elif entry == PLUGIN_NAMESPACE:
-            from prunevid.plugins.trt_plugins import register_plugins
-
-            register_plugins()
-        else:
-            raise ConfigError(f"unknown plugin {entry!r}: give a .so path or {PLUGIN_NAMESPACE!r}")
-    loaded = []
-    for name in OPS:
-        try:
-            creator = registry.get_creator(name, PLUGIN_VERSION, PLUGIN_NAMESPACE)
-        except Exception:  # noqa: BLE001 - older bindings raise instead of returning None
-            creator = None
-        if creator is not None:
-            loaded.append(name)
-    return loaded
-
-
 def build_engine(
     onnx_path: str | Path,
     engine_path: str | Path,
@@ -517,7 +445,7 @@ def build_engine(
         profile: one optimization profile (:func:`profile_from_manifest` form or its manifest);
             None for static models.
         fp16: TensorRT 10 only (``BuilderFlag.FP16``); on 11 it raises :class:`ConfigError`.
-        plugins: see :func:`load_plugins`.
+        plugins: plugin libraries, see :func:`prunevid.trt.plugins.load_plugins`.
         workspace_mb: workspace pool limit, MiB.
         timing_cache: a timing-cache file to read (if present) and update.
     """

@@ -215,13 +215,15 @@ def print_trt_compat(engine_dir: Path) -> bool:
     import onnx
 
     from prunevid import spec
-    from prunevid.trt.compat import TARGETS, check_model, format_findings
+    from prunevid.runtime.artifact import open_artifact
+    from prunevid.trt.compat import TARGETS, check_model, format_findings, shape_value_inputs
 
+    graphs = open_artifact(engine_dir, verify=False).manifest["graphs"]
     errors = False
     for name in spec.GRAPH_ORDER:
         model = onnx.load(str(Path(engine_dir) / spec.GRAPH_DIR / f"{name}.onnx"), load_external_data=False)
         for target in TARGETS:
-            findings = check_model(model, target)
+            findings = check_model(model, target, shape_values=shape_value_inputs(graphs.get(name, {})))
             click.echo(f"[trt {target}] {name}: " + (f"{len(findings)} findings" if findings else "no findings"))
             if findings:
                 click.echo(format_findings(findings))
@@ -241,6 +243,8 @@ def trtexec(engine_dir, trt_major, fp16, plugin_libs):
     """Print the trtexec command that builds and profiles each graph, with shape profiles from the manifest."""
     import shlex
 
+    import numpy as np
+
     from prunevid.runtime.artifact import open_artifact
     from prunevid.trt.build import trtexec_command
     from prunevid.trt.plugins import plugin_onnx, read_library_record
@@ -254,6 +258,9 @@ def trtexec(engine_dir, trt_major, fp16, plugin_libs):
     for entry in artifact.manifest["graphs"].values():
         shapes = {t["name"]: {k: t[k] for k in ("min", "opt", "max")}
                   for t in entry["inputs"] if any(isinstance(d, str) for d in t["dims"])}
+        # shape-tensor inputs: trtexec reads their values from the same options
+        shapes.update({t["name"]: {k: list(np.atleast_1d(t["values"][k])) for k in ("min", "opt", "max")}
+                       for t in entry["inputs"] if "values" in t})
         stem = Path(engine_dir) / entry["file"]
         source = plugin_onnx(stem, lib_version) if lib_version else stem
         cmd = trtexec_command(source, stem.with_suffix(".engine"), shapes, trt_major=int(trt_major), fp16=fp16,

@@ -8,6 +8,7 @@ import pytest
 from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
+from prunevid.plugins.ops import OPS
 from prunevid.trt.compat import (
     SOURCES,
     TARGETS,
@@ -213,28 +214,40 @@ def test_subgraph_nodes_are_checked():
     assert f.scope == "main/branch.then_branch" and f.op_type == "HannWindow"
 
 
+_ONNX = {"float32": T.FLOAT, "int32": T.INT32, "int64": T.INT64, "bool": T.BOOL}
+
+
+def table_node(op: str, prefix: str = "", name: str = "", dims: dict | None = None, **attrs):
+    """A prunevid node as the op table declares it: (node, input value infos, output value infos)."""
+    spec = OPS[op]
+    dims = dims or {"B": 2, "N": 16, "C": 8, "M": 12, "G": 3}
+    ins = [vi(prefix + t.name, _ONNX[t.dtype], [dims.get(d, d) for d in t.shape]) for t in spec.inputs]
+    outs = [vi(prefix + t.name, _ONNX[t.dtype]) for t in spec.outputs]
+    node = helper.make_node(op, [v.name for v in ins], [v.name for v in outs], domain="prunevid", name=name,
+                            **spec.node_attributes(**attrs))
+    return node, ins, outs
+
+
+def _require_plugin_ready_table():
+    if any(t.dtype == "bool" for op in OPS.values() for t in op.inputs):
+        pytest.skip("the op table still has a BOOL input (before contract v2): its nodes cannot be plugins")
+
+
 def _custom_model(body_op: str):
     """A prunevid::PvGroupTopK node whose local function body uses ``body_op``."""
+    spec = OPS["PvGroupTopK"]
     body = [helper.make_node(body_op, ["n"], ["window"])] if body_op == "HannWindow" else [
         helper.make_node(body_op, ["scores"], ["window"])
     ]
-    body += [helper.make_node("Shape", ["scores"], ["m"]), helper.make_node("Identity", ["m"], ["keep"])]
+    body += [helper.make_node("Shape", ["scores"], ["m"])]
+    body += [helper.make_node("Identity", ["m"], [t.name]) for t in spec.outputs]
     func = helper.make_function(
-        "prunevid", "PvGroupTopK", ["scores", "group_sizes", "keep_counts"], ["keep"],
+        "prunevid", "PvGroupTopK", [t.name for t in spec.inputs], [t.name for t in spec.outputs],
         [helper.make_node("Constant", [], ["n"], value=numpy_helper.from_array(np.array(8, np.int64)))] + body,
         [helper.make_opsetid("", 17)],
     )
-    node = helper.make_node(
-        "PvGroupTopK", ["s", "g", "c"], ["kept"], domain="prunevid", name="select",
-        plugin_namespace="prunevid", plugin_version="1",
-    )
-    return make_model(
-        [node],
-        [vi("s", T.FLOAT, [12]), vi("g", T.INT64, [3]), vi("c", T.INT64, [3])],
-        [vi("kept", T.INT64)],
-        functions=[func],
-        extra_opsets=[helper.make_opsetid("prunevid", 1)],
-    )
+    node, ins, outs = table_node("PvGroupTopK", prefix="g_", name="select")
+    return make_model([node], ins, outs, functions=[func], extra_opsets=[helper.make_opsetid("prunevid", 1)])
 
 
 def test_custom_node_with_function_body():
@@ -264,9 +277,10 @@ def test_function_body_error_weight_depends_on_plugins():
 
 
 def test_custom_node_without_function_or_namespace():
-    node = helper.make_node("PvDpcKnn", ["x"], ["y"], domain="prunevid", k=3)
-    model = make_model([node], [vi("x", T.FLOAT, [1, 4, 8])], [vi("y", T.INT64)],
-                       extra_opsets=[helper.make_opsetid("prunevid", 1)])
+    _require_plugin_ready_table()
+    node, ins, outs = table_node("PvDpcKnn", k=3)
+    del node.attribute[1:]  # keep k, drop plugin_namespace / plugin_version
+    model = make_model([node], ins, outs, extra_opsets=[helper.make_opsetid("prunevid", 1)])
     on_10_3 = check_model(model, "10.3")
     assert ("plugin", "prunevid::PvDpcKnn") in whats(on_10_3, "error")  # empty namespace before 10.10
     on_11 = check_model(model, "11")
@@ -276,26 +290,57 @@ def test_custom_node_without_function_or_namespace():
 
 
 def test_real_function_bodies_parse_on_both_targets():
-    """The bodies prunevid attaches (onnx_functions) use only ops both targets import."""
+    """The bodies prunevid attaches (onnx_functions) use only ops both targets import, and nodes
+    built from the op table pass the plugin checks."""
     onnx_functions = pytest.importorskip("prunevid.plugins.onnx_functions")
     funcs = [onnx_functions.function_proto(name, 17) for name in ("PvDpcKnn", "PvGroupTopK")]
-    nodes = [
-        helper.make_node("PvDpcKnn", ["x", "valid", "nc"], ["labels", "centers"], domain="prunevid",
-                         k=3, plugin_namespace="prunevid", plugin_version="1"),
-        helper.make_node("PvGroupTopK", ["s", "g", "c"], ["keep"], domain="prunevid",
-                         plugin_namespace="prunevid", plugin_version="1"),
-    ]
-    model = make_model(
-        nodes,
-        [vi("x", T.FLOAT, [2, 16, 8]), vi("valid", T.BOOL, [2, 16]), vi("nc", T.INT64, [2]),
-         vi("s", T.FLOAT, [32]), vi("g", T.INT64, [4]), vi("c", T.INT64, [4])],
-        [vi("labels", T.INT64), vi("centers", T.INT64), vi("keep", T.INT64)],
-        functions=funcs,
-        extra_opsets=[helper.make_opsetid("prunevid", 1)],
-    )
+    dpc, dpc_in, dpc_out = table_node("PvDpcKnn", prefix="d_", k=3)
+    topk, topk_in, topk_out = table_node("PvGroupTopK", prefix="t_")
+    model = make_model([dpc, topk], dpc_in + topk_in, dpc_out + topk_out, functions=funcs,
+                       extra_opsets=[helper.make_opsetid("prunevid", 1)])
+    _require_plugin_ready_table()
     for target in BOTH:
         found = check_model(model, target)
         assert errors(found) == [], format_findings(found)
+
+
+def test_plugin_boundary_and_op_table_errors():
+    vis = [vi("x", T.FLOAT, [2, 16, 8]), vi("mask", T.BOOL, [2, 16]), vi("nc", T.UINT8, [2])]
+    bad = helper.make_node("PvDpcKnn", ["x", "mask", "nc"], ["labels"], domain="prunevid", name="dpc",
+                           k=2.5, extra=1, plugin_namespace="prunevid", plugin_version="1")
+    other = helper.make_node("MyOp", ["mask"], ["y"], domain="acme", name="acme", plugin_namespace="acme")
+    model = make_model([bad, other], vis, [vi("labels", T.INT64), vi("y", T.FLOAT)],
+                       extra_opsets=[helper.make_opsetid("prunevid", 1), helper.make_opsetid("acme", 1)])
+    for target in BOTH:
+        found = errors(check_model(model, target))
+        text = format_findings(found)
+        dtype = [f for f in found if f.what == "plugin-dtype"]
+        assert {(f.node, f.detail.split("'")[1]) for f in dtype} == {("dpc", "mask"), ("dpc", "nc"), ("acme", "mask")}
+        (outputs,) = [f for f in found if f.what == "plugin-outputs"]
+        assert f"gives {len(OPS['PvDpcKnn'].outputs)}" in outputs.detail and "1 outputs" in outputs.detail
+        table = [f.detail for f in found if f.what == "op-table"]
+        assert any("attribute k is FLOAT" in d for d in table), text
+        assert any("attribute extra is not in the op table" in d for d in table), text
+        assert any("input 'nc' (num_clusters) is UINT8" in d for d in table), text
+
+
+def test_graph_inputs_that_become_shape_tensors():
+    nodes = [
+        helper.make_node("Cast", ["n"], ["n64"], to=T.INT64, name="cast"),
+        helper.make_node("Add", ["n64", "one"], ["n1"], name="add"),
+        helper.make_node("Range", ["zero", "n1", "one"], ["pos"], name="range"),
+        helper.make_node("Shape", ["x"], ["xs"], name="shape"),  # shape-only: not a value dependency
+        helper.make_node("Reshape", ["x", "xs"], ["x2"], name="reshape"),
+        helper.make_node("Gather", ["x2", "pos"], ["g"], axis=0, name="gather"),  # indices, not a shape
+    ]
+    inits = [numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array(1, np.int64), "one")]
+    model = make_model(nodes, [vi("x", T.FLOAT, ["s", 4]), vi("n", T.INT32, [])], [vi("g")], inits)
+    for target in BOTH:
+        found = check_model(model, target)
+        (shape,) = [f for f in found if f.what == "shape-tensor"]
+        assert shape.severity == "error" and shape.node == "range" and "'n'" in shape.detail
+        given = [f for f in check_model(model, target, shape_values=["n"]) if f.what == "shape-tensor"]
+        assert [f.severity for f in given] == ["info"]
 
 
 def test_format_findings_one_line_each():

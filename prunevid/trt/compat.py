@@ -4,8 +4,12 @@
 returns :class:`Finding`\\ s: an opset above the parser's maximum, operators the parser has no
 importer for, documented per-op restrictions that can be decided statically (attribute values,
 inputs that must be build-time constants, ranks, the TopK ``K <= 3840`` limit), element types
-TensorRT does not have, and how each custom-domain node will be routed (plugin or inlined local
-function). Nodes inside local functions are checked as well and reported as *inside function X*:
+TensorRT does not have, how each custom-domain node will be routed (plugin or inlined local
+function), and what a plugin cannot take: BOOL/UINT8 tensors at a custom node's boundary, a prunevid
+node that disagrees with the op table (``prunevid/plugins/ops.py``: input and output counts -- the
+plugin gives the table's outputs --, element types, attributes), and graph inputs whose values reach
+a shape operand (``Range`` limits, ``Reshape``/``Expand``/``Tile`` shapes, ``Slice`` bounds...),
+which TensorRT turns into shape tensors that need values in the optimization profile. Nodes inside local functions are checked as well and reported as *inside function X*:
 TensorRT < 10.7 always inlines a local function's body, and any TensorRT without the plugin loaded
 inlines it too (``docs/deployment.md`` section 1.5).
 
@@ -787,6 +791,16 @@ def _op_label(node: onnx.NodeProto) -> str:
 
 
 _DOWNGRADE = {"error": "warning", "warning": "info", "info": "info"}
+_NO_PLUGIN_TYPES = ("BOOL", "UINT8")
+_TABLE_DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "int32": TensorProto.INT32,
+                 "int64": TensorProto.INT64, "bool": TensorProto.BOOL}
+_ATTR_TYPES = {int: AttributeProto.INT, float: AttributeProto.FLOAT, str: AttributeProto.STRING}
+# inputs whose values TensorRT needs while building shapes (the input becomes a shape tensor)
+_SHAPE_OPERANDS: Mapping[str, tuple[int, ...]] = MappingProxyType({
+    "Range": (0, 1, 2), "Reshape": (1,), "Expand": (1,), "Tile": (1,), "Slice": (1, 2, 3, 4),
+    "ConstantOfShape": (0,), "TopK": (1,), "Resize": (3,), "Pad": (1,), "OneHot": (1,),
+    "Upsample": (1,), "Split": (1,), "Trilu": (1,),
+})
 
 
 @dataclass
@@ -799,10 +813,12 @@ class _FunctionContext:
 
 
 class _Checker:
-    def __init__(self, model: onnx.ModelProto, target: TargetInfo, plugins: Iterable[str], base_dir: str | None):
+    def __init__(self, model: onnx.ModelProto, target: TargetInfo, plugins: Iterable[str], base_dir: str | None,
+                 shape_values: Iterable[str] = ()):
         self.model = model
         self.target = target
         self.plugins = {p.split("::")[-1] for p in plugins}
+        self.shape_values = set(shape_values)
         self.base_dir = base_dir
         self.findings: list[Finding] = []
         self.functions = {(f.domain, f.name): f for f in model.functions}
@@ -829,6 +845,7 @@ class _Checker:
         values = _Values(base_dir=self.base_dir)
         self._collect_graph_values(graph, values, top=True)
         self._check_graph(graph, graph.name or "main", values, None, opset or t.max_opset)
+        self._check_shape_tensor_inputs(graph, graph.name or "main", values)
         for func in self.model.functions:
             self._check_function(func)
         return self.findings
@@ -1132,7 +1149,9 @@ class _Checker:
             self.report(scope, label, op, "builtin-name",
                         f"'{node.op_type}' is also a standard ONNX op: the parser matches builtin importers "
                         f"first, by name only, so neither the function nor a plugin is used", "error", ctx)
+        self._check_plugin_boundary(node, label, scope, values, ctx)
         if node.domain == DOMAIN and node.op_type in OPS:
+            self._check_against_table(node, label, scope, values, ctx)
             if ns != PLUGIN_NAMESPACE or (version is not None and str(version) != PLUGIN_VERSION):
                 self.report(scope, label, op, "plugin",
                             f"node carries plugin_namespace={ns!r}, plugin_version={version!r}; the plugin is "
@@ -1167,6 +1186,90 @@ class _Checker:
             else:
                 self.report(scope, label, op, "plugin",
                             f"needs plugin {plugin_id} (no local function: the build fails without it)", "info", ctx)
+
+    def _check_plugin_boundary(self, node, label, scope, values: _Values, ctx) -> None:
+        """BOOL/UINT8 at a custom node's inputs or outputs: no TensorRT plugin accepts them."""
+        op = _op_label(node)
+        for kind, names in (("input", node.input), ("output", node.output)):
+            for name in names:
+                elem = values.dtype(name) if name else None
+                if elem and dtype_name(elem) in _NO_PLUGIN_TYPES:
+                    self.report(scope, label, op, "plugin-dtype",
+                                f"{kind} '{name}' is {dtype_name(elem)}: TensorRT plugins (10.3 to 11.x) take no "
+                                f"BOOL or UINT8 tensors; pass int32 (e.g. a count instead of a mask)", "error", ctx)
+
+    def _check_against_table(self, node, label, scope, values: _Values, ctx) -> None:
+        """The node against its op in prunevid/plugins/ops.py: inputs, outputs (the plugin's output
+        count is the table's), element types and attributes."""
+        spec = OPS[node.op_type]
+        op = _op_label(node)
+        if len(node.input) != len(spec.inputs):
+            self.report(scope, label, op, "op-table",
+                        f"{len(node.input)} inputs, the op table has {len(spec.inputs)} "
+                        f"({', '.join(t.name for t in spec.inputs)})", "error", ctx)
+        if len(node.output) != len(spec.outputs):
+            self.report(scope, label, op, "plugin-outputs",
+                        f"{len(node.output)} outputs, but plugin {spec.plugin_id} gives {len(spec.outputs)} "
+                        f"({', '.join(t.name for t in spec.outputs)}) as the op table says: parsers from 10.7 "
+                        f"reject the mismatch", "error", ctx)
+        for kind, names, tensors in (("input", node.input, spec.inputs), ("output", node.output, spec.outputs)):
+            for name, t in zip(names, tensors):
+                elem = values.dtype(name) if name else None
+                want = _TABLE_DTYPES.get(t.dtype)
+                if elem and want is not None and elem != want:
+                    self.report(scope, label, op, "op-table",
+                                f"{kind} '{name}' ({t.name}) is {dtype_name(elem)}, the op table says "
+                                f"{dtype_name(want)}", "error", ctx)
+        given = {a.name: a for a in node.attribute if a.name not in ("plugin_namespace", "plugin_version")}
+        for name, typ in spec.attributes.items():
+            a = given.get(name)
+            if a is None:
+                self.report(scope, label, op, "op-table", f"attribute {name} ({typ.__name__}) is missing",
+                            "error", ctx)
+            elif a.type != _ATTR_TYPES.get(typ, a.type):
+                self.report(scope, label, op, "op-table",
+                            f"attribute {name} is {AttributeProto.AttributeType.Name(a.type)}, the op table "
+                            f"says {typ.__name__}", "error", ctx)
+        for name in sorted(set(given) - set(spec.attributes)):
+            self.report(scope, label, op, "op-table",
+                        f"attribute {name} is not in the op table (the plugin has no such field)", "error", ctx)
+
+    # -- shape tensors ------------------------------------------------------------------------------
+
+    def _check_shape_tensor_inputs(self, graph, scope: str, values: _Values) -> None:
+        """Graph inputs whose values reach a shape operand (Range limits, Reshape/Expand/Tile shapes,
+        Slice bounds, ...) become shape tensors: an optimization profile must give their values."""
+        inputs = [vi.name for vi in graph.input if vi.name not in {i.name for i in graph.initializer}]
+        sources: dict[str, set[str]] = {name: {name} for name in inputs}
+        reported: set[tuple[str, str]] = set()
+        for index, node in enumerate(graph.node):
+            if node.op_type in ("Shape", "Size") and node.domain in _DEFAULT_DOMAINS:
+                continue  # shape-only: the values do not flow through
+            deps: set[str] = set()
+            for name in node.input:
+                deps |= sources.get(name, set())
+            if not deps:
+                continue
+            operands = _SHAPE_OPERANDS.get(node.op_type, ()) if node.domain in _DEFAULT_DOMAINS else ()
+            for i in operands:
+                if i < len(node.input) and node.input[i]:
+                    for src in sorted(sources.get(node.input[i], set())):
+                        if (src, node.name or str(index)) in reported:
+                            continue
+                        reported.add((src, node.name or str(index)))
+                        if src in self.shape_values:
+                            self.report(scope, _node_label(node, index), node.op_type, "shape-tensor",
+                                        f"graph input '{src}' is a shape tensor (input {i} of {node.op_type}); "
+                                        f"its profile values are given", "info")
+                        else:
+                            self.report(scope, _node_label(node, index), node.op_type, "shape-tensor",
+                                        f"graph input '{src}' reaches input {i} of {node.op_type}, so TensorRT makes "
+                                        f"it a shape tensor; with no values in the optimization profile trtexec "
+                                        f"fixes it to 1: pass sizes as input shapes, or give its values", "error")
+            for out in node.output:
+                elem = values.dtype(out) if out else None
+                if out and (elem is None or dtype_name(elem) in ("INT32", "INT64")):
+                    sources[out] = sources.get(out, set()) | deps
 
     # -- local functions ----------------------------------------------------------------------------
 
@@ -1254,6 +1357,7 @@ def check_model(
     *,
     plugins: Iterable[str] = (),
     base_dir: str | Path | None = None,
+    shape_values: Iterable[str] = (),
 ) -> list[Finding]:
     """Check ``model`` against one TensorRT target.
 
@@ -1265,13 +1369,15 @@ def check_model(
             will be loaded: their function bodies then matter less (TensorRT >= 10.7 takes the
             plugin; on 10.3 the build strips the function, see ``prunevid.trt.plugins``).
         base_dir: folder of the model file, to read externally stored constants.
+        shape_values: graph inputs whose values the optimization profile gives (a shape-tensor
+            input listed here is reported as info, not as an error).
 
     Returns:
         Findings in graph order: model-level, then main graph (with subgraphs), then functions.
     """
     if target not in TARGETS:
         raise KeyError(f"unknown TensorRT target {target!r}; known: {', '.join(TARGETS)}")
-    checker = _Checker(model, TARGETS[target], plugins, None if base_dir is None else str(base_dir))
+    checker = _Checker(model, TARGETS[target], plugins, None if base_dir is None else str(base_dir), shape_values)
     return checker.run()
 
 
@@ -1327,3 +1433,10 @@ def summarize(
         "models": models,
         "targets": {t: {**totals[t], "ok": totals[t]["errors"] == 0} for t in targets},
     }
+
+
+def shape_value_inputs(graph_entry: Mapping[str, Any]) -> list[str]:
+    """Inputs of a manifest graph entry whose profile gives values (``"values": {"min", "opt",
+    "max"}``), i.e. shape-tensor inputs TensorRT can build for."""
+    return [t["name"] for t in graph_entry.get("inputs", []) if isinstance(t, Mapping) and "values" in t]
+

@@ -3,8 +3,6 @@ profiles, trtexec JSON parsing; plus one engine build that runs only where Tenso
 
 from __future__ import annotations
 
-import json
-import sys
 
 import numpy as np
 import onnx
@@ -16,9 +14,6 @@ from prunevid.errors import ConfigError
 from prunevid.trt.build import (
     ShapeRange,
     format_shapes,
-    parse_layer_info,
-    parse_trtexec_profile,
-    parse_trtexec_times,
     profile_from_manifest,
     trtexec_command,
 )
@@ -109,24 +104,23 @@ def _function(domain, name, inputs, outputs):
 
 
 def _plugin_model():
-    funcs = [
-        _function("prunevid", "PvDpcKnn", ["x", "valid", "nc"], ["labels", "centers"]),
-        _function("prunevid", "PvGroupTopK", ["s", "g", "c"], ["keep"]),
-        _function("other", "PvDpcKnn", ["x"], ["y"]),  # same name, another domain: never stripped
-    ]
-    nodes = [
-        helper.make_node("PvDpcKnn", ["x", "valid", "nc"], ["labels", "centers"], domain="prunevid", name="dpc",
-                         k=3, plugin_namespace="prunevid", plugin_version="1"),
-        helper.make_node("PvGroupTopK", ["s", "g", "c"], ["keep"], domain="prunevid", name="topk",
-                         plugin_namespace="prunevid", plugin_version="1"),
-    ]
+    """Both prunevid ops as the op table declares them, each with a local function."""
+    from prunevid.plugins.ops import OPS
+
+    onnx_types = {"float32": T.FLOAT, "int32": T.INT32, "int64": T.INT64, "bool": T.BOOL}
+    dims = {"B": 2, "N": 4, "C": 8, "M": 8, "G": 2}
     vi = helper.make_tensor_value_info
-    graph = helper.make_graph(
-        nodes, "main",
-        [vi("x", T.FLOAT, [2, 4, 8]), vi("valid", T.BOOL, [2, 4]), vi("nc", T.INT64, [2]),
-         vi("s", T.FLOAT, [8]), vi("g", T.INT64, [2]), vi("c", T.INT64, [2])],
-        [vi("labels", T.FLOAT, None), vi("centers", T.FLOAT, None), vi("keep", T.FLOAT, None)],
-    )
+    funcs, nodes, inputs, outputs = [], [], [], []
+    for (name, spec), prefix, label in zip(OPS.items(), ("d_", "t_"), ("dpc", "topk")):
+        ins = [prefix + t.name for t in spec.inputs]
+        outs = [prefix + t.name for t in spec.outputs]
+        funcs.append(_function("prunevid", name, [t.name for t in spec.inputs], [t.name for t in spec.outputs]))
+        nodes.append(helper.make_node(name, ins, outs, domain="prunevid", name=label,
+                                      **spec.node_attributes(**({"k": 3} if spec.attributes else {}))))
+        inputs += [vi(n, onnx_types[t.dtype], [dims.get(d, d) for d in t.shape]) for n, t in zip(ins, spec.inputs)]
+        outputs += [vi(n, onnx_types[t.dtype], None) for n, t in zip(outs, spec.outputs)]
+    funcs.append(_function("other", "PvDpcKnn", ["x"], ["y"]))  # same name, another domain: never stripped
+    graph = helper.make_graph(nodes, "main", inputs, outputs)
     return helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid(d, v) for d, v in (("", 17), ("prunevid", 1), ("other", 1))],
@@ -150,125 +144,16 @@ def test_strip_functions_for_plugins():
 
 
 def test_stripped_model_still_checks_on_10_3():
+    from prunevid.plugins.ops import OPS
     from prunevid.trt.compat import check_model, errors
+
+    if any(t.dtype == "bool" for op in OPS.values() for t in op.inputs):
+        pytest.skip("the op table still has a BOOL input (before contract v2): its nodes cannot be plugins")
 
     stripped = strip_functions_for_plugins(_plugin_model(), ["PvDpcKnn", "PvGroupTopK"])
     found = check_model(stripped, "10.3")
     assert errors(found) == []
     assert {f.what for f in found if f.op_type.startswith("prunevid::")} == {"plugin"}  # no "inlined"
-
-
-# --------------------------------------------------------------------------------------------
-# trtexec JSON exports
-# --------------------------------------------------------------------------------------------
-
-LAYER_INFO_10 = {
-    "Layers": [
-        {
-            "Name": "/conv/Conv + /relu/Relu",
-            "LayerType": "CaskConvolution",
-            "Inputs": [{"Name": "x", "Location": "Device", "Dimensions": [1, 3, 8, 8], "Format/Datatype": "Row major linear FP32"}],
-            "Outputs": [{"Name": "y", "Location": "Device", "Dimensions": [1, 4, 8, 8], "Format/Datatype": "Row major linear FP32"}],
-            "TacticName": "sm80_xmma_fprop_implicit_gemm",
-            "Metadata": "[ONNX Layer: /conv/Conv]",
-        }
-    ],
-    "Bindings": ["x", "y"],
-}
-
-LAYER_INFO_11 = {
-    "Layers": [
-        {
-            "Name": "/conv/Conv + /relu/Relu",
-            "LayerType": "CaskConvolution",
-            "Inputs": [{"Name": "x"}],
-            "Outputs": [{"Name": "y"}],
-            "TacticName": "sm90_xmma_fprop",
-        }
-    ],
-    "I/O Tensors": [
-        {
-            "Name": "x", "IOMode": "Input", "DataType": "Float", "Dimensions": [-1, 3, 8, 8],
-            "Location": "Device", "IsShapeInferenceIO": False,
-            "ProfileInfo": [{"MinShape": [1, 3, 8, 8], "OptShape": [4, 3, 8, 8], "MaxShape": [8, 3, 8, 8],
-                             "Format": "Row major linear FP32 format (kLINEAR)"}],
-        },
-        {
-            "Name": "y", "IOMode": "Output", "DataType": "Float", "Dimensions": [-1, 4, 8, 8],
-            "Location": "Device", "IsShapeInferenceIO": False, "ProfileInfo": [],
-        },
-    ],
-}
-
-
-def test_parse_layer_info_10_and_11(tmp_path):
-    path = tmp_path / "layers10.json"
-    path.write_text(json.dumps(LAYER_INFO_10))
-    for source in (path, str(path), json.dumps(LAYER_INFO_10), LAYER_INFO_10):
-        info10 = parse_layer_info(source)
-        assert info10["format"] == "10.x"
-        assert info10["inputs"] == ["x"] and info10["outputs"] == ["y"]
-        (layer,) = info10["layers"]
-        assert layer["name"] == "/conv/Conv + /relu/Relu" and layer["type"] == "CaskConvolution"
-        assert layer["inputs"] == ["x"] and layer["outputs"] == ["y"]
-        assert layer["tactic"] == "sm80_xmma_fprop_implicit_gemm" and "ONNX Layer" in layer["metadata"]
-        assert info10["io_tensors"][0]["dtype"] is None
-
-    info11 = parse_layer_info(LAYER_INFO_11)
-    assert info11["format"] == "11.x"
-    assert info11["inputs"] == ["x"] and info11["outputs"] == ["y"]
-    x = info11["io_tensors"][0]
-    assert x["dtype"] == "Float" and x["dims"] == [-1, 3, 8, 8] and x["location"] == "Device"
-    assert x["profiles"] == [{"min": [1, 3, 8, 8], "opt": [4, 3, 8, 8], "max": [8, 3, 8, 8],
-                              "format": "Row major linear FP32 format (kLINEAR)"}]
-    assert info11["layers"][0]["tactic"] == "sm90_xmma_fprop"
-
-    names_only = parse_layer_info({"Layers": ["a", "b"], "Bindings": ["x", "y"]})
-    assert [l["name"] for l in names_only["layers"]] == ["a", "b"]
-    assert [t["mode"] for t in names_only["io_tensors"]] == [None, None]
-    from prunevid.errors import ArtifactError
-
-    with pytest.raises(ArtifactError):
-        parse_layer_info({"Layers": []})
-
-
-TIMES = [
-    {"startEnqMs": 0.0, "endEnqMs": 0.1, "startH2dMs": 0.0, "endH2dMs": 0.0, "startComputeMs": 0.1,
-     "endComputeMs": 2.1, "startD2hMs": 2.1, "endD2hMs": 2.1, "h2dMs": 0.0, "computeMs": 2.0, "d2hMs": 0.0,
-     "latencyMs": 2.0},
-    {"startEnqMs": 2.1, "endEnqMs": 2.3, "startH2dMs": 2.1, "endH2dMs": 2.1, "startComputeMs": 2.1,
-     "endComputeMs": 5.1, "startD2hMs": 5.1, "endD2hMs": 5.1, "h2dMs": 0.0, "computeMs": 3.0, "d2hMs": 0.0,
-     "latencyMs": 3.0},
-    {"startEnqMs": 5.1, "endEnqMs": 5.2, "startH2dMs": 5.1, "endH2dMs": 5.1, "startComputeMs": 5.1,
-     "endComputeMs": 9.1, "startD2hMs": 9.1, "endD2hMs": 9.1, "h2dMs": 0.0, "computeMs": 4.0, "d2hMs": 0.0,
-     "latencyMs": 4.0},
-]
-
-
-def test_parse_trtexec_times(tmp_path):
-    path = tmp_path / "times.json"
-    path.write_text(json.dumps(TIMES))
-    summary = parse_trtexec_times(path)
-    assert summary["iterations"] == 3
-    lat = summary["latencyMs"]
-    assert lat["mean"] == pytest.approx(3.0) and lat["median"] == 3.0
-    assert lat["min"] == 2.0 and lat["max"] == 4.0 and lat["p99"] == 4.0
-    assert summary["computeMs"]["mean"] == pytest.approx(3.0)
-    assert summary["enqueueMs"]["max"] == pytest.approx(0.2)
-    assert summary["throughput_qps"] == pytest.approx(3 / 0.009)
-    assert parse_trtexec_times(TIMES) == summary
-    from prunevid.errors import ArtifactError
-
-    with pytest.raises(ArtifactError):
-        parse_trtexec_times([])
-
-
-def test_parse_trtexec_profile():
-    data = [{"count": 10}, {"name": "conv", "timeMs": 5.0, "averageMs": 0.5, "medianMs": 0.5, "percentage": 62.5},
-            {"name": "relu", "timeMs": 3.0, "averageMs": 0.3, "medianMs": 0.3, "percentage": 37.5}]
-    prof = parse_trtexec_profile(data)
-    assert prof["count"] == 10 and [l["name"] for l in prof["layers"]] == ["conv", "relu"]
-    assert prof["total_average_ms"] == pytest.approx(0.8)
 
 
 # --------------------------------------------------------------------------------------------

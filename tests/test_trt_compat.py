@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto as T
 from onnx import helper, numpy_helper
@@ -16,7 +15,6 @@ from prunevid.trt.compat import (
     check_model,
     errors,
     format_findings,
-    summarize,
 )
 
 BOTH = ("10.3", "11")
@@ -354,33 +352,6 @@ def test_format_findings_one_line_each():
         "ERROR   [10.3] main opset: opset 21 above 20",
     ]
     assert format_findings([]) == "no findings"
-
-
-def test_summarize_folder_with_external_data(tmp_path):
-    good = supported_model()
-    onnx.save(good, str(tmp_path / "good.onnx"), save_as_external_data=True,
-              all_tensors_to_one_file=True, location="good.data", size_threshold=0)
-    big_k = make_model(
-        [helper.make_node("TopK", ["x", "k"], ["v", "i"])],
-        [vi("x", T.FLOAT, [1, 9216])],
-        [vi("v"), vi("i", T.INT64)],
-        [numpy_helper.from_array(np.array([4000], np.int64), "k")],
-        opset=21,
-    )
-    (tmp_path / "sub").mkdir()
-    onnx.save(big_k, str(tmp_path / "sub" / "bad.onnx"), save_as_external_data=True,
-              all_tensors_to_one_file=True, location="bad.data", size_threshold=0)
-    report = summarize(tmp_path)
-    assert set(report["models"]) == {"good.onnx", "sub/bad.onnx"}
-    assert report["models"]["good.onnx"]["targets"]["10.3"]["errors"] == 0
-    bad = report["models"]["sub/bad.onnx"]["targets"]
-    assert bad["10.3"]["errors"] == 2  # opset 21 and K = 4000 (read from external data)
-    assert bad["11"]["errors"] == 1
-    assert report["targets"]["10.3"]["ok"] is False
-    single = summarize(tmp_path / "good.onnx", ["11"])
-    assert single["targets"] == {"11": {"errors": 0, "warnings": 0, "info": 0, "ok": True}}
-    with pytest.raises(FileNotFoundError):
-        summarize(tmp_path / "missing")
 
 
 def test_quantized_and_integer_types():

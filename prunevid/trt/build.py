@@ -1,5 +1,4 @@
-"""Thin TensorRT build path: plugin-aware ONNX preparation, trtexec command lines, engine builds
-and the parsing of trtexec's JSON exports.
+"""Thin TensorRT build path: trtexec command lines and engine builds with the Python API.
 
 Everything except :func:`build_engine` works without TensorRT; ``tensorrt`` is imported only inside
 the functions that need it. Two TensorRT lines are supported (``docs/deployment.md`` sections 1.5,
@@ -17,13 +16,10 @@ the functions that need it. Two TensorRT lines are supported (``docs/deployment.
 
 from __future__ import annotations
 
-import json
-import os
-import statistics
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,8 +156,7 @@ def trtexec_command(
         extra: further flags, appended last; on 11, precision flags in it raise :class:`ConfigError`.
         profiling_verbosity: ``--profilingVerbosity=`` (``detailed`` keeps layer metadata), or None.
         export_times / export_profile / export_layer_info: ``--exportTimes=`` / ``--exportProfile=`` /
-            ``--exportLayerInfo=`` paths, when given (see :func:`parse_trtexec_times`,
-            :func:`parse_layer_info`).
+            ``--exportLayerInfo=`` paths, when given.
     """
     if trt_major not in (10, 11):
         raise ConfigError(f"trtexec_command knows TensorRT 10 and 11, not {trt_major}")
@@ -205,176 +200,6 @@ def trtexec_command(
         cmd.append(f"--exportLayerInfo={export_layer_info}")
     cmd += extra
     return cmd
-
-
-# --------------------------------------------------------------------------------------------
-# trtexec JSON exports
-# --------------------------------------------------------------------------------------------
-
-
-def _load_json(source: str | Path | Mapping | list) -> Any:
-    if isinstance(source, (Mapping, list)):
-        return source
-    if isinstance(source, Path) or (isinstance(source, str) and not source.lstrip().startswith(("{", "["))):
-        return json.loads(Path(source).read_text())
-    return json.loads(source)
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-
-    def pct(p: float) -> float:
-        # nearest-rank percentile, as trtexec reports them
-        idx = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
-        return ordered[idx]
-
-    return {
-        "mean": statistics.fmean(ordered),
-        "median": statistics.median(ordered),
-        "min": ordered[0],
-        "max": ordered[-1],
-        "p90": pct(90),
-        "p95": pct(95),
-        "p99": pct(99),
-    }
-
-
-_TIME_FIELDS = ("latencyMs", "computeMs", "h2dMs", "d2hMs")
-
-
-def parse_trtexec_times(json_path: str | Path | list) -> dict[str, Any]:
-    """Summarize ``trtexec --exportTimes`` output.
-
-    The file is an array of per-iteration objects (``startEnqMs, endEnqMs, startH2dMs, ...,
-    h2dMs, computeMs, d2hMs, latencyMs``; warm-up excluded). Returns ``{"iterations": n,
-    "latencyMs": {mean, median, min, max, p90, p95, p99}, "computeMs": {...}, "h2dMs": {...},
-    "d2hMs": {...}, "enqueueMs": {...}, "throughput_qps": float | None}`` with only the fields
-    present. Accepts a path, JSON text or the already-loaded list.
-    """
-    data = _load_json(json_path)
-    if not isinstance(data, list) or not data:
-        raise ArtifactError("trtexec --exportTimes output must be a non-empty JSON array")
-    out: dict[str, Any] = {"iterations": len(data)}
-    for fld in _TIME_FIELDS:
-        vals = [float(it[fld]) for it in data if fld in it]
-        if vals:
-            out[fld] = _stats(vals)
-    enq = [float(it["endEnqMs"]) - float(it["startEnqMs"]) for it in data if "endEnqMs" in it and "startEnqMs" in it]
-    if enq:
-        out["enqueueMs"] = _stats(enq)
-    qps = None
-    starts = [float(it["startComputeMs"]) for it in data if "startComputeMs" in it]
-    ends = [float(it["endComputeMs"]) for it in data if "endComputeMs" in it]
-    if len(starts) == len(data) and len(ends) == len(data) and max(ends) > min(starts):
-        qps = len(data) / ((max(ends) - min(starts)) / 1000.0)
-    out["throughput_qps"] = qps
-    return out
-
-
-def parse_trtexec_profile(json_path: str | Path | list) -> dict[str, Any]:
-    """Summarize ``trtexec --exportProfile`` output (``[{"count": N}, {name, timeMs, averageMs,
-    medianMs, percentage}, ...]``) as ``{"count": N, "layers": [...], "total_average_ms": x}``."""
-    data = _load_json(json_path)
-    if not isinstance(data, list):
-        raise ArtifactError("trtexec --exportProfile output must be a JSON array")
-    count = None
-    layers = []
-    for item in data:
-        if set(item) == {"count"}:
-            count = item["count"]
-        elif "name" in item:
-            layers.append(item)
-    return {"count": count, "layers": layers, "total_average_ms": sum(float(l.get("averageMs", 0)) for l in layers)}
-
-
-def _layer_record(layer: Any) -> dict[str, Any]:
-    if isinstance(layer, str):  # --profilingVerbosity=layer_names_only
-        return {"name": layer, "type": None, "inputs": [], "outputs": [], "tactic": None, "metadata": None,
-                "raw": layer}
-
-    def names(items):
-        return [i.get("Name") if isinstance(i, Mapping) else str(i) for i in items or []]
-
-    return {
-        "name": layer.get("Name"),
-        "type": layer.get("LayerType"),
-        "inputs": names(layer.get("Inputs")),
-        "outputs": names(layer.get("Outputs")),
-        "tactic": layer.get("TacticName", layer.get("TacticValue")),
-        "metadata": layer.get("Metadata"),
-        "raw": layer,
-    }
-
-
-def parse_layer_info(source: str | Path | Mapping) -> dict[str, Any]:
-    """Normalize engine-inspector JSON (``trtexec --exportLayerInfo``, ``IEngineInspector``).
-
-    Accepts both formats: TensorRT 10.x (top-level ``"Bindings"``: a list of I/O tensor names) and
-    11.x (``"I/O Tensors"``: objects with ``Name, IOMode, DataType, Dimensions, Location,
-    IsShapeInferenceIO, ProfileInfo``). Layers may be objects (``--profilingVerbosity=detailed``)
-    or plain names (``layer_names_only``).
-
-    Returns:
-        ``{"format": "10.x" | "11.x", "layers": [{"name", "type", "inputs", "outputs", "tactic",
-        "metadata", "raw"}], "io_tensors": [{"name", "mode", "dtype", "dims", "location",
-        "is_shape_io", "profiles"}], "inputs": [names], "outputs": [names]}``. With the 10.x
-        format, dtype/dims/profiles are None and the mode is inferred from the layers (a binding
-        some layer produces is an output).
-    """
-    data = _load_json(source)
-    if not isinstance(data, Mapping):
-        raise ArtifactError("engine inspector JSON must be an object with 'Layers'")
-    layers = [_layer_record(layer) for layer in data.get("Layers", [])]
-    io: list[dict[str, Any]] = []
-    if "I/O Tensors" in data:
-        fmt = "11.x"
-        for t in data["I/O Tensors"]:
-            profiles = [
-                {
-                    "min": p.get("MinShape"),
-                    "opt": p.get("OptShape"),
-                    "max": p.get("MaxShape"),
-                    "format": p.get("Format"),
-                }
-                for p in t.get("ProfileInfo", []) or []
-            ]
-            mode = t.get("IOMode")
-            io.append(
-                {
-                    "name": t.get("Name"),
-                    "mode": mode.lower() if isinstance(mode, str) else None,
-                    "dtype": t.get("DataType"),
-                    "dims": t.get("Dimensions"),
-                    "location": t.get("Location"),
-                    "is_shape_io": t.get("IsShapeInferenceIO"),
-                    "profiles": profiles,
-                }
-            )
-    elif "Bindings" in data:
-        fmt = "10.x"
-        produced = {o for layer in layers for o in layer["outputs"]}
-        detailed = any(layer["inputs"] or layer["outputs"] for layer in layers)
-        for name in data["Bindings"]:
-            io.append(
-                {
-                    "name": name,
-                    "mode": "output" if name in produced else ("input" if detailed else None),
-                    "dtype": None,
-                    "dims": None,
-                    "location": None,
-                    "is_shape_io": None,
-                    "profiles": None,
-                }
-            )
-    else:
-        raise ArtifactError("engine inspector JSON has neither 'Bindings' (10.x) nor 'I/O Tensors' (11.x)")
-    return {
-        "format": fmt,
-        "layers": layers,
-        "io_tensors": io,
-        "inputs": [t["name"] for t in io if t["mode"] == "input"],
-        "outputs": [t["name"] for t in io if t["mode"] == "output"],
-    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ fails on things no table documents (shape-tensor limits, dynamic-shape corner ca
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -1379,60 +1379,6 @@ def check_model(
         raise KeyError(f"unknown TensorRT target {target!r}; known: {', '.join(TARGETS)}")
     checker = _Checker(model, TARGETS[target], plugins, None if base_dir is None else str(base_dir), shape_values)
     return checker.run()
-
-
-def summarize(
-    model_path_or_dir: str | Path,
-    targets: Iterable[str] = tuple(TARGETS),
-    *,
-    plugins: Iterable[str] = (),
-) -> dict:
-    """Check one ``.onnx`` file or every ``.onnx`` file under a folder, for several targets.
-
-    Weights stored as external data are not loaded (only the few constants a check reads).
-
-    Returns:
-        ``{"models": {relative path: {"opset", "nodes", "functions", "targets": {target: {"errors",
-        "warnings", "info", "findings": [finding dicts]}}}}, "targets": {target: {"errors",
-        "warnings", "info", "ok"}}}``.
-    """
-    root = Path(model_path_or_dir)
-    if root.is_dir():
-        files = sorted(root.rglob("*.onnx"))
-        if not files:
-            raise FileNotFoundError(f"no .onnx files under {root}")
-    elif root.is_file():
-        files = [root]
-    else:
-        raise FileNotFoundError(f"{root} does not exist")
-    targets = list(targets)
-    plugins = list(plugins)
-    totals = {t: {"errors": 0, "warnings": 0, "info": 0} for t in targets}
-    models: dict[str, Any] = {}
-    for path in files:
-        model = onnx.load(str(path), load_external_data=False)
-        key = str(path.relative_to(root)) if root.is_dir() else path.name
-        entry: dict[str, Any] = {
-            "opset": _default_opset(model.opset_import),
-            "nodes": len(model.graph.node),
-            "functions": [f"{f.domain}::{f.name}" for f in model.functions],
-            "targets": {},
-        }
-        for t in targets:
-            found = check_model(model, t, plugins=plugins, base_dir=path.parent)
-            counts = {
-                "errors": sum(f.severity == "error" for f in found),
-                "warnings": sum(f.severity == "warning" for f in found),
-                "info": sum(f.severity == "info" for f in found),
-            }
-            for k, v in counts.items():
-                totals[t][k] += v
-            entry["targets"][t] = {**counts, "findings": [asdict(f) for f in found]}
-        models[key] = entry
-    return {
-        "models": models,
-        "targets": {t: {**totals[t], "ok": totals[t]["errors"] == 0} for t in targets},
-    }
 
 
 def shape_value_inputs(graph_entry: Mapping[str, Any]) -> list[str]:

@@ -54,6 +54,27 @@ std::vector<T> download(T const* d, size_t n)
     return v;
 }
 
+// Mean milliseconds of `repeats` back-to-back launches on the default stream.
+template <typename Launch>
+float timeLaunches(Launch launch, int repeats)
+{
+    cudaEvent_t start, stop;
+    CHECK(cudaEventCreate(&start));
+    CHECK(cudaEventCreate(&stop));
+    CHECK(cudaEventRecord(start));
+    for (int r = 0; r < repeats; ++r)
+    {
+        CHECK(launch());
+    }
+    CHECK(cudaEventRecord(stop));
+    CHECK(cudaEventSynchronize(stop));
+    float ms = 0.0f;
+    CHECK(cudaEventElapsedTime(&ms, start, stop));
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    return ms / repeats;
+}
+
 struct DpcCase
 {
     int32_t B, N, C, k;
@@ -135,18 +156,7 @@ long runDpc(DpcCase const& c, float* ms, int repeats)
     CHECK(pv::dpc_knn_launch(dx, dnv, dnc, c.B, c.N, c.C, c.k, dl, dc, ws, 0));
     if (ms != nullptr)
     {
-        cudaEvent_t start, stop;
-        CHECK(cudaEventCreate(&start));
-        CHECK(cudaEventCreate(&stop));
-        CHECK(cudaEventRecord(start));
-        for (int r = 0; r < repeats; ++r)
-        {
-            CHECK(pv::dpc_knn_launch(dx, dnv, dnc, c.B, c.N, c.C, c.k, dl, dc, ws, 0));
-        }
-        CHECK(cudaEventRecord(stop));
-        CHECK(cudaEventSynchronize(stop));
-        CHECK(cudaEventElapsedTime(ms, start, stop));
-        *ms /= repeats;
+        *ms = timeLaunches([&] { return pv::dpc_knn_launch(dx, dnv, dnc, c.B, c.N, c.C, c.k, dl, dc, ws, 0); }, repeats);
     }
     CHECK(cudaDeviceSynchronize());
     std::vector<int32_t> gl = download(dl, out), gc = download(dc, out);
@@ -194,18 +204,7 @@ long runTopk(std::mt19937& rng, int kind, int32_t G, int32_t maxSize, float* ms,
     CHECK(pv::group_topk_launch(ds, m, dsz, dct, G, dk, dn, ws, 0));
     if (ms != nullptr)
     {
-        cudaEvent_t start, stop;
-        CHECK(cudaEventCreate(&start));
-        CHECK(cudaEventCreate(&stop));
-        CHECK(cudaEventRecord(start));
-        for (int r = 0; r < repeats; ++r)
-        {
-            CHECK(pv::group_topk_launch(ds, m, dsz, dct, G, dk, dn, ws, 0));
-        }
-        CHECK(cudaEventRecord(stop));
-        CHECK(cudaEventSynchronize(stop));
-        CHECK(cudaEventElapsedTime(ms, start, stop));
-        *ms /= repeats;
+        *ms = timeLaunches([&] { return pv::group_topk_launch(ds, m, dsz, dct, G, dk, dn, ws, 0); }, repeats);
     }
     CHECK(cudaDeviceSynchronize());
     gk = download(dk, m);

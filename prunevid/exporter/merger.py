@@ -184,3 +184,31 @@ class MergerStage(nn.Module):
         t = seg.shape[0]
         static_token = token_at[:t].index_select(0, seg)  # [T, L]
         return torch.where(static.index_select(0, seg), static_token, token_at[t:])  # [T, L]
+
+
+def merger_onnx(cfg: PruneConfig, frames: int, tokens_per_frame: int, hidden: int, opset: int = 18) -> bytes:
+    """The ``merger`` graph alone (no checkpoint needed), serialised, with its function bodies.
+
+    Its inputs and outputs are those of :mod:`prunevid.spec`'s ``merger`` entry; used by tests and
+    benchmarks that compare the exported merger with the eager reference on synthetic features.
+    """
+    import io
+    import warnings
+
+    import onnx
+
+    from prunevid import spec
+    from prunevid.plugins.onnx_functions import attach_functions
+    from prunevid.plugins.ops import DOMAIN, DOMAIN_VERSION
+
+    graph = spec.graphs(spec.Geometry(frames, tokens_per_frame, hidden, 1, 1, 0, 1, 1, 1))["merger"]
+    example = torch.randn(frames, tokens_per_frame, hidden, generator=torch.Generator().manual_seed(0))
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(MergerStage(cfg, frames, tokens_per_frame), (example,), buf, dynamo=False,
+                          opset_version=opset, input_names=graph.input_names, output_names=graph.output_names,
+                          custom_opsets={DOMAIN: DOMAIN_VERSION}, do_constant_folding=True)
+    model = onnx.load_from_string(buf.getvalue())
+    attach_functions(model)
+    return model.SerializeToString()

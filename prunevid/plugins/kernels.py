@@ -12,15 +12,23 @@ from __future__ import annotations
 import torch
 
 
-def _pairwise_distance(x: torch.Tensor) -> torch.Tensor:
-    """``[B, N, C] -> [B, N, N]``: ``sqrt(max(|x_i|^2 + |x_j|^2 - 2 x_i.x_j, 0)) / sqrt(C)``.
+def _pairwise_distance(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``[B, N, C], [B, N] -> [B, N, N]``: Euclidean distances / sqrt(C) of each group's centred rows.
 
-    Exactly symmetric, with ``d_ii = 0`` exactly.
+    ``y = x - mu`` with ``mu`` the mean of the group's valid rows (distances are translation
+    invariant), then ``d_ij = sqrt(max(|y_i|^2 + |y_j|^2 - 2 y_i.y_j, 0)) / sqrt(C)``. Centring keeps
+    the expansion from cancelling catastrophically on near-identical rows (a still scene): the
+    rounding error scales with ``|y|^2``, the spread of the group, instead of ``|x|^2``. Exactly
+    symmetric, with ``d_ii = 0`` exactly. Pairs with an invalid row get unspecified values.
     """
     n, c = x.shape[1], x.shape[2]
-    sq = (x * x).sum(dim=-1)  # [B, N]
-    gram = x @ x.transpose(1, 2)  # [B, N, N]
-    # a GEMM need not give x_i.x_j and x_j.x_i the same rounding: keep the upper triangle so that
+    weight = valid.to(x.dtype)[:, :, None]  # [B, N, 1]
+    count = weight.sum(dim=1, keepdim=True).clamp(min=1)  # [B, 1, 1]
+    mu = (x * weight).sum(dim=1, keepdim=True) / count  # [B, 1, C]
+    y = x - mu  # [B, N, C]
+    sq = (y * y).sum(dim=-1)  # [B, N]
+    gram = y @ y.transpose(1, 2)  # [B, N, N]
+    # a GEMM need not give y_i.y_j and y_j.y_i the same rounding: keep the upper triangle so that
     # d is exactly symmetric (mutual nearest neighbours then get exactly equal densities)
     idx = torch.arange(n, device=x.device)
     upper = idx[None, :] >= idx[:, None]  # [i, j]: j >= i
@@ -74,7 +82,7 @@ def dpc_knn_batched(
     num_clusters = num_clusters.long()
     idx = torch.arange(n, dtype=torch.int64, device=device)  # [N]
 
-    dist = _pairwise_distance(x)  # [B, N, N]
+    dist = _pairwise_distance(x, valid)  # [B, N, N]
     pair_valid = valid[:, :, None] & valid[:, None, :]  # [B, N, N]
 
     # density: exp(-mean of the k smallest squared distances over valid neighbours)

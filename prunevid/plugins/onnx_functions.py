@@ -107,10 +107,15 @@ def _dpc_knn_body(b: _Body, spec: OpSpec) -> None:
     eye = b.op("Equal", idx_row, idx_col)  # [N, N]
     lower = b.op("Less", idx_row, idx_col)  # [N, N]: j < i
 
-    # distances: sqrt(max(|x_i|^2 + |x_j|^2 - 2 x_i.x_j, 0)) / sqrt(C), symmetric, zero diagonal
-    sq = b.reduce("ReduceSum", b.op("Mul", x, x), [-1], keepdims=0)  # [B, N]
-    xt = b.op("Transpose", x, perm=[0, 2, 1])  # [B, C, N]
-    gram = b.op("MatMul", x, xt)  # [B, N, N]
+    # distances of the centred rows y = x - mean(valid x):
+    # sqrt(max(|y_i|^2 + |y_j|^2 - 2 y_i.y_j, 0)) / sqrt(C), symmetric, zero diagonal
+    weight = b.unsqueeze(b.op("Cast", valid, to=f32), [2])  # [B, N, 1]
+    count = b.op("Max", b.reduce("ReduceSum", weight, [1], keepdims=1), b.const(1.0, f32, "one_f"))  # [B, 1, 1]
+    mu = b.op("Div", b.reduce("ReduceSum", b.op("Mul", x, weight), [1], keepdims=1), count)  # [B, 1, C]
+    y = b.op("Sub", x, mu)  # [B, N, C]
+    sq = b.reduce("ReduceSum", b.op("Mul", y, y), [-1], keepdims=0)  # [B, N]
+    yt = b.op("Transpose", y, perm=[0, 2, 1])  # [B, C, N]
+    gram = b.op("MatMul", y, yt)  # [B, N, N]
     gram = b.op("Where", upper, gram, b.op("Transpose", gram, perm=[0, 2, 1]))
     sq_sum = b.op("Add", b.unsqueeze(sq, [2]), b.unsqueeze(sq, [1]))  # [B, N, N]
     d2 = b.op("Sub", sq_sum, b.op("Mul", two_f, gram))

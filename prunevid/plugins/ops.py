@@ -80,8 +80,13 @@ DPC_KNN = OpSpec(
     ),
     doc=(
         "Batched, masked DPC-KNN (PruneVid's cluster_dpc_knn). For group b with n valid tokens and "
-        "1 <= num_clusters[b] <= n, k <= n: d_ij = sqrt(max(|x_i|^2 + |x_j|^2 - 2 x_i.x_j, 0)) / sqrt(C) "
-        "with d_ii = 0 and d exactly symmetric (x_i.x_j computed once per pair), over valid i, j only; rho_i = exp(-mean of the k smallest d_ij^2, i itself "
+        "1 <= num_clusters[b] <= n, k <= n, over valid rows only: mu = mean of the valid rows (float32), "
+        "y_i = x_i - mu; d2_ij = |y_i|^2 + |y_j|^2 - 2 y_i.y_j with y_i.y_j computed once per pair i < j "
+        "and mirrored (d exactly symmetric), d_ii = 0, d_ij = sqrt(max(d2_ij, 0)) / sqrt(C) with sqrt(C) "
+        "computed in float32. Centring is the hardening against catastrophic cancellation on "
+        "near-identical tokens (a still scene): the expansion's rounding error then scales with the "
+        "group's spread, not with |x|^2 (the official torch.cdist is exact for <= 25 rows only). "
+        "rho_i = exp(-mean of the k smallest d_ij^2, i itself "
         "included); delta_i = min d_ij over valid j with rho_j > rho_i, or the group's maximum distance "
         "when there is none; score = delta * rho; the num_clusters best scores are the centres, in "
         "descending order, exact ties to the lower index; every valid token takes the nearest centre "

@@ -98,8 +98,8 @@ class MergerStage(nn.Module):
 
         t = video.shape[0]
         frame = video.mean(dim=1).unsqueeze(0)  # [1, T, C]
-        labels, _ = dpc_knn_op(frame, torch.ones(1, t, dtype=torch.bool),
-                               torch.full((1,), self.temporal_clusters, dtype=torch.int64), self.cfg.temporal_k)
+        labels, _ = dpc_knn_op(frame, torch.full((1,), t, dtype=torch.int32),
+                               torch.full((1,), self.temporal_clusters, dtype=torch.int32), self.cfg.temporal_k)
         refined = refine_unrolled(labels[0])  # [T]
         change = torch.cat([torch.zeros(1, dtype=torch.int64), (refined[1:] != refined[:-1]).long()])
         return torch.cumsum(change, 0)  # [T]
@@ -134,7 +134,7 @@ class MergerStage(nn.Module):
         n = mask.long().sum(1)  # [G]
         valid = slots[None, :] < n[:, None]  # [G, L]
         clusters = self.num_clusters.index_select(0, n)  # [G]
-        labels, _ = dpc_knn_op(compact, valid, clusters.clamp(min=1), self.cfg.spatial_k)  # [G, L]
+        labels, _ = dpc_knn_op(compact, n.int(), clusters.clamp(min=1).int(), self.cfg.spatial_k)  # [G, L]
         onehot = ((labels[:, :, None] == slots[None, None, :]) & valid[:, :, None]).float()  # [G, L(tok), L(cl)]
         sums = onehot.transpose(1, 2) @ compact  # [G, L(cl), C]
         counts = onehot.sum(1)  # [G, L(cl)]

@@ -7,11 +7,14 @@ fixed ``[T, L, C]`` input, batched over all groups at once:
     frames [T,L,C] --mean--> [T,C] --PvDpcKnn--> labels [T] --refine (unrolled over T)--> segment of each frame
     static test per (segment, location) --> static means [S,L,C] and dynamic masks
     groups: T static slots + T frames, each compacted to the front in raster order  [2T, L, C]
-    PvDpcKnn on all groups at once --> cluster means for groups of > 14 tokens      [2T, L, C]
-    groups sorted into token order (static of s, then its frames) --> scattered into [T*L, C]
+    PvDpcKnn on the clustered groups only (> 14 tokens), batched at their number     [G', L, C]
+    cluster means by segment sums (ScatterND-add), pass-through groups unchanged    [2T, L, C]
+    groups sorted into token order (static of s, then its frames) --> gathered into [T*L, C]
 
 Outputs: merged tokens ``[T*L, C]`` (rows past ``num_merged`` are zero), ``num_merged``, the group
-sizes in token order ``[2T]`` (trailing zeros) and the window sizes ``[T]`` (trailing zeros).
+sizes in token order ``[2T]`` (trailing zeros), the window sizes ``[T]`` (trailing zeros) and the
+provenance ``token_of_cell [T, L]``. Gathers read flattened ``[rows, C]`` tensors with one index
+per row (no ``[G, L, C]`` index tensors).
 ``T`` is fixed per export; data-dependent sizes live in masks. Group sizes go through exact lookup
 tables (``int(n * ratio)`` computed in Python at build time), never float rounding in the graph.
 """
@@ -28,6 +31,30 @@ from prunevid.pruning.merge import MERGE_MIN_GROUP
 
 def _scalar(value: int) -> torch.Tensor:
     return torch.tensor(value, dtype=torch.int64)
+
+
+def _range(end: torch.Tensor) -> torch.Tensor:
+    """``arange(end)`` for a 0-d tensor ``end``, kept dynamic in the graph (a ``Range`` node)."""
+    return torch.arange(_scalar(0), end, dtype=torch.int64)
+
+
+class _SegmentSum(torch.autograd.Function):
+    """``out[target[r]] += values[r]``; one ``ScatterND`` (reduction ``add``) in the graph, since
+    the exporter turns ``index_add`` into a ScatterElements that drops duplicate targets."""
+
+    @staticmethod
+    def forward(ctx, zeros, target, values):  # noqa: D102
+        return zeros.index_add(0, target, values)
+
+    @staticmethod
+    def symbolic(g, zeros, target, values):  # noqa: D102
+        axes = g.op("Constant", value_t=torch.tensor([1], dtype=torch.int64))
+        return g.op("ScatterND", zeros, g.op("Unsqueeze", target, axes), values, reduction_s="add")
+
+
+def segment_sum(target: torch.Tensor, values: torch.Tensor, rows: int) -> torch.Tensor:
+    """``[R] int64, [R, C] -> [rows, C]``: the sum of the ``values`` rows sent to each row."""
+    return _SegmentSum.apply(values.new_zeros(rows, values.shape[1]), target, values)
 
 
 def refine_unrolled(labels: torch.Tensor) -> torch.Tensor:
@@ -122,28 +149,46 @@ class MergerStage(nn.Module):
 
     def merge_groups(self, tokens: torch.Tensor, mask: torch.Tensor):
         """Stage C on all groups: ``[G, L, C]`` with member masks ``[G, L]`` to tokens, counts and,
-        per group and location, the group's output row the member went into (``[G, L]``)."""
+        per group and location, the group's output row the member went into (``[G, L]``).
+
+        Work follows the real groups: DPC-KNN runs only on the groups that are clustered (more than
+        14 members), compacted to the front of a batch sized by their number; gathers read the
+        flattened ``[G*L, C]`` tokens with one row index each; cluster sums are segment sums
+        (ScatterND-add in the graph), not a one-hot product.
+        """
         from prunevid.plugins.torch_ops import dpc_knn_op
 
-        g, l, _ = tokens.shape
+        g, l, c = tokens.shape
         slots = torch.arange(l)
+        groups = torch.arange(g)
         pos = torch.cumsum(mask.long(), 1) - 1  # [G, L] slot of each member
-        pick = mask[:, :, None] & (pos[:, :, None] == slots[None, None, :])  # [G, L(src), L(slot)]
-        src = (pick.long() * slots[None, :, None]).sum(1)  # [G, L] source location of each slot
-        compact = torch.gather(tokens, 1, src[:, :, None].expand_as(tokens))  # [G, L, C], raster order
+        src = torch.argsort(torch.where(mask, slots[None, :], slots[None, :] + l), dim=1)  # [G, L(slot)]: members first, raster order
+        compact = tokens.reshape(g * l, c).index_select(0, (groups[:, None] * l + src).reshape(-1))  # [G*L, C]
+        compact = compact.reshape(g, l, c)  # [G, L, C], raster order
         n = mask.long().sum(1)  # [G]
         valid = slots[None, :] < n[:, None]  # [G, L]
-        clusters = self.num_clusters.index_select(0, n)  # [G]
-        labels, _ = dpc_knn_op(compact, n.int(), clusters.clamp(min=1).int(), self.cfg.spatial_k)  # [G, L]
-        onehot = ((labels[:, :, None] == slots[None, None, :]) & valid[:, :, None]).float()  # [G, L(tok), L(cl)]
-        sums = onehot.transpose(1, 2) @ compact  # [G, L(cl), C]
-        counts = onehot.sum(1)  # [G, L(cl)]
-        means = sums / counts.clamp(min=1)[:, :, None]
-        merged = self.clustered.index_select(0, n)  # [G]
-        out = torch.where(merged[:, None, None], means, compact)  # [G, L, C]
-        row_of_slot = torch.where(merged[:, None], labels, slots[None, :])  # [G, L(slot)]
+        clustered = self.clustered.index_select(0, n)  # [G]
+
+        # DPC-KNN on the clustered groups only, compacted to the front (at least one row, a dummy)
+        order = torch.argsort(torch.where(clustered, groups, groups + g))  # [G]: clustered first
+        batch = clustered.long().sum().clamp(min=1)
+        picked = order.index_select(0, _range(batch))  # [G']
+        sub_n = n.index_select(0, picked)  # [G']
+        sub_clusters = self.num_clusters.index_select(0, sub_n).clamp(min=1)  # [G']
+        labels, _ = dpc_knn_op(compact.index_select(0, picked), sub_n.int(), sub_clusters.int(), self.cfg.spatial_k)
+        place = torch.zeros_like(order).scatter(0, order, groups)  # [G]: position of each group in order
+        labels = labels.index_select(0, place.clamp(max=batch - 1))  # [G, L], rows of clustered groups
+
+        # every valid slot goes to its cluster (clustered) or to itself (pass-through): segment sums
+        row_of_slot = torch.where(clustered[:, None], labels, slots[None, :])  # [G, L(slot)]
+        target = (groups[:, None] * l + row_of_slot.clamp(min=0)).reshape(-1)  # [G*L]
+        weight = valid.float().reshape(g * l, 1)  # [G*L, 1]
+        sums = segment_sum(target, compact.reshape(g * l, c) * weight, g * l)  # [G*L, C]
+        counts = segment_sum(target, weight, g * l)  # [G*L, 1]
+        out = (sums / counts.clamp(min=1)).reshape(g, l, c)  # [G, L, C]: means, or the tokens themselves
         row_of_location = torch.gather(row_of_slot, 1, pos.clamp(min=0))  # [G, L(loc)], members only
-        return out, torch.where(merged, clusters, n), row_of_location
+        clusters = self.num_clusters.index_select(0, n)  # [G]
+        return out, torch.where(clustered, clusters, n), row_of_location
 
     def forward(self, video: torch.Tensor):
         dtype = video.dtype  # float16 exports still merge in float32: the decisions are thresholds

@@ -17,7 +17,11 @@ import click
 from prunevid import __version__
 from prunevid.errors import PruneVidError
 
+from prunevid.runtime.templates import DEFAULT_TEMPLATE, TEMPLATES
+
 DEMO_QUESTION = "What are the people in the video riding, and where are they going?"
+TEMPLATE_HELP = (f"Conversation template, one of the official evaluation prompts: {', '.join(TEMPLATES)} "
+                 f"[the --preset's, else {DEFAULT_TEMPLATE}].")
 DEMO_CLIP = "bikes"
 
 
@@ -94,7 +98,7 @@ def print_answer(result, as_json: bool) -> None:
 @click.option("--engine-dir", type=click.Path(path_type=Path), help="Export folder: run the torch-free runtime.")
 @click.option("--video", required=True, type=click.Path(path_type=Path), help="Video file to decode.")
 @click.option("--question", required=True, help="Question about the video.")
-@click.option("--template", default=None, help="Conversation template (videoqa, mvbench, videomme) [videoqa].")
+@click.option("--template", default=None, help=TEMPLATE_HELP)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the answer.")
 @prune_options
@@ -111,7 +115,9 @@ def run(model_dir, engine_dir, video, question, template, max_new_tokens, as_jso
     from prunevid.reference import EagerPipeline
 
     pipeline = EagerPipeline(model_dir, cfg)
-    result = pipeline.run(video, question, max_new_tokens=max_new_tokens, template=template or "videoqa")
+    from prunevid.config import resolve_template
+
+    result = pipeline.run(video, question, max_new_tokens=max_new_tokens, template=resolve_template(template, preset))
     print_answer(result, as_json)
 
 
@@ -154,6 +160,21 @@ class TokenPrinter:
 
 
 @cli.command()
+@click.option("--model-dir", type=click.Path(path_type=Path), help="Checkpoint folder (reads config.json and the tokenizer).")
+@click.option("--engine-dir", type=click.Path(path_type=Path), help="Export folder (reads manifest.json and the tokenizer).")
+@click.option("--question", required=True, help="Question about the video.")
+@click.option("--template", default=None,
+              help=f"Conversation template: {', '.join(TEMPLATES)} [the export's, else {DEFAULT_TEMPLATE}].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: text, input_ids, image_pos, tokens.")
+def prompt(model_dir, engine_dir, question, template, as_json):
+    """Show the exact prompt (and token ids) the model sees for a question; never reads weights."""
+    from prunevid.runtime.prompt import show_prompt
+
+    view = show_prompt(question, model_dir=model_dir, engine_dir=engine_dir, template=template)
+    click.echo(json.dumps(view.to_json(), ensure_ascii=False) if as_json else view.text)
+
+
+@cli.command()
 @click.option("--model", "family", type=click.Choice(["pllava"]), default="pllava", show_default=True,
               help="Model family; the checkpoint's config.json must match.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
@@ -161,7 +182,7 @@ class TokenPrinter:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Export folder to write.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--opset", type=int, default=18, show_default=True)
-@click.option("--template", default="videoqa", show_default=True, help="Conversation template the runtime uses.")
+@click.option("--template", default=None, help="Conversation template the runtime uses by default; " + TEMPLATE_HELP)
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT.")
 @prune_options
 def export(family, checkpoint, out, dtype, opset, template, force, preset, mode, no_prune, **overrides):
@@ -176,7 +197,10 @@ def export(family, checkpoint, out, dtype, opset, template, force, preset, mode,
         from prunevid.errors import ModelDirError
 
         raise ModelDirError(f"{checkpoint} is not a {family} checkpoint")
-    options = ExportOptions(frames=overrides.get("frames"), dtype=dtype, opset=opset, template=template)
+    from prunevid.config import resolve_template
+
+    options = ExportOptions(frames=overrides.get("frames"), dtype=dtype, opset=opset,
+                            template=resolve_template(template, preset))
     run_export(checkpoint, out, cfg, options, force=force, progress=lambda msg: click.echo(msg, err=True))
     click.echo(str(out))
 

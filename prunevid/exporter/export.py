@@ -28,6 +28,7 @@ from prunevid.config import PruneConfig
 from prunevid.errors import ConfigError, ModelDirError
 from prunevid.plugins.ops import DOMAIN, DOMAIN_VERSION
 from prunevid.runtime.artifact import sha256
+from prunevid.runtime.templates import DEFAULT_TEMPLATE
 
 # Weights above this go to an external data file (protobuf cannot serialise 2 GB; keep a margin).
 EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -44,7 +45,7 @@ class ExportOptions:
     frames: int | None = None  # default: the checkpoint's num_frames
     dtype: str = "fp32"
     opset: int = 18
-    template: str = "videoqa"
+    template: str = DEFAULT_TEMPLATE
 
 
 def checkpoint_hash(model_dir: Path) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from prunevid.config import PruneConfig
-from prunevid.errors import ArtifactError
+from prunevid.errors import ArtifactError, ConfigError
 from prunevid.exporter.export import ExportOptions, export
 from test_cli import invoke  # tests/ is on sys.path (rootdir conftest)
 
@@ -237,3 +237,11 @@ def test_ctrl_c_in_any_command_is_one_line_and_status_130(command, target, tmp_p
     assert result.exit_code == 130, result.output
     assert the_error(result.stderr) == "Error: interrupted"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_export_removes_the_parents_it_created(tiny_model_dir, tmp_path):
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(ConfigError, match="--opset must be in"):
+        export(tiny_model_dir, tmp_path / "kept" / "new" / "deeper" / "out", PruneConfig(), ExportOptions(opset=5))
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"]
+    assert list((tmp_path / "kept").iterdir()) == []

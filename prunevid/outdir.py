@@ -142,15 +142,19 @@ def _refuse_protected(out: Path, target: Path, source: Path | None) -> None:
 
 def _replaceable(out: Path, folder: Path, kind: ArtifactKind, force: bool) -> None:
     """Refuse a non-empty ``folder`` unless ``force`` and it is a ``kind`` holding only its own files."""
-    if not any(folder.iterdir()):
-        return
+    try:
+        if not any(folder.iterdir()):
+            return
+        files = list_files(folder)
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {out}: {exc.strerror or exc}") from None
     if not force:
         raise ArtifactError(f"{out} is not empty; pass --force to replace a previous {kind.name}")
     owned = kind.owned(folder)
     if owned is None:
         raise ArtifactError(f"{out} is not a {kind.name}; --force replaces only an empty folder or a "
                             f"{kind.name}, so move it away yourself or choose another folder")
-    strays = [f for f in list_files(folder) if f not in owned]
+    strays = [f for f in files if f not in owned]
     if strays:
         more = f" and {len(strays) - 1} more files" if len(strays) > 1 else ""
         raise ArtifactError(f"{out} holds {strays[0]}{more}, which the {kind.name} did not write; "
@@ -260,9 +264,12 @@ def _remove_staging(staging: Path) -> None:
 
 def _remove_stale_staging(target: Path) -> None:
     """Remove staging folders of ``target`` that a killed run left (called with the lock held)."""
-    for marker in target.parent.glob(f".{target.name}{STAGING_INFIX}*{STAGING_MARKER_SUFFIX}"):
+    prefix = f".{target.name}{STAGING_INFIX}"
+    for marker in target.parent.iterdir():
+        if not (marker.name.startswith(prefix) and marker.name.endswith(STAGING_MARKER_SUFFIX)) or marker.is_symlink():
+            continue
         info = _read_object(marker)
-        if info is not None and info.get("target") == target.name and not marker.is_symlink():
+        if info is not None and info.get("target") == target.name:
             _remove_staging(marker.with_name(marker.name[: -len(STAGING_MARKER_SUFFIX)]))
 
 
@@ -304,13 +311,18 @@ def _install(out: Path, staging: Path, target: Path, kind: ArtifactKind, force: 
                             f"(pass --force to replace a previous {kind.name})")
     _replaceable(out, target, kind, force)
     aside = target.parent / f".{target.name}.replaced-{secrets.token_hex(4)}"
-    os.rename(target, aside)
+    try:
+        os.rename(target, aside)
+    except OSError as exc:
+        raise ArtifactError(f"cannot replace {out}: {exc.strerror or exc}") from None
     try:
         _replaceable(out, aside, kind, force)  # what was moved is what was checked
         os.rename(staging, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.rename(aside, target)
+        if isinstance(exc, OSError):
+            raise ArtifactError(f"cannot replace {out}: {exc.strerror or exc}") from None
         raise
     _remove_listed(aside, list_files(aside))
 

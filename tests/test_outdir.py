@@ -245,3 +245,22 @@ def test_failed_export_removes_the_parents_it_created(tiny_model_dir, tmp_path):
         export(tiny_model_dir, tmp_path / "kept" / "new" / "deeper" / "out", PruneConfig(), ExportOptions(opset=5))
     assert [p.name for p in tmp_path.iterdir()] == ["kept"]
     assert list((tmp_path / "kept").iterdir()) == []
+
+
+def test_force_at_the_rename_replaces_only_an_artifact(tiny_export, tmp_path):
+    from prunevid.outdir import EXPORT, write_folder
+
+    out = tmp_path / "out"
+    with write_folder(out, EXPORT, force=True) as staging:
+        (staging / "new.txt").write_text("new")
+        shutil.copytree(tiny_export, out)  # a previous export appears while this one is written
+    assert snapshot(out) == {"new.txt": b"new"}
+
+    theirs = tmp_path / "theirs"
+    with pytest.raises(ArtifactError, match="not a prunevid export"):
+        with write_folder(theirs, EXPORT, force=True) as staging:
+            (staging / "new.txt").write_text("new")
+            theirs.mkdir()
+            (theirs / "theirs.txt").write_text("someone else's")
+    assert snapshot(theirs) == {"theirs.txt": b"someone else's"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "theirs"]

@@ -8,7 +8,7 @@ fixed ``[T, L, C]`` input, batched over all groups at once:
     static test per (segment, location) --> static means [S,L,C] and dynamic masks
     groups: T static slots + T frames, each compacted to the front in raster order  [2T, L, C]
     PvDpcKnn on the clustered groups only (> 14 tokens), batched at their number     [G', L, C]
-    cluster means by segment sums (ScatterND-add), pass-through groups unchanged    [2T, L, C]
+    cluster means by segment sums (ScatterElements-add), pass-through unchanged     [2T, L, C]
     groups sorted into token order (static of s, then its frames) --> gathered into [T*L, C]
 
 Outputs: merged tokens ``[T*L, C]`` (rows past ``num_merged`` are zero), ``num_merged``, the group
@@ -39,8 +39,9 @@ def _range(end: torch.Tensor) -> torch.Tensor:
 
 
 class _SegmentSum(torch.autograd.Function):
-    """``out[target[r]] += values[r]``; one ``ScatterND`` (reduction ``add``) in the graph, since
-    the exporter turns ``index_add`` into a ScatterElements that drops duplicate targets."""
+    """``out[target[r]] += values[r]``; one ``ScatterElements`` (reduction ``add``, axis 0) in the
+    graph, since the exporter turns ``index_add`` into a ScatterElements that drops duplicate
+    targets, and TensorRT's ScatterND takes no reduction."""
 
     @staticmethod
     def forward(ctx, zeros, target, values):  # noqa: D102
@@ -49,7 +50,8 @@ class _SegmentSum(torch.autograd.Function):
     @staticmethod
     def symbolic(g, zeros, target, values):  # noqa: D102
         axes = g.op("Constant", value_t=torch.tensor([1], dtype=torch.int64))
-        return g.op("ScatterND", zeros, g.op("Unsqueeze", target, axes), values, reduction_s="add")
+        index = g.op("Expand", g.op("Unsqueeze", target, axes), g.op("Shape", values))  # [R, C]
+        return g.op("ScatterElements", zeros, index, values, axis_i=0, reduction_s="add")
 
 
 def segment_sum(target: torch.Tensor, values: torch.Tensor, rows: int) -> torch.Tensor:
@@ -154,7 +156,7 @@ class MergerStage(nn.Module):
         Work follows the real groups: DPC-KNN runs only on the groups that are clustered (more than
         14 members), compacted to the front of a batch sized by their number; gathers read the
         flattened ``[G*L, C]`` tokens with one row index each; cluster sums are segment sums
-        (ScatterND-add in the graph), not a one-hot product.
+        (ScatterElements-add in the graph), not a one-hot product.
         """
         from prunevid.plugins.torch_ops import dpc_knn_op
 

@@ -101,3 +101,19 @@ def test_gpu_check_without_a_device_exits_2(monkeypatch, capsys):
     monkeypatch.setattr("prunevid.trt.plugins.gpu_arch", lambda device=0: None)
     assert gpu_check.main([]) == 2
     assert "no CUDA device" in capsys.readouterr().out
+
+
+def test_gpu_check_one_node_models_follow_the_op_table():
+    from prunevid.plugins.ops import OPS
+    from prunevid.trt.compat import check_model, errors
+
+    for name, spec in OPS.items():
+        model = gpu_check._one_node_model(name, {"B": 2, "N": 8, "C": 4, "M": 10, "G": 3},
+                                          {"k": 3} if spec.attributes else {})
+        onnx.checker.check_model(model)
+        assert [i.name for i in model.graph.input] == [t.name for t in spec.inputs]
+        assert [o.name for o in model.graph.output] == [t.name for t in spec.outputs]
+        (node,) = model.graph.node
+        assert (node.domain, node.op_type) == ("prunevid", name) and not model.functions
+        found = check_model(model, "11")
+        assert errors(found) == [] and any(f.what == "plugin" and "needs plugin" in f.detail for f in found)

@@ -115,7 +115,8 @@ def _one_node_model(op_name: str, dims: dict, attrs: dict):
     spec = OPS[op_name]
     types = {"float32": onnx.TensorProto.FLOAT, "int32": onnx.TensorProto.INT32, "int64": onnx.TensorProto.INT64}
     ins = [helper.make_tensor_value_info(t.name, types[t.dtype], [dims.get(d, d) for d in t.shape]) for t in spec.inputs]
-    outs = [helper.make_tensor_value_info(t.name, types[t.dtype], None) for t in spec.outputs]
+    outs = [helper.make_tensor_value_info(t.name, types[t.dtype], [dims.get(d, d) for d in t.shape])
+            for t in spec.outputs]
     node = helper.make_node(op_name, [t.name for t in spec.inputs], [t.name for t in spec.outputs], domain=DOMAIN,
                             **spec.node_attributes(**attrs))
     model = helper.make_model(helper.make_graph([node], op_name, ins, outs),
@@ -245,22 +246,14 @@ def _one_node_rows(trt, logger) -> list[Row]:
 
 
 def _kernel_compare_row(op: str, feeds: dict, got: dict, names: list[str]) -> list[Row]:
-    """The engine's outputs against the torch kernels (CPU), when they take contract-v2 inputs."""
-    import inspect
-
+    """The engine's outputs against the torch kernels (CPU)."""
     import numpy as np
     import torch
 
     from prunevid.plugins import kernels
 
-    fn = kernels.dpc_knn_batched if op == "PvDpcKnn" else kernels.group_topk
-    if op == "PvDpcKnn" and "num_valid" not in inspect.signature(fn).parameters:
-        return [Row(f"{op} engine vs torch kernel", "SKIP", "torch kernel predates contract v2")]
-    args = [torch.from_numpy(v) for v in feeds.values()] + ([7] if op == "PvDpcKnn" else [])
-    out = fn(*args)
-    out = out if isinstance(out, tuple) else (out,)
-    if len(out) != len(names):
-        return [Row(f"{op} engine vs torch kernel", "SKIP", "torch kernel predates contract v2")]
+    args = [torch.from_numpy(v) for v in feeds.values()]
+    out = kernels.dpc_knn_batched(*args, 7) if op == "PvDpcKnn" else kernels.group_topk(*args)
     diff = sum(int((np.asarray(got[n]).reshape(-1) != o.numpy().reshape(-1)).sum()) for n, o in zip(names, out))
     return [Row(f"{op} engine vs torch kernel", "PASS" if diff == 0 else "FAIL", f"{diff} elements differ")]
 

@@ -16,6 +16,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from prunevid.errors import ModelDirError, PromptError, one_line, read_json_object
+from prunevid.fields import check_tokenizer_config, text_problem
 
 IMAGE_PLACEHOLDER = "<image>"
 DEFAULT_TEMPLATE = "videoqa"
@@ -99,10 +100,11 @@ def _load_tokenizer_json(path: Path) -> Tokenizer:
 
 
 def _load_config(path: Path) -> dict[str, Any]:
-    """Load ``tokenizer_config.json``; an absent file means LLaMA defaults (empty dict)."""
+    """Load ``tokenizer_config.json``; an absent file means LLaMA defaults (empty dict). The
+    fields read are checked (:func:`prunevid.fields.check_tokenizer_config`)."""
     if not path.is_file():
         return {}
-    return read_json_object(path, ModelDirError)
+    return check_tokenizer_config(read_json_object(path, ModelDirError), str(path))
 
 
 def _resolve_id(tokenizer: Tokenizer, config: dict[str, Any], key: str, default: str) -> int:
@@ -196,6 +198,9 @@ def build_prompt(
     """
     if not question or not question.strip():
         raise PromptError("question is empty")
+    problem = text_problem(question)
+    if problem:
+        raise PromptError(f"question is not valid text: it {problem}")
     prompt = get_template(template).render(question)
     ids = tokenizer.encode_prompt(prompt, image_token_id)
     return PromptIds(ids=ids, image_pos=ids.index(image_token_id))

@@ -143,11 +143,11 @@ def check_value(f: Field, value: Any, file: str, error: type[PruneVidError], lab
     return value
 
 
-def check_fields(data: Any, table: Sequence[Field], file: str, error: type[PruneVidError], prefix: str = "",
-                 strict: bool = False) -> dict[str, Any]:
+def check_fields(data: Any, table: Sequence[Field], file: str, error: type[PruneVidError],
+                 prefix: str = "") -> dict[str, Any]:
     """Check the fields of ``data`` listed in ``table``; returns ``{name: value}`` of those present
     (JSON null counts as absent for ``nullable`` fields). ``prefix`` is the dotted path of ``data``
-    in the file ("" at top level). ``strict`` also refuses keys the table does not list."""
+    in the file ("" at top level). Keys the table does not list are left alone."""
     where = prefix.rstrip(".") or "the file"
     if not isinstance(data, dict):
         fail(error, file, where, f"must be a JSON object, got {shown(data)}")
@@ -158,11 +158,6 @@ def check_fields(data: Any, table: Sequence[Field], file: str, error: type[Prune
                 fail(error, file, prefix + f.name, "is missing")
             continue
         out[f.name] = check_value(f, data[f.name], file, error, prefix + f.name)
-    if strict:
-        known = {f.name for f in table}
-        unknown = sorted(k for k in data if k not in known)
-        if unknown:
-            fail(error, file, prefix + unknown[0], "is not a known field")
     return out
 
 

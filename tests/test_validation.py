@@ -334,6 +334,8 @@ MANIFEST_CASES = {
     "files list": (setter("files", []), "files"),
     "file path parent": (lambda m: m["files"].update({"../tokenizer.json": "0" * 64}), "files"),
     "dtype unknown": (setter("dtype", "int8"), "dtype"),
+    "source missing": (deleter("source"), "source"),
+    "profile missing": (deleter("graphs", "decoder_prefill", "inputs", 0, "min"), "graphs.decoder_prefill.inputs[0].min"),
     "model block missing": (deleter("model"), "model"),
     "image token string": (setter("model", "image_token_index", "512"), "model.image_token_index"),
     "prune mode unknown": (setter("prune", "mode", "fast"), "prune"),
@@ -369,3 +371,62 @@ def test_resealed_manifest_still_opens(tiny_export, tmp_path):
     write_manifest(root, json.loads(before))
     assert (root / spec.MANIFEST).read_bytes() == before
     assert open_artifact(root).geometry.frames == 16
+
+
+def test_non_utf8_byte_on_the_real_command_line(tiny_model_dir, scene_cut_clip):
+    """The byte reaches Python as a lone surrogate (surrogateescape); one line, exit 1."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "LC_ALL": "C.UTF-8"}
+    args = [sys.executable, "-m", "prunevid.cli", "run", "--model-dir", str(tiny_model_dir), "--video",
+            str(scene_cut_clip), "--question", b"caf\xe9 ?", "--max-new-tokens", "1"]
+    proc = subprocess.run(args, capture_output=True, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("Error: question is not valid text"), err
+    assert "0xe9" in err[0] and proc.stdout == b""
+
+
+# ---- the field checker itself -----------------------------------------------------------------
+
+
+def test_field_checker_types_ranges_and_paths():
+    from prunevid.errors import ConfigError
+    from prunevid.fields import Field, check_fields
+
+    table = (Field("n", "int", 1, 8), Field("x", "float", 0, 1, lo_open=True), Field("f", "bool"),
+             Field("p", "path"), Field("s", "str", choices=("a", "b")), Field("opt", "int", nullable=True),
+             Field("must", "int", required=True))
+    good = {"n": 8, "x": 1, "f": False, "p": "graphs/a.onnx", "s": "b", "opt": None, "must": 0}
+    assert check_fields(good, table, "f.json", ConfigError) == {k: v for k, v in good.items() if k != "opt"}
+    bad = [({"n": True}, "n must be an integer in [1, 8], got true"), ({"n": 9}, "n must be in [1, 8], got 9"),
+           ({"x": 0}, "x must be in (0, 1], got 0"), ({"x": float("inf")}, "x must be a finite number"),
+           ({"f": 0}, "f must be true or false, got 0"), ({"p": "a/../../b"}, "p must be a relative path"),
+           ({"p": "/abs"}, "p must be a relative path"), ({"s": "c"}, 's must be one of "a", "b", got "c"'),
+           ({"s": "a\x00"}, "s contains the control character U+0000"), ({}, "must is missing")]
+    for change, message in bad:
+        data = {**good, **change} if change else {k: v for k, v in good.items() if k != "must"}
+        with pytest.raises(ConfigError) as exc:
+            check_fields(data, table, "f.json", ConfigError)
+        assert str(exc.value).startswith(f"f.json: {message}"), (change, str(exc.value))
+
+
+def test_dataclass_tables_follow_their_dataclass():
+    from dataclasses import dataclass
+
+    from prunevid.fields import dataclass_fields
+
+    @dataclass(frozen=True)
+    class Sizes:
+        width: int
+        ratio: float = 0.5
+        name: str = "x"
+        shape: tuple = ()
+
+    table = {f.name: f for f in dataclass_fields(Sizes, {"ratio": (0, 1)}, (1, 64))}
+    assert set(table) == {"width", "ratio", "name"}  # tuple is not a JSON scalar: left to the constructor
+    assert (table["width"].kind, table["width"].lo, table["width"].hi, table["width"].required) == ("int", 1, 64, True)
+    assert (table["ratio"].kind, table["ratio"].hi, table["ratio"].required) == ("float", 1, False)

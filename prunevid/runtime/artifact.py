@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -56,7 +56,7 @@ MANIFEST_FIELDS: tuple[Field, ...] = (
     Field("files", "object", required=True),
     Field("prune", "object", required=True),
     Field("model", "object", required=True),
-    Field("source", "object"),
+    Field("source", "object", required=True),
     Field("dims", "object"),
     Field("versions", "object"),
     Field(DIGEST_FIELD, "sha256", required=True),
@@ -66,7 +66,7 @@ MODEL_FIELDS: tuple[Field, ...] = (
     Field("max_position_embeddings", "int", 1, MAX_INDEX, required=True),
     Field("template", "str", required=True),
 )
-SOURCE_FIELDS: tuple[Field, ...] = (Field("path", "str"), Field("sha256", "sha256"))
+SOURCE_FIELDS: tuple[Field, ...] = (Field("path", "str", required=True), Field("sha256", "sha256", required=True))
 GRAPH_FIELDS: tuple[Field, ...] = (
     Field("file", "path", required=True),
     Field("sha256", "object", required=True),
@@ -80,7 +80,7 @@ TENSOR_FIELDS: tuple[Field, ...] = (
     Field("name", "str", required=True),
     Field("dtype", "str"),
     Field("dims", "list", required=True),
-    *(Field(k, "list", item=_DIM) for k in ("min", "opt", "max")),
+    *(Field(k, "list", item=_DIM, required=True) for k in ("min", "opt", "max")),
 )
 GEOMETRY_FIELDS = dataclass_fields(spec.Geometry, {"select_layer": (0, MAX_INDEX)}, (1, MAX_INDEX))
 # Files of an export the runtime reads besides the graphs: each must be hashed in ``files``.
@@ -131,9 +131,12 @@ class _ManifestReader:
         top = check_fields(manifest, MANIFEST_FIELDS, self.file, ArtifactError)
         if top["format_version"] != spec.FORMAT_VERSION:
             self.fail("format_version", f"is {top['format_version']}, this prunevid reads {spec.FORMAT_VERSION}; export again")
-        geometry = check_fields(top["geometry"], GEOMETRY_FIELDS, self.file, ArtifactError, "geometry.", strict=True)
+        geometry = check_fields(top["geometry"], GEOMETRY_FIELDS, self.file, ArtifactError, "geometry.")
+        unknown = sorted(set(top["geometry"]) - {f.name for f in fields(spec.Geometry)})
+        if unknown:
+            self.fail(f"geometry.{unknown[0]}", "is not a known field")
         try:
-            spec.Geometry(**geometry)
+            spec.Geometry(**top["geometry"])
         except (TypeError, ValueError) as exc:
             self.fail("geometry", f"is invalid: {one_line(exc)}")
         if geometry["select_layer"] >= geometry["num_layers"]:
@@ -142,7 +145,7 @@ class _ManifestReader:
         if model["image_token_index"] >= geometry["vocab"]:
             self.fail("model.image_token_index", f"{model['image_token_index']} is outside the vocabulary ({geometry['vocab']})")
         self.prune(top["prune"])
-        check_fields(top.get("source", {}), SOURCE_FIELDS, self.file, ArtifactError, "source.")
+        check_fields(top["source"], SOURCE_FIELDS, self.file, ArtifactError, "source.")
         files = self.graphs(top["graphs"])
         return files + self.support_files(top["files"])
 

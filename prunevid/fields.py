@@ -70,16 +70,17 @@ def fail(error: type[PruneVidError], file: str, field: str, problem: str) -> NoR
 
 
 def text_problem(text: str, allowed_controls: str = "\n\t") -> str | None:
-    """Why ``text`` is not valid text (a lone surrogate, e.g. from a non-UTF-8 byte on the command
-    line, or a control character not in ``allowed_controls``), or None when it is."""
+    """Why ``text`` is not valid text, as a predicate ("is not valid UTF-8 text: ..."): a lone
+    surrogate (what Python makes of a non-UTF-8 byte on the command line) or a control character
+    not in ``allowed_controls``. None when it is valid."""
     for i, ch in enumerate(text):
         category = unicodedata.category(ch)
         if category == "Cs":
             byte = ord(ch) - 0xDC00 if 0xDC80 <= ord(ch) <= 0xDCFF else None
-            what = f"the byte 0x{byte:02x}, which is not UTF-8" if byte is not None else f"a lone surrogate U+{ord(ch):04X}"
-            return f"contains {what} at character {i}"
+            what = f"the byte 0x{byte:02x}" if byte is not None else f"a lone surrogate U+{ord(ch):04X}"
+            return f"is not valid UTF-8 text: it contains {what} at character {i}"
         if category == "Cc" and ch not in allowed_controls:
-            return f"contains the control character U+{ord(ch):04X} at character {i}"
+            return f"is not valid text: it contains the control character U+{ord(ch):04X} at character {i}"
     return None
 
 

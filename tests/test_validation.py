@@ -113,7 +113,6 @@ CONFIG_CASES = {
     "pad token outside vocab": (setter("pad_token_id", 10**6), "pad_token_id"),
     "pooling_shape short": (setter("pooling_shape", [16, 4]), "pooling_shape"),
     "pooling_shape strings": (setter("pooling_shape", ["16", 4, 4]), "pooling_shape[0]"),
-    "pooling wider than grid": (setter("pooling_shape", [16, 9, 9]), "pooling_shape"),
     "num_frames 0": (setter("num_frames", 0), "num_frames"),
     "rms eps NaN": (setter("text_config", "rms_norm_eps", float("nan")), "text_config.rms_norm_eps"),
     "rope theta negative": (setter("text_config", "rope_theta", -1.0), "text_config.rope_theta"),
@@ -311,10 +310,10 @@ def test_question_that_is_not_text(question, tiny_model_dir, scene_cut_clip):
 
 
 def test_question_with_newline_tab_and_non_ascii_is_accepted(tiny_model_dir):
-    from prunevid.runtime.text import TextTokenizer, build_prompt
+    from prunevid.runtime.text import DEFAULT_TEMPLATE, TextTokenizer, build_prompt
 
     tok = TextTokenizer.from_dir(tiny_model_dir)
-    prompt = build_prompt(tok, "Which one?\n(A) café\t(B) 日本", "videoqa", 512)
+    prompt = build_prompt(tok, "Which one?\n(A) café\t(B) 日本", DEFAULT_TEMPLATE, 512)
     assert prompt.ids[prompt.image_pos] == 512 and len(prompt.ids) > 10
 
 
@@ -386,7 +385,7 @@ def test_non_utf8_byte_on_the_real_command_line(tiny_model_dir, scene_cut_clip):
     proc = subprocess.run(args, capture_output=True, env=env, timeout=300)
     assert proc.returncode == 1, proc.stderr
     err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("Error: question is not valid text"), err
+    assert len(err) == 1 and err[0].startswith("Error: question is not valid UTF-8 text"), err
     assert "0xe9" in err[0] and proc.stdout == b""
 
 
@@ -406,7 +405,7 @@ def test_field_checker_types_ranges_and_paths():
            ({"x": 0}, "x must be in (0, 1], got 0"), ({"x": float("inf")}, "x must be a finite number"),
            ({"f": 0}, "f must be true or false, got 0"), ({"p": "a/../../b"}, "p must be a relative path"),
            ({"p": "/abs"}, "p must be a relative path"), ({"s": "c"}, 's must be one of "a", "b", got "c"'),
-           ({"s": "a\x00"}, "s contains the control character U+0000"), ({}, "must is missing")]
+           ({"s": "a\x00"}, "s is not valid text: it contains the control character U+0000"), ({}, "must is missing")]
     for change, message in bad:
         data = {**good, **change} if change else {k: v for k, v in good.items() if k != "must"}
         with pytest.raises(ConfigError) as exc:

@@ -257,8 +257,6 @@ def _check(cfg: ModelConfig, fam: Family, file: str) -> None:
     if not -(v.num_hidden_layers + 1) <= cfg.vision_feature_layer <= v.num_hidden_layers:
         bad("vision_feature_layer", f"{cfg.vision_feature_layer} is outside the vision tower's "
             f"{v.num_hidden_layers + 1} hidden states")
-    if cfg.pooling_shape[1] > v.grid or cfg.pooling_shape[2] > v.grid:
-        bad("pooling_shape", f"{list(cfg.pooling_shape)} pools to more than the {v.grid}x{v.grid} patch grid")
 
 
 def read_config(model_dir: Path) -> ModelConfig:

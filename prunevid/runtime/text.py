@@ -165,7 +165,7 @@ def check_question(question: str) -> None:
     """Raise :class:`PromptError` for a question that is empty, not valid text, or holds ``<image>``."""
     problem = text_problem(question)  # a lone surrogate (non-UTF-8 byte) or a control character
     if problem:
-        raise PromptError(f"question is not valid text: it {problem}")
+        raise PromptError(f"question {problem}")
     if not question.strip():
         raise PromptError("question is empty")
     if IMAGE_PLACEHOLDER in question:

@@ -128,9 +128,10 @@ class Exporter:
         pos = torch.tensor(self.prompt.image_pos)
         with torch.inference_mode():
             feats = stages["encoder"](pixels)
-            merged, num, groups, _ = stages["merger"](feats)
+            merged, num, groups = stages["merger"](feats)[:3]
             pre = stages["decoder_prefill"](ids, pos, merged, num)
-            keep = stages["select"](pre[1], groups, pos, ids)
+            keep_index, num_kept = stages["select"](pre[1], groups, pos, ids)
+            keep = keep_index[: int(num_kept)]  # the runtime's slice by the count
             late = stages["decoder_late"](pre[0], keep, *pre[2:])
         token = torch.argmax(late[0]).reshape(1)
         position = torch.tensor([ids.shape[0] - 1 + int(num)])

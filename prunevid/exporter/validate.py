@@ -149,14 +149,15 @@ class GraphChecker:
         video = torch.randn(g.frames, 3, g.image_size, g.image_size, generator=gen)
         video[g.frames // 2 :] += 1.5  # a scene cut, so several segments
         (feats,) = self.step("encoder", video)
-        merged, num, groups, _ = self.step("merger", feats)
+        merged, num, groups = self.step("merger", feats)[:3]
         from prunevid.runtime.text import build_prompt
 
         model = self.artifact.manifest["model"]
         prompt = build_prompt(self.tokenizer, CHECK_QUESTIONS[1], model["template"], model["image_token_index"])
         ids, pos = torch.tensor(prompt.ids), torch.tensor(prompt.image_pos)
         pre = self.step("decoder_prefill", ids, pos, merged, num)
-        (keep,) = self.step("select", pre[1], groups, pos, ids)
+        keep_index, num_kept = self.step("select", pre[1], groups, pos, ids)
+        keep = keep_index[: int(num_kept)]
         late = self.step("decoder_late", pre[0], keep, *pre[2:])
         token = torch.argmax(late[0]).reshape(1)
         position = torch.tensor([ids.shape[0] - 1 + int(num)])

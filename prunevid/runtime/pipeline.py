@@ -4,7 +4,7 @@
     [encoder]          --> visual_features [T,L,C]
     [merger]           --> merged_tokens, num_merged, group_sizes, window_sizes   (skipped for --mode none)
     [decoder_prefill]  --> hidden_k, visual_scores, KV of layers 0..K              (prompt ids from `tokenizers`)
-    [select]           --> keep_index                                             (arange(S) unless selecting)
+    [select]           --> keep_index [S] padded, num_kept (sliced on the host)   (arange(S) unless selecting)
     [decoder_late]     --> logits of the last position, KV of every layer at the kept positions
     [decode_step] x n  --> one token at position S + j each                       (greedy, streamed)
 """
@@ -97,8 +97,9 @@ class RuntimePipeline:
             pre = run("decoder_prefill", {"input_ids": ids, "image_pos": image_pos, "merged_tokens": merged,
                                           "num_merged": np.asarray(num, dtype=np.int64)})
             if self.mode == "prunevid":
-                keep = run("select", {"visual_scores": pre["visual_scores"], "group_sizes": groups,
-                                      "image_pos": image_pos, "input_ids": ids})["keep_index"]
+                sel = run("select", {"visual_scores": pre["visual_scores"], "group_sizes": groups,
+                                     "image_pos": image_pos, "input_ids": ids})
+                keep = host(sel["keep_index"])[: _int(host(sel["num_kept"]))]  # fixed size, padded
             else:
                 keep = np.arange(seq_len, dtype=np.int64)
             early = spec.present_names(range(g.select_layer + 1))

@@ -41,3 +41,37 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def figures_plot(path: Path, title: str, configs: dict[str, dict], decode: dict[str, dict]) -> None:
+    """Left: per-stage TTFT bars of ``configs`` ({name: summary}); right: decode ms/token of
+    ``decode`` ({name: {"ms_per_token", "bound_ms_per_token"}}) beside its bandwidth bound."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.9 + 0.8 * max(len(configs), len(decode))),
+                                      gridspec_kw={"width_ratios": [2, 1]})
+    for i, res in enumerate(configs.values()):
+        start = 0.0
+        for j, stage in enumerate(STAGES):
+            ms = res["timings_ms"].get(stage, 0.0)
+            left.barh(i, ms, left=start, color=f"C{j}", label=stage if i == 0 else None)
+            start += ms
+    left.set_yticks(range(len(configs)),
+                    [f"{name}\n{res['visual_tokens']['kept']} visual kept" for name, res in configs.items()])
+    left.set_xlabel("time to first token (ms)")
+    left.legend(loc="lower right")
+    names = list(decode)
+    right.barh([i + 0.2 for i in range(len(names))], [decode[n]["ms_per_token"] for n in names], height=0.4,
+               color="C3", label="measured")
+    right.barh([i - 0.2 for i in range(len(names))], [decode[n]["bound_ms_per_token"] for n in names], height=0.4,
+               color="C7", label="bandwidth bound")
+    right.set_yticks(range(len(names)), names)
+    right.set_xlabel("decode ms / token")
+    right.legend(loc="best")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

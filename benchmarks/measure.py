@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import DEFAULT_CACHE, QUESTION, bench_clip
+from common import DEFAULT_CACHE, QUESTION, bench_clip, bench_model
 
 ROOT = Path(__file__).resolve().parents[1]
 # The sources an export depends on: a change in any of them makes a cached export stale.
@@ -45,12 +45,8 @@ def model_and_export(cache: Path, geometry: str, layer: int) -> tuple[Path, Path
     """The random ``geometry`` model and its export with selection layer ``layer``, built on first use."""
     from prunevid.config import PruneConfig
     from prunevid.exporter.export import ExportOptions, export
-    from prunevid.model.tiny import GEOMETRIES, make_tiny
 
-    model = cache / f"{geometry}-pllava-{_digest(repr(GEOMETRIES[geometry]))}"
-    if not (model / "config.json").is_file():
-        print(f"building the {geometry} model in {model} ...", file=sys.stderr)
-        make_tiny(model, geometry=geometry, force=True)
+    model = bench_model(cache, geometry)
     out = cache / f"{model.name}-export-k{layer}-{source_digest()}"
     if not (out / "manifest.json").is_file():
         print(f"exporting into {out} ...", file=sys.stderr)

@@ -22,19 +22,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from measure import (add_options, bandwidth, export_bytes, extrapolate, figures, machine, measure_modes, prepare,
                      report, resident_memory, write_json)
-
-HERE = Path(__file__).resolve().parent
-
 
 def main() -> None:
     from prunevid import costs
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_options(parser, HERE / "bench-7b-layers.json", HERE / "bench-7b-layers.png", layer=0)
+    add_options(parser, "bench-7b-layers", layer=0)
     args = parser.parse_args()
     cfg, _, export_dir, clip = prepare(args, "pllava7b-slice")
 
@@ -65,6 +61,9 @@ def main() -> None:
           f"{lay['prunevid_merged']:.1f} ms at S = {full['tokens']['prefill']['prunevid']}, "
           f"{lay['prunevid_kept']:.1f} ms at {full['tokens']['kept']} kept (selection included); "
           f"per CLIP layer {per_layer['vision_layer_ms']:.1f} ms (FLOPs share of the encoder)")
+    if min(lay.values()) <= 0:
+        print("WARNING: a per-layer time came out <= 0: the timings are noisier than the layer difference; "
+              "re-run on a quiet machine or with more --repeats")
     report(f"extrapolated to PLLaVA-7B: 23 of 24 CLIP layers + 32 LLaMA layers, K = {costs.PLLAVA_7B_LAYER}", full)
     if args.plot:
         from plot_stages import figures_plot

@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from measure import (add_options, bandwidth, export_bytes, figures, machine, measure_modes, prepare, report,
                      resident_memory, write_json)
 
-HERE = Path(__file__).resolve().parent
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_options(parser, HERE / "bench-runtime.json", HERE / "bench-runtime.png", layer=10)  # PLLaVA's K
+    add_options(parser, "bench-runtime", layer=10)  # PLLaVA's K
     args = parser.parse_args()
     cfg, _, export_dir, clip = prepare(args, "bench")
 

@@ -55,8 +55,10 @@ def model_and_export(cache: Path, geometry: str, layer: int) -> tuple[Path, Path
     return model, out
 
 
-def add_options(parser, out: Path, plot: Path, layer: int) -> None:
-    """The options both runtime benchmarks take."""
+def add_options(parser, name: str, layer: int) -> None:
+    """The options both runtime benchmarks take; results default to ``benchmarks/<name>.{json,png}``
+    (with --quick: ``<cache>/<name>-quick.{json,png}``, so a check never overwrites recorded results)."""
+    parser.set_defaults(name=name)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: the runtime's default)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2, help="answers per mode before timing")
@@ -67,8 +69,8 @@ def add_options(parser, out: Path, plot: Path, layer: int) -> None:
     parser.add_argument("--model-dir", type=Path, default=None, help="use this model instead of building one")
     parser.add_argument("--export", type=Path, default=None, help="use this export of --model-dir (built with --layer)")
     parser.add_argument("--layer", type=int, default=layer, help="selection layer K of the export")
-    parser.add_argument("--out", type=Path, default=out)
-    parser.add_argument("--plot", type=Path, default=plot)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--plot", type=Path, default=None)
 
 
 def prepare(args, geometry: str):
@@ -78,6 +80,9 @@ def prepare(args, geometry: str):
     if args.quick:
         args.repeats, args.warmup, args.new_tokens, args.bandwidth_mib = 1, 1, 4, 16
         geometry = "tiny"
+    folder, stem = (args.cache, f"{args.name}-quick") if args.quick else (ROOT / "benchmarks", args.name)
+    args.out = args.out or folder / f"{stem}.json"
+    args.plot = args.plot or folder / f"{stem}.png"
     if (args.model_dir is None) != (args.export is None):
         raise SystemExit("Error: --model-dir and --export go together")
     args.geometry = geometry if args.export is None else f"given ({args.model_dir.name})"

@@ -74,9 +74,10 @@ def test_figures_by_hand(measure):
     assert f["memory"]["baseline"]["resident_over_weights_plus_kv"] == 120.0 * 2**20 / (wb + costs.kv_bytes(cfg.text, 346))
 
 
-def _finite_ratios(figures: dict) -> None:
+def _finite_ratios(figures: dict, positive: bool = True) -> None:
+    """Finite ratios; measured ones also positive (extrapolated ones are differences of noisy times)."""
     for key in ("ttft_ratio", "prefill_time_ratio", "prefill_flops_ratio", "merger_share_of_ttft", "bandwidth_gbs"):
-        assert math.isfinite(figures[key]) and figures[key] > 0, key
+        assert math.isfinite(figures[key]) and (figures[key] > 0 or not positive), key
     for mode in ("prunevid", "baseline"):
         d = figures["decode"][mode]
         assert math.isfinite(d["ms_per_token"]) and math.isfinite(d["fraction_of_bound"]) and d["steps"] == 3
@@ -94,12 +95,14 @@ def test_benchmark_script_quick_end_to_end(script, tiny_model_dir, tiny_export, 
     assert plot.stat().st_size > 10_000
     assert data["settings"]["repeats"] == 1 and data["settings"]["new_tokens"] == 4
     assert data["bandwidth"]["gbs"] > 0
-    _finite_ratios(data["figures"])
+    _finite_ratios(data["figures"], positive=script == "bench_runtime.py")
     assert "TTFT PruneVid" in done.stdout and "bandwidth bound" in done.stdout
     if script == "bench_7b_layers.py":
         _finite_ratios(data["measured_slice_figures"])
         assert set(data["results"]) == {"prunevid", "merge", "none"}
-        assert data["per_layer"]["llm_layer_ms"]["baseline"] > 0
+        layers = data["per_layer"]["llm_layer_ms"]
+        assert layers["baseline"] > 0 and layers["prunevid_merged"] > 0 and math.isfinite(layers["prunevid_kept"])
+        assert data["figures"]["tokens"]["kept"] == data["results"]["prunevid"]["prompt_tokens"]["kept"]
     else:
         mem = data["figures"]["memory"]["prunevid"]
         assert mem["rss_mb"] > 0 and math.isfinite(mem["resident_over_weights"])

@@ -21,7 +21,6 @@ Speed is reported, never asserted.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from measure import (add_options, bandwidth, export_bytes, extrapolate, figures, machine, measure_modes, prepare,
                      report, resident_memory, write_json)
@@ -37,9 +36,8 @@ def main() -> None:
     results, applied = measure_modes(export_dir, ("prunevid", "merge", "none"), clip, repeats=args.repeats,
                                      warmup=args.warmup, new_tokens=args.new_tokens, threads=args.threads,
                                      interleave=False)
-    print("resident memory ...", file=sys.stderr)
-    memory = {name: resident_memory(export_dir, clip, mode, args.threads, args.new_tokens)
-              for name, mode in (("prunevid", "prunevid"), ("baseline", "none"))}
+    write_json(args.out, {"partial": True, "results": results})  # kept if a later step fails
+    memory = resident_memory(export_dir, clip, {"prunevid": "prunevid", "baseline": "none"}, args)
     bw = bandwidth(args.bandwidth_mib, args.threads or 1)
     measured = figures(results["prunevid"], results["none"], cfg, args.layer, bw["gbs"], memory)
     measured["export_bytes"] = export_bytes(export_dir)

@@ -15,7 +15,6 @@ export. Modes are interleaved, order rotated per repeat. Speed is reported, neve
 from __future__ import annotations
 
 import argparse
-import sys
 
 from measure import (add_options, bandwidth, export_bytes, figures, machine, measure_modes, prepare, report,
                      resident_memory, write_json)
@@ -28,9 +27,8 @@ def main() -> None:
 
     results, applied = measure_modes(export_dir, ("prunevid", "none"), clip, repeats=args.repeats, warmup=args.warmup,
                                      new_tokens=args.new_tokens, threads=args.threads, interleave=True)
-    print("resident memory ...", file=sys.stderr)
-    memory = {name: resident_memory(export_dir, clip, mode, args.threads, args.new_tokens)
-              for name, mode in (("prunevid", "prunevid"), ("baseline", "none"))}
+    write_json(args.out, {"partial": True, "results": results})  # kept if a later step fails
+    memory = resident_memory(export_dir, clip, {"prunevid": "prunevid", "baseline": "none"}, args)
     bw = bandwidth(args.bandwidth_mib, args.threads or 1)
     pv, base = results["prunevid"], results["none"]
     figs = figures(pv, base, cfg, args.layer, bw["gbs"], memory)

@@ -69,6 +69,7 @@ def add_options(parser, name: str, layer: int) -> None:
     parser.add_argument("--model-dir", type=Path, default=None, help="use this model instead of building one")
     parser.add_argument("--export", type=Path, default=None, help="use this export of --model-dir (built with --layer)")
     parser.add_argument("--layer", type=int, default=layer, help="selection layer K of the export")
+    parser.add_argument("--skip-memory", action="store_true", help="do not measure resident memory (fresh processes)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
 
@@ -174,12 +175,22 @@ def bandwidth(mib: int, threads: int, repeats: int = 5) -> dict:
             "gbs": data.nbytes / seconds / 1e9}
 
 
-def resident_memory(export_dir: Path, clip: Path, mode: str, threads: int, new_tokens: int) -> dict:
-    """VmRSS (and VmHWM) of a fresh runtime process after two warm-up answers, in MB."""
-    cmd = [sys.executable, str(Path(__file__).with_name("resident.py")), str(export_dir), str(clip), mode,
-           str(threads), str(new_tokens)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def resident_memory(export_dir: Path, clip: Path, modes: dict[str, str], args) -> dict | None:
+    """VmRSS (and VmHWM) in MB of a fresh runtime process per mode ({name: mode}) after two warm-up
+    answers; None when skipped (--skip-memory) or when a process fails (say, killed for memory)."""
+    if args.skip_memory:
+        return None
+    print("resident memory ...", file=sys.stderr)
+    out = {}
+    for name, mode in modes.items():
+        cmd = [sys.executable, str(Path(__file__).with_name("resident.py")), str(export_dir), str(clip), mode,
+               str(args.threads), str(args.new_tokens)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"resident memory of {mode} not measured: exit {done.returncode}", file=sys.stderr)
+            return None
+        out[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
 
 
 def export_bytes(export_dir: Path) -> int:

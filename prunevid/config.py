@@ -16,6 +16,8 @@ from prunevid.errors import ConfigError
 
 # Far above any video LLM's context at one token per frame; keeps a typo from decoding gigabytes.
 MAX_FRAMES = 512
+# LoRA scale numerators in use are 4 to 64 (PLLaVA: 4 and 14); far larger ones overflow the merge.
+MAX_LORA_ALPHA = 1000.0
 
 
 class Mode(str, Enum):
@@ -75,8 +77,8 @@ class PruneConfig:
         for name in ("tau", "alpha", "temporal_segment_ratio", "cluster_ratio", "lora_alpha"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
-        if self.lora_alpha < 0:
-            raise ConfigError(f"--lora-alpha must be >= 0, got {self.lora_alpha}")
+        if not 0 <= self.lora_alpha <= MAX_LORA_ALPHA:
+            raise ConfigError(f"--lora-alpha must be in [0, {MAX_LORA_ALPHA:g}], got {self.lora_alpha:g}")
         if not 0.0 <= self.tau <= 1.0:
             raise ConfigError(f"--tau must be in [0, 1], got {self.tau}")
         if not 0.0 < self.alpha <= 1.0:
@@ -130,6 +132,12 @@ PRESETS: dict[str, PruneConfig] = {
 }
 DEFAULT_PRESET = "pllava-mvbench"
 
+# The conversation template each preset's benchmarks were evaluated with (prunevid.runtime.templates).
+PRESET_TEMPLATES: dict[str, str] = {
+    "pllava-mvbench": "mvbench",
+    "pllava-vcg": "vcg",
+}
+
 
 def preset(name: str) -> PruneConfig:
     """The named preset; raises :class:`ConfigError` listing the known names."""
@@ -137,3 +145,16 @@ def preset(name: str) -> PruneConfig:
         return PRESETS[name]
     except KeyError:
         raise ConfigError(f"unknown preset '{name}' (known: {', '.join(PRESETS)})") from None
+
+
+def resolve_template(template: str | None, preset_name: str | None) -> str:
+    """The conversation template: ``--template``, else the ``--preset``'s, else the default
+    free-form one (:data:`prunevid.runtime.templates.DEFAULT_TEMPLATE`)."""
+    from prunevid.runtime.templates import DEFAULT_TEMPLATE
+
+    if template is not None:
+        return template
+    if preset_name is not None:
+        preset(preset_name)  # an unknown preset is an error naming the known ones
+        return PRESET_TEMPLATES[preset_name]
+    return DEFAULT_TEMPLATE

@@ -6,13 +6,12 @@
     --> tokenizer and preprocessor files, manifest.json
 
 The folder is built beside the target and renamed into place at the end (see
-:mod:`prunevid.atomic`), so an interrupted export never leaves a folder that looks complete.
+:mod:`prunevid.outdir`), so an interrupted export never leaves a folder that looks complete.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import warnings
 from collections.abc import Callable
@@ -23,11 +22,11 @@ from typing import Any
 import torch
 
 from prunevid import __version__, spec
-from prunevid.atomic import atomic_dir
 from prunevid.config import PruneConfig
 from prunevid.errors import ConfigError, ModelDirError
 from prunevid.plugins.ops import DOMAIN, DOMAIN_VERSION
-from prunevid.runtime.artifact import sha256
+from prunevid.runtime.artifact import sha256, write_manifest
+from prunevid.runtime.templates import DEFAULT_TEMPLATE
 
 # Weights above this go to an external data file (protobuf cannot serialise 2 GB; keep a margin).
 EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -44,7 +43,7 @@ class ExportOptions:
     frames: int | None = None  # default: the checkpoint's num_frames
     dtype: str = "fp32"
     opset: int = 18
-    template: str = "videoqa"
+    template: str = DEFAULT_TEMPLATE
 
 
 def checkpoint_hash(model_dir: Path) -> str:
@@ -94,9 +93,13 @@ class Exporter:
 
     def __init__(self, checkpoint: Path, cfg: PruneConfig, options: ExportOptions, progress: Progress):
         from prunevid.model.checkpoint import load_model
+        from prunevid.model.config import read_config
         from prunevid.runtime.text import TextTokenizer, build_prompt
+        from prunevid.runtime.video import Preprocess
 
         self.checkpoint, self.options, self.progress = Path(checkpoint), options, progress
+        # refuse a preprocessor config the encoder cannot take before loading any weight
+        Preprocess.from_json(self.checkpoint / spec.PREPROCESSOR_FILE, read_config(self.checkpoint).vision.image_size)
         self.external_data_bytes = EXTERNAL_DATA_BYTES
         self.model, self.model_cfg = load_model(self.checkpoint, cfg.lora_alpha)
         frames = self.model_cfg.num_frames if options.frames is None else options.frames
@@ -234,13 +237,12 @@ def copy_support_files(src: Path, out: Path) -> dict[str, str]:
 def export(checkpoint: str | Path, out: str | Path, cfg: PruneConfig, options: ExportOptions,
            *, force: bool = False, progress: Progress = lambda _msg: None) -> Path:
     """Export every graph of ``checkpoint`` into ``out`` atomically; returns ``out``."""
-    from prunevid.atomic import check_target
+    from prunevid.outdir import EXPORT, write_folder
 
     out = Path(out)
-    check_target(out, force)  # refuse before any heavy work
-    progress(f"loading {checkpoint}")
-    exporter = Exporter(Path(checkpoint), cfg, options, progress)
-    with atomic_dir(out, force=force) as tmp:
+    with write_folder(out, EXPORT, force=force, source=checkpoint) as tmp:  # refuses before any heavy work
+        progress(f"loading {checkpoint}")
+        exporter = Exporter(Path(checkpoint), cfg, options, progress)
         progress("running the stages eagerly for trace inputs")
         plan = exporter.stages_and_inputs()
         entries = {}
@@ -251,6 +253,6 @@ def export(checkpoint: str | Path, out: str | Path, cfg: PruneConfig, options: E
         progress("hashing the source checkpoint")
         manifest = exporter.manifest(entries)
         manifest["files"] = copy_support_files(exporter.checkpoint, tmp)
-        (tmp / spec.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        write_manifest(tmp, manifest)
     progress(f"wrote {out}")
     return out

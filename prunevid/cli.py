@@ -154,6 +154,35 @@ class TokenPrinter:
 
 
 @cli.command()
+@click.option("--model-dir", type=click.Path(path_type=Path), help="Checkpoint folder: explain an eager run.")
+@click.option("--engine-dir", type=click.Path(path_type=Path), help="Export folder: explain a runtime run.")
+@click.option("--video", required=True, type=click.Path(path_type=Path), help="Video file to decode.")
+@click.option("--question", required=True, help="Question about the video (it guides the selection).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Picture to write (.png); the facts go beside it as .json.")
+@click.option("--frames", type=click.IntRange(min=1), default=None,
+              help="Frames sampled from the clip [the checkpoint's; an export's are fixed].")
+@click.option("--mode", type=click.Choice(["prunevid", "merge", "none"]), default=None,
+              help="prunevid (default; an export: the mode it was exported with), merge or none.")
+@click.option("--force", is_flag=True, help="Replace an existing picture and JSON.")
+def explain(model_dir, engine_dir, video, question, out, frames, mode, force):
+    """Draw which tokens PruneVid kept: the sampled frames, scenes, static cells, kept tokens after layer K."""
+    from prunevid import explain as ex
+    from prunevid.errors import ConfigError
+
+    if (model_dir is None) == (engine_dir is None):
+        raise ConfigError("pass exactly one of --model-dir DIR (checkpoint) or --engine-dir DIR (export)")
+    ex.check_output(out, force)
+    facts = ex.explain_run(model_dir or engine_dir, video, question, eager=model_dir is not None,
+                           frames=frames, mode=mode)
+    png, data = ex.write(facts, out, force=force)
+    counts = facts.counts()
+    click.echo(f"[visual tokens {counts['encoder']} -> merged {counts['merged']} -> kept {counts['kept']}; "
+               f"facts in {data}]", err=True)
+    click.echo(str(png))
+
+
+@cli.command()
 @click.option("--model", "family", type=click.Choice(["pllava"]), default="pllava", show_default=True,
               help="Model family; the checkpoint's config.json must match.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,

@@ -3,7 +3,7 @@ dimensions, and the layout of an export folder. Plain data; imports nothing heav
 
     pixel_values [T,3,H,W] --encoder--> visual_features [T,L,C]
     visual_features --merger--> merged_tokens [T*L,C] (first num_merged rows used), num_merged,
-                                group_sizes [2T], window_sizes [T]
+                                group_sizes [2T], window_sizes [T], token_of_cell [T,L]
     input_ids, image_pos, merged_tokens, num_merged --decoder_prefill (layers 0..K)-->
         hidden_k [S,C], visual_scores [M], present.0..K
     visual_scores, group_sizes, image_pos, input_ids --select--> keep_index [S']
@@ -136,8 +136,10 @@ def graphs(g: Geometry) -> dict[str, Graph]:
                 Tensor("num_merged", "int64", ()),
                 Tensor("group_sizes", "int64", (2 * t,)),
                 Tensor("window_sizes", "int64", (t,)),
+                Tensor("token_of_cell", "int64", (t, l)),
             ),
-            "PruneVid stages A-C; rows past num_merged are zero; groups in token order.",
+            "PruneVid stages A-C; rows past num_merged are zero; groups in token order; "
+            "token_of_cell[t, l] = merged row that absorbed frame t's grid cell l.",
             ("PvDpcKnn",),
         ),
         "decoder_prefill": Graph(

@@ -368,3 +368,27 @@ def test_unwritable_output_is_a_one_line_error(tiny_model_dir):
         assert result.exit_code != 0 and isinstance(result.exception, SystemExit)
         errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
         assert len(errors) == 1 and f"cannot write {under_a_file}" in errors[0]
+
+
+def test_merger_graph_token_of_cell_equals_eager(tiny_export, real_clips, scene_cut_clip):
+    """C2 provenance: the exported merger's ``token_of_cell`` is the eager one, on encoded clips."""
+    import torch
+
+    from prunevid.reference import merge_visual
+    from prunevid.runtime.backend import OrtBackend
+    from prunevid.runtime.video import Preprocess, load_video
+
+    runtime = RuntimePipeline(tiny_export)
+    g = runtime.geometry
+    backend = OrtBackend({n: tiny_export / spec.GRAPH_DIR / f"{n}.onnx" for n in ("encoder", "merger")})
+    pp = Preprocess.from_json(tiny_export / spec.PREPROCESSOR_FILE)
+    layouts = set()
+    for clip in clips(real_clips, scene_cut_clip):
+        feats = backend.host(backend.run("encoder", {"pixel_values": load_video(clip, g.frames, pp)})["visual_features"])
+        out = {k: backend.host(v) for k, v in backend.run("merger", {"visual_features": feats}).items()}
+        ref = merge_visual(torch.from_numpy(feats), PruneConfig.from_json(runtime.artifact.prune)).merged
+        assert out["token_of_cell"].dtype == np.int64 and out["token_of_cell"].shape == (g.frames, g.tokens_per_frame)
+        np.testing.assert_array_equal(out["token_of_cell"], ref.token_of_cell.numpy())
+        assert int(out["token_of_cell"].max()) == int(out["num_merged"]) - 1
+        layouts.add(tuple(ref.window_sizes))
+    assert len(layouts) >= 2  # the clips segment differently

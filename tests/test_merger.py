@@ -19,8 +19,10 @@ def reference(video: torch.Tensor, cfg: PruneConfig):
 def assert_same(video: torch.Tensor, cfg: PruneConfig) -> None:
     t, l, _ = video.shape
     ref = reference(video, cfg)
-    merged, num, groups, windows = MergerStage(cfg, t, l)(video)
+    merged, num, groups, windows, token_of_cell = MergerStage(cfg, t, l)(video)
     m = ref.num_tokens
+    assert token_of_cell.dtype == torch.int64
+    assert torch.equal(token_of_cell, ref.token_of_cell)  # provenance agrees exactly
     assert int(num) == m
     assert torch.allclose(merged[:m], ref.tokens, atol=1e-5)
     assert torch.all(merged[m:] == 0)

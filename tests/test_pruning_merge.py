@@ -120,3 +120,67 @@ def test_impossible_settings_raise(frames, kwargs):
     video = scene_clip(t=frames, static_locations=0)
     with pytest.raises(ValueError):
         merge_video_tokens(video, **kwargs)
+
+
+# ---------------------------------------------------------------- provenance (token_of_cell)
+
+
+def assert_provenance_consistent(video: torch.Tensor, out, cluster_ratio: float = 0.5) -> None:
+    """``out.token_of_cell`` is a complete, layout-respecting map from cells to merged tokens."""
+    t, l, _ = video.shape
+    cells = out.token_of_cell
+    assert cells.shape == (t, l) and cells.dtype == torch.int64
+    assert int(cells.min()) >= 0 and int(cells.max()) < out.num_tokens
+    hits = torch.bincount(cells.reshape(-1), minlength=out.num_tokens)
+    assert bool((hits > 0).all()), "a merged token absorbed no cell"
+    # every merged token is the mean of the cells mapped to it (static tokens: time means, clustered)
+    sums = torch.zeros(out.num_tokens, video.shape[2]).index_add_(0, cells.reshape(-1), video.reshape(t * l, -1))
+    assert torch.allclose(out.tokens, sums / hits[:, None], atol=1e-5)
+    offset = start = 0
+    for w, n_s, n_d in zip(out.window_sizes, out.static_sizes, out.dynamic_sizes):
+        seg = cells[start : start + w]  # [w, L]
+        static = (seg >= offset) & (seg < offset + n_s)  # [w, L]
+        assert bool((static == static[:1]).all()), "static cells differ between frames of a segment"
+        assert bool((seg[:, static[0]] == seg[:1, static[0]]).all()), "a static cell changes token in time"
+        groups = [(static[0], seg[0], n_s)]
+        offset += n_s
+        for i in range(w):
+            frame_out = n_d // w
+            dynamic = ~static[i]
+            mine = (seg[i, dynamic] >= offset) & (seg[i, dynamic] < offset + frame_out)
+            assert bool(mine.all()), "a dynamic cell left its frame's group"
+            groups.append((dynamic, seg[i], frame_out))
+            offset += frame_out
+        for members, tokens, size_out in groups:
+            n_in = int(members.sum())
+            got = tokens[members]
+            if n_in < 15:  # passes through: one-to-one, raster order
+                assert size_out == n_in and got.tolist() == sorted(set(got.tolist()))
+            else:
+                assert size_out == int(n_in * cluster_ratio) == len(set(got.tolist()))
+        start += w
+    assert offset == out.num_tokens
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_token_of_cell_maps_every_cell_consistently(seed):
+    gen = torch.Generator().manual_seed(seed)
+    video = torch.randn(16, 36, 24, generator=gen)
+    video[int(torch.randint(4, 12, (1,), generator=gen)) :] += 2 * torch.randn(1, 1, 24, generator=gen)
+    still = torch.randperm(36, generator=gen)[: int(torch.randint(0, 36, (1,), generator=gen))]
+    video[:, still] = video[:1, still] + 0.05 * torch.randn(16, len(still), 24, generator=gen)
+    out = merge_video_tokens(video)
+    assert sum(out.static_sizes) > 0 and len(out.window_sizes) > 1  # static groups, several segments
+    assert_provenance_consistent(video, out)
+
+
+def test_token_of_cell_on_small_and_all_static_groups():
+    video = scene_clip(static_locations=2)  # static pass-through of 2, dynamic pass-through of 14
+    out = merge_video_tokens(video)
+    assert_provenance_consistent(video, out)
+    assert out.token_of_cell[0].tolist() == list(range(16))  # first frame: 2 static, then 14 own
+    gen = torch.Generator().manual_seed(3)
+    still = torch.randn(16, 32, generator=gen).expand(8, 16, 32) + 0.01 * torch.randn(8, 16, 32, generator=gen)
+    out = merge_video_tokens(still)  # every cell static and clustered
+    assert_provenance_consistent(still, out)
+    assert int(out.token_of_cell.max()) == out.num_tokens - 1

@@ -125,7 +125,7 @@ class Exporter:
         pos = torch.tensor(self.prompt.image_pos)
         with torch.inference_mode():
             feats = stages["encoder"](pixels)
-            merged, num, groups, _ = stages["merger"](feats)
+            merged, num, groups = stages["merger"](feats)[:3]
             pre = stages["decoder_prefill"](ids, pos, merged, num)
             keep = stages["select"](pre[1], groups, pos, ids)
             late = stages["decoder_late"](pre[0], keep, *pre[2:])

@@ -121,7 +121,8 @@ class MergerStage(nn.Module):
         return static, w, means
 
     def merge_groups(self, tokens: torch.Tensor, mask: torch.Tensor):
-        """Stage C on all groups: ``[G, L, C]`` with member masks ``[G, L]`` to tokens and counts."""
+        """Stage C on all groups: ``[G, L, C]`` with member masks ``[G, L]`` to tokens, counts and,
+        per group and location, the group's output row the member went into (``[G, L]``)."""
         from prunevid.plugins.torch_ops import dpc_knn_op
 
         g, l, _ = tokens.shape
@@ -140,7 +141,9 @@ class MergerStage(nn.Module):
         means = sums / counts.clamp(min=1)[:, :, None]
         merged = self.clustered.index_select(0, n)  # [G]
         out = torch.where(merged[:, None, None], means, compact)  # [G, L, C]
-        return out, torch.where(merged, clusters, n)
+        row_of_slot = torch.where(merged[:, None], labels, slots[None, :])  # [G, L(slot)]
+        row_of_location = torch.gather(row_of_slot, 1, pos.clamp(min=0))  # [G, L(loc)], members only
+        return out, torch.where(merged, clusters, n), row_of_location
 
     def forward(self, video: torch.Tensor):
         dtype = video.dtype  # float16 exports still merge in float32: the decisions are thresholds
@@ -151,7 +154,7 @@ class MergerStage(nn.Module):
         dynamic = ~static.index_select(0, seg)  # [T, L]: frame t's dynamic locations
         tokens = torch.cat([means, video])  # [2T, L, C]: static slot s, then frame t
         mask = torch.cat([static & (w > 0)[:, None], dynamic])  # [2T, L]
-        out, counts = self.merge_groups(tokens, mask)
+        out, counts, row_of_location = self.merge_groups(tokens, mask)
 
         # token order: static group of segment s at key 2*start_s, frame t at 2t + 1; unused slots last
         member = seg[None, :] == torch.arange(t)[:, None]  # [S, T]
@@ -159,6 +162,9 @@ class MergerStage(nn.Module):
         slot_key = torch.where(w > 0, 2 * start, 4 * t + torch.arange(t))  # [S]
         keys = torch.cat([slot_key, 2 * torch.arange(t) + 1])  # [2T]
         order = torch.argsort(keys)  # [2T]
+        group_start = torch.cumsum(counts.index_select(0, order), 0) - counts.index_select(0, order)  # [2T]
+        group_start = torch.zeros_like(group_start).scatter(0, order, group_start)  # [2T], slot order
+        token_of_cell = self.provenance(row_of_location + group_start[:, None], static, seg)  # [T, L]
         counts = counts.index_select(0, order)  # [2T], token order
         out = out.index_select(0, order).reshape(2 * t * l, c)  # [2T*L, C]
         ends = torch.cumsum(counts, 0)  # [2T]
@@ -168,4 +174,13 @@ class MergerStage(nn.Module):
         within = rows - (ends - counts).index_select(0, group)  # [T*L]
         src = (group * l + within).clamp(min=0, max=2 * t * l - 1)
         merged = out.index_select(0, src) * (rows < total).float()[:, None]  # [T*L, C]
-        return merged.to(dtype), total, counts, w
+        return merged.to(dtype), total, counts, w, token_of_cell
+
+    @staticmethod
+    def provenance(token_at: torch.Tensor, static: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        """``token_of_cell [T, L]`` from ``token_at [2T, L]`` (merged row of each member location of
+        static slot s, then of frame t) and the static mask ``[S, L]``: a cell takes its segment's
+        static group when static there, else its frame's dynamic group."""
+        t = seg.shape[0]
+        static_token = token_at[:t].index_select(0, seg)  # [T, L]
+        return torch.where(static.index_select(0, seg), static_token, token_at[t:])  # [T, L]

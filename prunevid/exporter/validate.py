@@ -149,7 +149,7 @@ class GraphChecker:
         video = torch.randn(g.frames, 3, g.image_size, g.image_size, generator=gen)
         video[g.frames // 2 :] += 1.5  # a scene cut, so several segments
         (feats,) = self.step("encoder", video)
-        merged, num, groups, _ = self.step("merger", feats)
+        merged, num, groups = self.step("merger", feats)[:3]
         from prunevid.runtime.text import build_prompt
 
         model = self.artifact.manifest["model"]

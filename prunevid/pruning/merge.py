@@ -43,6 +43,11 @@ class MergedVideo:
         static_sizes: static tokens per segment after merging.
         dynamic_sizes: dynamic tokens per segment after merging (``w_s`` times the per-frame count).
         temporal_labels: ``[T]`` refined frame labels (for inspection).
+        token_of_cell: ``[T, L]`` int64 provenance: the row of ``tokens`` into which the visual
+            token of frame ``t``, grid cell ``l`` (row-major) went. A static cell of segment ``s``
+            maps to a token of ``s``'s static group (the same one for every frame of ``s``), a
+            dynamic cell to a token of its own frame's dynamic group; the token is the cell's own
+            when its group passes through unmerged, else its cluster's mean.
     """
 
     tokens: torch.Tensor
@@ -50,6 +55,7 @@ class MergedVideo:
     static_sizes: list[int]
     dynamic_sizes: list[int]
     temporal_labels: torch.Tensor
+    token_of_cell: torch.Tensor
 
     @property
     def num_tokens(self) -> int:
@@ -62,16 +68,20 @@ def _draw(noise: NoiseFn | None, n: int) -> torch.Tensor | None:
 
 def merge_group(
     tokens: torch.Tensor, cluster_ratio: float, k: int, noise: NoiseFn | None
-) -> torch.Tensor:
-    """Spatially merge one group ``[n, C] -> [n', C]`` (unchanged when ``n <= 14``)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spatially merge one group ``[n, C] -> [n', C]`` (unchanged when ``n <= 14``).
+
+    Also returns ``[n]`` int64: the output row each input token went into (``arange(n)`` for a
+    group that passes through, the DPC-KNN cluster labels otherwise).
+    """
     n = tokens.shape[0]
     if n < MERGE_MIN_GROUP:
-        return tokens
+        return tokens, torch.arange(n, dtype=torch.int64)
     num_clusters = int(n * cluster_ratio)
     if num_clusters < 1:
         raise ValueError(f"cluster_ratio {cluster_ratio} leaves no cluster for a group of {n} tokens")
     clustering = dpc_knn(tokens, num_clusters, k, noise=_draw(noise, n))
-    return cluster_means(tokens, clustering.labels, num_clusters)
+    return cluster_means(tokens, clustering.labels, num_clusters), clustering.labels.long()
 
 
 def static_mask(window: torch.Tensor, tau: float) -> torch.Tensor:
@@ -142,21 +152,25 @@ def merge_video_tokens(
     pieces: list[torch.Tensor] = []
     static_sizes: list[int] = []
     dynamic_sizes: list[int] = []
-    start = 0
+    token_of_cell = torch.empty(video.shape[:2], dtype=torch.int64)  # [T, L]
+    offset = start = 0
     for w in windows:
         window = video[start : start + w]  # [w, L, C]
         is_static = static_mask(window, tau)  # [L]
-        static = window[:, is_static].mean(dim=0)  # [n_s, C], raster order
-        static = merge_group(static, cluster_ratio, spatial_k, noise)
+        static, into = merge_group(window[:, is_static].mean(dim=0), cluster_ratio, spatial_k, noise)  # [n_s, C]
         pieces.append(static)
+        token_of_cell[start : start + w, is_static] = offset + into  # same token in every frame of s
+        offset += static.shape[0]
         static_sizes.append(int(static.shape[0]))
         dynamic_total = 0
-        for frame in window[:, ~is_static]:  # each [n_d, C], raster order
-            merged = merge_group(frame, cluster_ratio, spatial_k, noise)
+        for t, frame in enumerate(window[:, ~is_static], start=start):  # each [n_d, C], raster order
+            merged, into = merge_group(frame, cluster_ratio, spatial_k, noise)
             pieces.append(merged)
+            token_of_cell[t, ~is_static] = offset + into
+            offset += merged.shape[0]
             dynamic_total += int(merged.shape[0])
         dynamic_sizes.append(dynamic_total)
         start += w
 
     tokens = torch.cat(pieces, dim=0)  # [M, C]
-    return MergedVideo(tokens, windows, static_sizes, dynamic_sizes, labels)
+    return MergedVideo(tokens, windows, static_sizes, dynamic_sizes, labels, token_of_cell)

@@ -209,3 +209,47 @@ def test_read_only_folder_gives_one_line(tiny_model_dir: Path, scene_cut_clip: P
     finally:
         locked.chmod(0o700)
     assert not list(locked.iterdir())
+
+
+def clip_cases(real_clips: dict[str, Path], scene_cut_clip: Path) -> list[Path]:
+    return [scene_cut_clip, *([real_clips["bikes"]] if "bikes" in real_clips else [])]
+
+
+def test_eager_and_runtime_give_the_same_picture(tiny_model_dir: Path, tiny_export: Path, real_clips,
+                                                 scene_cut_clip: Path, tmp_path: Path) -> None:
+    for i, clip in enumerate(clip_cases(real_clips, scene_cut_clip)):
+        pictures = {}
+        for flag, folder in (("--model-dir", tiny_model_dir), ("--engine-dir", tiny_export)):
+            out = tmp_path / f"{i}{flag.strip('-')}.png"
+            result = invoke(explain_args(flag, folder, clip, out))
+            assert result.exit_code == 0, (result.output, result.exception)
+            assert result.stdout.strip() == str(out)
+            pictures[flag] = (np.asarray(Image.open(out).convert("RGB")), json.loads(ex.json_path(out).read_text()))
+        (eager_px, eager), (runtime_px, runtime) = pictures["--model-dir"], pictures["--engine-dir"]
+        assert eager == runtime
+        assert np.array_equal(eager_px, runtime_px)
+        # the facts are the run's: the same counts as `prunevid run --json`, every cell read back
+        counts = eager["counts"]
+        answer = json.loads(invoke(["run", "--engine-dir", tiny_export, "--video", clip, "--question", QUESTION,
+                                    "--json", "--max-new-tokens", "1"]).stdout)
+        assert (counts["encoder"], counts["merged"], counts["kept"]) == tuple(
+            answer["visual_tokens"][k] for k in ("encoder", "merged", "kept"))
+        assert [s["static_tokens"] for s in eager["scenes"]] == answer["segments"]["static_sizes"]
+        assert 0 < counts["kept"] < counts["merged"] < counts["encoder"] == 256
+        static, kept = read_picture(tmp_path / f"{i}model-dir.png", 16, (4, 4))
+        assert kept.tolist() == [f["survived"] for f in eager["frames"]]
+        assert static.tolist() == [[c in f["static_cells"] for c in range(16)] for f in eager["frames"]]
+        assert count_panels(tmp_path / f"{i}model-dir.png", 16, (4, 4)) == 16
+
+
+def test_baseline_keeps_every_cell(tiny_export: Path, scene_cut_clip: Path, tmp_path: Path) -> None:
+    out = tmp_path / "none.png"
+    result = invoke(explain_args("--engine-dir", tiny_export, scene_cut_clip, out, "--mode", "none"))
+    assert result.exit_code == 0, (result.output, result.exception)
+    data = json.loads(ex.json_path(out).read_text())
+    assert data["counts"]["kept"] == data["counts"]["merged"] == 256 and data["counts"]["static_cells"] == 0
+    assert data["frames"][3]["token_of_cell"] == list(range(48, 64))
+    _, kept = read_picture(out, 16, (4, 4))
+    assert kept.all()
+    assert_one_line_error(invoke(explain_args("--engine-dir", tiny_export, scene_cut_clip, tmp_path / "f.png",
+                                              "--frames", "8")), "frames")

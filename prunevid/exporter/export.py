@@ -252,5 +252,4 @@ def export(checkpoint: str | Path, out: str | Path, cfg: PruneConfig, options: E
         manifest = exporter.manifest(entries)
         manifest["files"] = copy_support_files(exporter.checkpoint, tmp)
         (tmp / spec.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    progress(f"wrote {out}")
     return out

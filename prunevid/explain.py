@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -439,21 +439,20 @@ def write(facts: TokenFacts, png: str | Path, force: bool = False) -> tuple[Path
     """Write the picture and its JSON; both appear together or not at all."""
     png = check_output(png, force)
     target_json = json_path(png)
-    tmp_files: list[Path] = []
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp_png, tmp_json = (path.with_name(f".{path.name}.{tag}.partial") for path in (png, target_json))
     try:
-        for suffix in (".png", ".json"):
-            fd, name = tempfile.mkstemp(prefix=f".{png.stem}.", suffix=suffix, dir=png.parent)
-            os.close(fd)
-            tmp_files.append(Path(name))
-        render(facts).save(tmp_files[0], format="PNG", optimize=True)
-        tmp_files[1].write_text(json.dumps(facts.to_json()) + "\n", encoding="utf-8")
-        os.replace(tmp_files[0], png)
-        os.replace(tmp_files[1], target_json)
+        with open(tmp_png, "xb") as f:  # "x": never an existing file; mode from the umask
+            render(facts).save(f, format="PNG", optimize=True)
+        with open(tmp_json, "x", encoding="utf-8") as f:
+            f.write(json.dumps(facts.to_json()) + "\n")
+        os.replace(tmp_png, png)
+        os.replace(tmp_json, target_json)
     except OSError as exc:
         raise ArtifactError(f"cannot write {png}: {exc.strerror or exc}") from None
     finally:
-        for tmp in tmp_files:
-            tmp.unlink(missing_ok=True)  # only our own temporary files
+        for tmp in (tmp_png, tmp_json):
+            tmp.unlink(missing_ok=True)  # only our own temporary files (already renamed on success)
     return png, target_json
 
 

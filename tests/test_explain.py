@@ -171,6 +171,9 @@ def test_write_refuses_bad_outputs(facts: TokenFacts, tmp_path: Path) -> None:
     ex.write(facts, tmp_path / "taken.png", force=True)
     assert json.loads((tmp_path / "taken.json").read_text())["counts"]["kept"] == 8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.json", "taken.png"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {(tmp_path / name).stat().st_mode & 0o777 for name in ("taken.json", "taken.png")} == {0o666 & ~umask}
 
 
 # ---- the command, on the tiny model --------------------------------------------------------------

@@ -333,7 +333,7 @@ def demo_clip(cache: Path) -> Path:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 def demo(video, question, geometry, as_json):
     """Export a random PLLaVA, answer with PruneVid and with the baseline on the runtime, show the saving."""
-    from prunevid.demo import run_demo, table
+    from prunevid.demo import report_lines, run_demo
 
     cache = cache_dir()
     progress = Progress(enabled=False if as_json else None)
@@ -341,19 +341,8 @@ def demo(video, question, geometry, as_json):
     if as_json:
         click.echo(json.dumps(report))
         return
-    click.echo(f"prunevid demo ({geometry} PLLaVA, RANDOM weights: the answers are noise; this shows cost "
-               f"and which tokens are kept, not accuracy)")
-    click.echo(f"model    {report['model']}")
-    click.echo(f"export   {report['export']['path']} ({'cached' if report['export']['reused'] else 'exported now'})")
-    click.echo(f"clip     {report['clip']}\nquestion {question}\n")
-    for line in table(report):
+    for line in report_lines(report):
         click.echo(line)
-    for mode, data in report["modes"].items():
-        click.echo(f"answer token ids ({mode}): {data['token_ids']} (not decoded: random weights give noise)")
-    if geometry == "tiny":
-        click.echo("On this tiny model fixed per-call costs dominate the times; the FLOPs show the saving. "
-                   "`prunevid demo --geometry bench` shows it in time.")
-    click.echo(f"explain picture: {report['explain']} (facts beside it as .json)")
 
 
 def main() -> None:

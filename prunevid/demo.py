@@ -166,8 +166,27 @@ def run_demo(geometry: str, clip: Path, question: str, cache: Path, progress: Pr
     }
 
 
-def table(report: dict[str, Any]) -> list[str]:
+def report_lines(report: dict[str, Any]) -> list[str]:
     """The report as the lines the demo prints."""
+    geometry = report["geometry"]
+    lines = [f"prunevid demo ({geometry} PLLaVA, RANDOM weights: the answers are noise; this shows cost "
+             f"and which tokens are kept, not accuracy)",
+             f"model    {report['model']}",
+             f"export   {report['export']['path']} ({'cached' if report['export']['reused'] else 'exported now'})",
+             f"clip     {report['clip']}",
+             f"question {report['question']}",
+             "", *table(report), ""]
+    for mode, data in report["modes"].items():
+        lines.append(f"answer token ids ({mode}): {data['token_ids']} (not decoded: random weights give noise)")
+    if geometry == "tiny":
+        lines.append("On this tiny model the times are small and noisy (fixed per-call costs); the FLOPs show "
+                     "the saving. `prunevid demo --geometry bench` shows it in time.")
+    lines.append(f"explain picture: {report['explain']} (facts beside it as .json)")
+    return lines
+
+
+def table(report: dict[str, Any]) -> list[str]:
+    """The per-stage table of both modes, TTFT and prefill FLOPs."""
     modes = report["modes"]
     p, b = modes["prunevid"], modes["none"]
 
@@ -181,7 +200,8 @@ def table(report: dict[str, Any]) -> list[str]:
                      f"{sb['tokens_in'] + ' -> ' + sb['tokens_out']:36s} {ms(sb['ms'])}")
     lines.append(f"{'TTFT (encoder+merger+prefill)':30s} | {'':36s} {ms(p['ttft_ms'])} | {'':36s} {ms(b['ttft_ms'])}")
     g = report["prefill_gflops"]
-    lines.append(f"{'prefill FLOPs (analytic)':30s} | {g['prunevid']:.4g} GFLOP{'':25s} | {g['none']:.4g} GFLOP")
+    flops = [f"{g[mode]:.4g} GFLOP" for mode in ("prunevid", "none")]
+    lines.append(f"{'prefill FLOPs (analytic)':30s} | {flops[0]:>46s} | {flops[1]:>46s}")
     lines.append("")
     lines.append(f"PruneVid saves {100 * report['prefill_flops_saved']:.1f}% of the prefill FLOPs; "
                  f"TTFT PruneVid / baseline = {report['ttft_ratio']:.2f}")

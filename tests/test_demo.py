@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_cli import _partials, invoke
+from test_cli import _partials, assert_one_line_error, invoke
 
 from prunevid.demo import matches_spec, prefill_flops, stages
 from prunevid.model.config import TextConfig
@@ -85,3 +85,4 @@ def test_demo_end_to_end_then_from_the_cache(tmp_path: Path) -> None:
         assert needle in out, needle
     assert f"answer token ids (prunevid): {prunevid['token_ids']}" in out
     assert list((cache / "exports").iterdir()) == exports and not _partials(cache)
+    assert_one_line_error(invoke(["demo", "--video", tmp_path / "missing.mp4"], env=env), "not found", "no such")

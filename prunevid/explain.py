@@ -139,6 +139,7 @@ class TokenFacts:
         return np.isin(self.token_of_cell, np.asarray(self.kept_tokens))
 
     def counts(self) -> dict[str, int]:
+        """Tokens at each stage (encoder, merged: static and dynamic, kept) and cells static / kept."""
         static_tokens = sum(self.static_sizes())
         return {
             "encoder": int(self.token_of_cell.size),

@@ -6,7 +6,7 @@ dimensions, and the layout of an export folder. Plain data; imports nothing heav
                                 group_sizes [2T], window_sizes [T], token_of_cell [T,L]
     input_ids, image_pos, merged_tokens, num_merged --decoder_prefill (layers 0..K)-->
         hidden_k [S,C], visual_scores [M], present.0..K
-    visual_scores, group_sizes, image_pos, input_ids --select--> keep_index [S']
+    visual_scores, group_sizes, image_pos, input_ids --select--> keep_index [S] (first num_kept used), num_kept
     hidden_k, keep_index, past.0..K --decoder_late (layers K+1..)--> logits [V], present.0..N-1 [.., S', ..]
     input_id, position, past.0..N-1 --decode_step--> logits [V], present.0..N-1 [.., P+1, ..]
 
@@ -165,8 +165,9 @@ def graphs(g: Geometry) -> dict[str, Graph]:
                 Tensor("image_pos", "int64", ()),
                 Tensor("input_ids", "int64", ("text_len",)),
             ),
-            (Tensor("keep_index", "int64", ("kept",)),),
-            "floor(alpha * n) per group (PvGroupTopK); all text positions kept; ascending.",
+            (Tensor("keep_index", "int64", ("seq",)), Tensor("num_kept", "int64", ())),
+            "floor(alpha * n) per group (PvGroupTopK); all text positions kept; ascending; "
+            "fixed size S: the first num_kept entries are kept positions, the rest is the pad value S.",
             ("PvGroupTopK",),
         ),
         "decoder_late": Graph(

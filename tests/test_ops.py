@@ -33,7 +33,7 @@ from prunevid.pruning import dpc_knn, group_layout, keep_count, select_visual_to
 
 ALPHA = 0.4
 MODEL_OPSET = 18
-ONNX_TYPES = {"float32": TensorProto.FLOAT, "bool": TensorProto.BOOL, "int64": TensorProto.INT64}
+ONNX_TYPES = {"float32": TensorProto.FLOAT, "int32": TensorProto.INT32, "int64": TensorProto.INT64}
 ATTRS = {"PvDpcKnn": {"k": 3}, "PvGroupTopK": {}}
 
 
@@ -68,20 +68,25 @@ def _blob_groups(seed: int, ns: list[int], c: int, blobs: int = 4) -> tuple[torc
     return (*_pad(x, ns, gen), member)
 
 
+def _counts(valid: torch.Tensor) -> torch.Tensor:
+    """``[B, N]`` prefix mask -> ``[B]`` int32 ``num_valid`` (the op's input)."""
+    return valid.sum(dim=1).int()
+
+
 def _dpc_inputs(seed: int, bsz: int, n_max: int, c: int) -> tuple[torch.Tensor, ...]:
     """Random groups with degenerate ones mixed in: empty, single token, zero or too many clusters."""
     gen = _gen(seed)
     ns = [n_max, 0, 1, *torch.randint(2, n_max + 1, (bsz - 3,), generator=gen).tolist()][:bsz]
     x, valid = _random_groups(seed, ns, c)
-    ncl = torch.tensor([3, 2, 1, 0, n_max + 5, *[max(1, n // 3) for n in ns[5:]]][:bsz])
-    return x, valid, ncl
+    ncl = torch.tensor([3, 2, 1, 0, n_max + 5, *[max(1, n // 3) for n in ns[5:]]][:bsz], dtype=torch.int32)
+    return x, _counts(valid), ncl
 
 
-def _check_against_reference(x, valid, ncl, k, labels, centers) -> int:
+def _check_against_reference(x, num_valid, ncl, k, labels, centers) -> int:
     """Compare every in-bounds group with :func:`dpc_knn`; returns how many were compared."""
     compared = 0
     for b in range(x.shape[0]):
-        n, c = int(valid[b].sum()), int(ncl[b])
+        n, c = int(num_valid[b]), int(ncl[b])
         if not (1 <= c <= n and 1 <= k <= n):
             continue
         ref = dpc_knn(x[b, :n], c, k)
@@ -99,10 +104,10 @@ def _check_against_reference(x, valid, ncl, k, labels, centers) -> int:
 def test_dpc_knn_batched_matches_reference_on_random_groups(seed):
     ns = [40, 33, 26, 17, 9, 7]
     x, valid = _random_groups(seed, ns, c=12)
-    ncl = torch.tensor([6, 1, 26, 5, 3, 7])
-    labels, centers = dpc_knn_batched(x, valid, ncl, 5)
-    assert labels.dtype == centers.dtype == torch.int64
-    assert _check_against_reference(x, valid, ncl, 5, labels, centers) == len(ns)
+    ncl = torch.tensor([6, 1, 26, 5, 3, 7], dtype=torch.int32)
+    labels, centers = dpc_knn_batched(x, _counts(valid), ncl, 5)
+    assert labels.dtype == centers.dtype == torch.int32
+    assert _check_against_reference(x, _counts(valid), ncl, 5, labels, centers) == len(ns)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 7])
@@ -111,18 +116,18 @@ def test_dpc_knn_batched_matches_reference_for_small_k(k):
     for seed in range(4):
         ns = [25, 18, 11, 7]
         x, valid = _random_groups(100 + seed, ns, c=8)
-        ncl = torch.tensor([5, 18, 4, 7])
-        labels, centers = dpc_knn_batched(x, valid, ncl, k)
-        assert _check_against_reference(x, valid, ncl, k, labels, centers) == len(ns)
+        ncl = torch.tensor([5, 18, 4, 7], dtype=torch.int32)
+        labels, centers = dpc_knn_batched(x, _counts(valid), ncl, k)
+        assert _check_against_reference(x, _counts(valid), ncl, k, labels, centers) == len(ns)
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_dpc_knn_batched_matches_reference_on_blobs(seed):
     ns = [48, 40, 20, 15]
     x, valid, member = _blob_groups(seed, ns, c=16)
-    ncl = torch.tensor([8, 4, 5, 3])
-    labels, centers = dpc_knn_batched(x, valid, ncl, 5)
-    assert _check_against_reference(x, valid, ncl, 5, labels, centers) == len(ns)
+    ncl = torch.tensor([8, 4, 5, 3], dtype=torch.int32)
+    labels, centers = dpc_knn_batched(x, _counts(valid), ncl, 5)
+    assert _check_against_reference(x, _counts(valid), ncl, 5, labels, centers) == len(ns)
     # group 1 holds all four blobs and asks for four clusters: each cluster is one whole blob
     assert len(set(member[1, :40].tolist())) == 4
     pairs = set(zip(labels[1, :40].tolist(), member[1, :40].tolist()))
@@ -130,22 +135,22 @@ def test_dpc_knn_batched_matches_reference_on_blobs(seed):
 
 
 def test_dpc_knn_batched_degenerate_groups_do_not_raise():
-    x, valid, ncl = _dpc_inputs(7, bsz=6, n_max=20, c=4)  # n = 20, 0, 1, ...; ncl = 3, 2, 1, 0, 25
+    x, num_valid, ncl = _dpc_inputs(7, bsz=6, n_max=20, c=4)  # n = 20, 0, 1, ...; ncl = 3, 2, 1, 0, 25
+    valid = torch.arange(20)[None, :] < num_valid[:, None]
     for k in (0, 1, 5, 19, 20, 21, 100):
-        labels, centers = dpc_knn_batched(x, valid, ncl, k)
+        labels, centers = dpc_knn_batched(x, num_valid, ncl, k)
         assert labels.shape == centers.shape == valid.shape
         assert (labels[~valid] == -1).all()
         assert (centers[1] == -1).all() and (labels[1] == -1).all()  # empty group
         assert (centers[3] == -1).all()  # no cluster wanted
-        n = valid.sum(dim=1)
         slots = torch.arange(valid.shape[1])[None, :]
-        assert ((centers >= 0) == (slots < torch.minimum(n, ncl)[:, None])).all()
+        assert ((centers >= 0) == (slots < torch.minimum(num_valid, ncl)[:, None])).all()
         if 1 <= k <= 20:
-            assert _check_against_reference(x, valid, ncl, k, labels, centers) >= 1
+            assert _check_against_reference(x, num_valid, ncl, k, labels, centers) >= 1
     for shape in [(0, 5, 3), (3, 0, 3), (2, 4, 0)]:
         x0 = torch.randn(shape)
-        valid0 = torch.ones(shape[:2], dtype=torch.bool)
-        labels, centers = dpc_knn_batched(x0, valid0, torch.ones(shape[0], dtype=torch.int64), 3)
+        full = torch.full(shape[:1], shape[1], dtype=torch.int32)
+        labels, centers = dpc_knn_batched(x0, full, torch.ones(shape[0], dtype=torch.int32), 3)
         assert labels.shape == centers.shape == shape[:2]
 
 
@@ -170,22 +175,26 @@ def test_group_topk_matches_select_visual_tokens(seed):
         scores = torch.randint(0, 3, (m,), generator=gen).float()
     else:
         scores = torch.rand(m, generator=gen)
-    sizes = torch.tensor(groups, dtype=torch.int64)
-    counts = torch.tensor([keep_count(ALPHA, n) for n in groups], dtype=torch.int64)
-    keep = group_topk(scores, sizes, counts)
+    sizes = torch.tensor(groups, dtype=torch.int32)
+    counts = torch.tensor([keep_count(ALPHA, n) for n in groups], dtype=torch.int32)
+    keep, count = group_topk(scores, sizes, counts)
     expected = select_visual_tokens(scores, static, dynamic, windows, ALPHA)
-    assert keep.dtype == torch.int64
-    assert keep.tolist() == expected.tolist()
+    assert keep.dtype == count.dtype == torch.int32 and keep.shape == (m,) and count.shape == (1,)
+    assert int(count) == len(expected) == sum(keep_count(ALPHA, n) for n in groups)
+    assert keep[: int(count)].tolist() == expected.tolist()
+    assert (keep[int(count) :] == m).all()  # padded with M
 
 
 def test_group_topk_ties_go_to_the_lower_index_and_zero_groups_are_fine():
     scores = torch.tensor([1.0, 2.0, 2.0, 2.0, 0.0, 5.0, 5.0])
-    keep = group_topk(scores, torch.tensor([0, 4, 0, 3]), torch.tensor([0, 2, 0, 1]))
-    assert keep.tolist() == [1, 2, 5]
-    none = torch.zeros(0, dtype=torch.int64)
-    assert group_topk(torch.zeros(0), none, none).shape == (0,)
+    keep, count = group_topk(scores, torch.tensor([0, 4, 0, 3]), torch.tensor([0, 2, 0, 1]))
+    assert keep.tolist() == [1, 2, 5, 7, 7, 7, 7] and count.tolist() == [3]
+    none = torch.zeros(0, dtype=torch.int32)
+    keep, count = group_topk(torch.zeros(0), none, none)
+    assert keep.shape == (0,) and count.tolist() == [0]
     # tokens past the groups are never kept; counts above the size keep the whole group
-    assert group_topk(scores, torch.tensor([3]), torch.tensor([9])).tolist() == [0, 1, 2]
+    keep, count = group_topk(scores, torch.tensor([3]), torch.tensor([9]))
+    assert keep.tolist() == [0, 1, 2, 7, 7, 7, 7] and count.tolist() == [3]
 
 
 # ---------------------------------------------------------------- one-node ONNX graphs
@@ -220,8 +229,8 @@ def _group_topk_inputs(seed: int, groups: list[int], ties: bool):
     gen = _gen(seed)
     m = sum(groups)
     scores = torch.randint(0, 4, (m,), generator=gen).float() if ties else torch.randn(m, generator=gen)
-    sizes = torch.tensor(groups, dtype=torch.int64)
-    return scores, sizes, torch.tensor([keep_count(ALPHA, n) for n in groups], dtype=torch.int64)
+    sizes = torch.tensor(groups, dtype=torch.int32)
+    return scores, sizes, torch.tensor([keep_count(ALPHA, n) for n in groups], dtype=torch.int32)
 
 
 ONE_NODE_CASES = {
@@ -237,7 +246,7 @@ ONE_NODE_CASES = {
 def _kernel(op_name: str, inputs):
     if op_name == "PvDpcKnn":
         return dpc_knn_batched(*inputs, ATTRS[op_name]["k"])
-    return (group_topk(*inputs),)
+    return group_topk(*inputs)
 
 
 @pytest.mark.parametrize("opset", range(MIN_OPSET, MAX_OPSET + 1))
@@ -306,18 +315,19 @@ def test_function_bodies_are_standard_ops_without_double(op_name, opset):
 def test_attach_functions_is_idempotent_and_sees_nested_graphs():
     spec = OPS["PvGroupTopK"]
     inner = helper.make_node(
-        spec.name, [t.name for t in spec.inputs], ["keep_then"], domain=DOMAIN, **spec.node_attributes()
+        spec.name, [t.name for t in spec.inputs], ["keep_then", "count_then"], domain=DOMAIN,
+        **spec.node_attributes()
     )
     then_graph = helper.make_graph(
-        [inner], "then", [], [helper.make_tensor_value_info("keep_then", TensorProto.INT64, ["K"])]
+        [inner], "then", [], [helper.make_tensor_value_info("keep_then", TensorProto.INT32, ["K"])]
     )
     else_graph = helper.make_graph(
         [helper.make_node("Identity", ["group_sizes"], ["keep_else"])],
-        "else", [], [helper.make_tensor_value_info("keep_else", TensorProto.INT64, ["G"])],
+        "else", [], [helper.make_tensor_value_info("keep_else", TensorProto.INT32, ["G"])],
     )
     cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
     node = helper.make_node("If", ["cond"], ["keep"], then_branch=then_graph, else_branch=else_graph)
-    out = helper.make_tensor_value_info("keep", TensorProto.INT64, ["K"])
+    out = helper.make_tensor_value_info("keep", TensorProto.INT32, ["K"])
     graph = helper.make_graph([node], "nested", [cond, *_value_infos(spec.inputs)], [out])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", MODEL_OPSET)], ir_version=10)
     attach_functions(model)
@@ -328,22 +338,22 @@ def test_attach_functions_is_idempotent_and_sees_nested_graphs():
     scores, sizes, counts = _group_topk_inputs(5, [6, 0, 9], ties=True)
     feeds = {"scores": scores.numpy(), "group_sizes": sizes.numpy(), "keep_counts": counts.numpy()}
     (keep,) = _session(model).run(None, {"cond": np.array(True), **feeds})
-    np.testing.assert_array_equal(keep, group_topk(scores, sizes, counts).numpy())
+    np.testing.assert_array_equal(keep, group_topk(scores, sizes, counts)[0].numpy())
 
 
 # ---------------------------------------------------------------- TorchScript export
 
 
 class _BothOps(torch.nn.Module):
-    def forward(self, x, valid, num_clusters, scores, group_sizes, keep_counts):
-        labels, centers = dpc_knn_op(x, valid, num_clusters, 4)
-        keep = group_topk_op(scores, group_sizes, keep_counts)
-        return labels, centers, keep
+    def forward(self, x, num_valid, num_clusters, scores, group_sizes, keep_counts):
+        labels, centers = dpc_knn_op(x, num_valid, num_clusters, 4)
+        keep, count = group_topk_op(scores, group_sizes, keep_counts)
+        return labels, centers, keep, count
 
 
 def test_torch_ops_export_and_match_eager_in_onnxruntime():
-    names = ["x", "valid", "num_clusters", "scores", "group_sizes", "keep_counts"]
-    dims = {"x": {0: "B", 1: "N"}, "valid": {0: "B", 1: "N"}, "num_clusters": {0: "B"},
+    names = ["x", "num_valid", "num_clusters", "scores", "group_sizes", "keep_counts"]
+    dims = {"x": {0: "B", 1: "N"}, "num_valid": {0: "B"}, "num_clusters": {0: "B"},
             "scores": {0: "M"}, "group_sizes": {0: "G"}, "keep_counts": {0: "G"}}
     cases = [
         (*_dpc_inputs(11, bsz=5, n_max=24, c=8), *_group_topk_inputs(12, [8, 0, 12, 4], ties=True)),
@@ -361,7 +371,7 @@ def test_torch_ops_export_and_match_eager_in_onnxruntime():
             opset_version=MODEL_OPSET,
             custom_opsets={DOMAIN: DOMAIN_VERSION},
             input_names=names,
-            output_names=["labels", "centers", "keep"],
+            output_names=["labels", "centers", "keep", "count"],
             dynamic_axes=dims,
         )
     model = onnx.load_from_string(buf.getvalue())
@@ -371,6 +381,13 @@ def test_torch_ops_export_and_match_eager_in_onnxruntime():
     assert {a.name: helper.get_attribute_value(a) for a in dpc.attribute} == {
         "k": 4, "plugin_namespace": b"prunevid", "plugin_version": b"1"
     }
+    # contracts v2: int32 at the node boundary, int64 in the graph around it (Casts)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.input]}
+    for node in custom:
+        for name in [*node.input[1:], *node.output]:
+            assert types[name] == TensorProto.INT32, (node.op_type, name)
+    assert [o.type.tensor_type.elem_type for o in model.graph.output] == [TensorProto.INT64] * 4
     attach_functions(model)
     onnx.checker.check_model(model, full_check=True)
     onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
@@ -384,14 +401,14 @@ def test_torch_ops_export_and_match_eager_in_onnxruntime():
 class _HalfInputs(torch.nn.Module):
     """Feeds the ops float16 features/scores and int32 counts, as a float16 export would."""
 
-    def forward(self, x, valid, num_clusters, scores, group_sizes, keep_counts):
-        labels, centers = dpc_knn_op(x.half(), valid, num_clusters.int(), 4)
-        keep = group_topk_op(scores.half(), group_sizes.int(), keep_counts)
-        return labels, centers, keep
+    def forward(self, x, num_valid, num_clusters, scores, group_sizes, keep_counts):
+        labels, centers = dpc_knn_op(x.half(), num_valid.long(), num_clusters.long(), 4)
+        keep, count = group_topk_op(scores.half(), group_sizes.long(), keep_counts)
+        return labels, centers, keep, count
 
 
 def test_inputs_of_another_type_are_cast_to_the_table_types():
-    names = ["x", "valid", "num_clusters", "scores", "group_sizes", "keep_counts"]
+    names = ["x", "num_valid", "num_clusters", "scores", "group_sizes", "keep_counts"]
     inputs = (*_dpc_inputs(21, bsz=5, n_max=16, c=8), *_group_topk_inputs(22, [8, 0, 12, 4], ties=False))
     module = _HalfInputs()
     buf = io.BytesIO()
@@ -421,4 +438,12 @@ def test_table_declares_a_tolerance_for_every_output(name):
     outputs = {t.name for t in spec.outputs}
     assert set(spec.atol) == set(spec.rtol) == outputs
     # integer outputs are compared exactly
-    assert all(spec.atol[t.name] == spec.rtol[t.name] == 0.0 for t in spec.outputs if t.dtype == "int64")
+    assert all(spec.atol[t.name] == spec.rtol[t.name] == 0.0 for t in spec.outputs if t.dtype == "int32")
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_contracts_v2_no_bool_and_no_value_dependent_output_size(name):
+    spec = OPS[name]
+    assert all(t.dtype in ("float32", "int32") for t in (*spec.inputs, *spec.outputs))
+    input_dims = {d for t in spec.inputs for d in t.shape}
+    assert all(d in input_dims or isinstance(d, int) for t in spec.outputs for d in t.shape)

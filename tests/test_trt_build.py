@@ -286,13 +286,14 @@ def test_trt_plugins_describe_without_tensorrt():
     desc = trt_plugins.describe()
     assert set(desc) == set(OPS)
     dpc = desc["PvDpcKnn"]
-    assert dpc["params"] == ["x", "valid", "num_clusters", "k"]
-    assert dpc["output_dtypes"] == ["int64", "int64"]
+    assert dpc["params"] == ["x", "num_valid", "num_clusters", "k"]
+    assert dpc["output_dtypes"] == ["int32", "int32"]
     assert dpc["output_dim_sources"] == [((0, 0), (0, 1)), ((0, 0), (0, 1))]  # [B, N] from x
     assert dpc["size_tensors"] == []
     topk = desc["PvGroupTopK"]
-    assert topk["output_dim_sources"] == [(None,)]  # K is data-dependent
-    assert topk["size_tensors"] == [{"dim": "K", "upper_bound": ("scores", 0)}]
+    assert topk["output_dtypes"] == ["int32", "int32"]
+    assert topk["output_dim_sources"] == [((0, 0),), (1,)]  # keep [M] from scores, count [1]
+    assert topk["size_tensors"] == []  # contracts v2: no data-dependent output size
 
 
 # --------------------------------------------------------------------------------------------

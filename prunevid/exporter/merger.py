@@ -7,11 +7,14 @@ fixed ``[T, L, C]`` input, batched over all groups at once:
     frames [T,L,C] --mean--> [T,C] --PvDpcKnn--> labels [T] --refine (unrolled over T)--> segment of each frame
     static test per (segment, location) --> static means [S,L,C] and dynamic masks
     groups: T static slots + T frames, each compacted to the front in raster order  [2T, L, C]
-    PvDpcKnn on all groups at once --> cluster means for groups of > 14 tokens      [2T, L, C]
-    groups sorted into token order (static of s, then its frames) --> scattered into [T*L, C]
+    PvDpcKnn on the clustered groups only (> 14 tokens), batched at their number     [G', L, C]
+    cluster means (member-matrix product), pass-through groups unchanged             [2T, L, C]
+    groups sorted into token order (static of s, then its frames) --> gathered into [T*L, C]
 
 Outputs: merged tokens ``[T*L, C]`` (rows past ``num_merged`` are zero), ``num_merged``, the group
-sizes in token order ``[2T]`` (trailing zeros) and the window sizes ``[T]`` (trailing zeros).
+sizes in token order ``[2T]`` (trailing zeros), the window sizes ``[T]`` (trailing zeros) and the
+provenance ``token_of_cell [T, L]``. Gathers read flattened ``[rows, C]`` tensors with one index
+per row (no ``[G, L, C]`` index tensors).
 ``T`` is fixed per export; data-dependent sizes live in masks. Group sizes go through exact lookup
 tables (``int(n * ratio)`` computed in Python at build time), never float rounding in the graph.
 """
@@ -28,6 +31,11 @@ from prunevid.pruning.merge import MERGE_MIN_GROUP
 
 def _scalar(value: int) -> torch.Tensor:
     return torch.tensor(value, dtype=torch.int64)
+
+
+def _range(end: torch.Tensor) -> torch.Tensor:
+    """``arange(end)`` for a 0-d tensor ``end``, kept dynamic in the graph (a ``Range`` node)."""
+    return torch.arange(_scalar(0), end, dtype=torch.int64)
 
 
 def refine_unrolled(labels: torch.Tensor) -> torch.Tensor:
@@ -98,8 +106,8 @@ class MergerStage(nn.Module):
 
         t = video.shape[0]
         frame = video.mean(dim=1).unsqueeze(0)  # [1, T, C]
-        labels, _ = dpc_knn_op(frame, torch.ones(1, t, dtype=torch.bool),
-                               torch.full((1,), self.temporal_clusters, dtype=torch.int64), self.cfg.temporal_k)
+        labels, _ = dpc_knn_op(frame, torch.full((1,), t, dtype=torch.int32),
+                               torch.full((1,), self.temporal_clusters, dtype=torch.int32), self.cfg.temporal_k)
         refined = refine_unrolled(labels[0])  # [T]
         change = torch.cat([torch.zeros(1, dtype=torch.int64), (refined[1:] != refined[:-1]).long()])
         return torch.cumsum(change, 0)  # [T]
@@ -122,28 +130,45 @@ class MergerStage(nn.Module):
 
     def merge_groups(self, tokens: torch.Tensor, mask: torch.Tensor):
         """Stage C on all groups: ``[G, L, C]`` with member masks ``[G, L]`` to tokens, counts and,
-        per group and location, the group's output row the member went into (``[G, L]``)."""
+        per group and location, the group's output row the member went into (``[G, L]``).
+
+        Work follows the real groups: DPC-KNN runs only on the groups that are clustered (more than
+        14 members), compacted to the front of a batch sized by their number; gathers read the
+        flattened ``[G*L, C]`` tokens with one row index each.
+        """
         from prunevid.plugins.torch_ops import dpc_knn_op
 
-        g, l, _ = tokens.shape
+        g, l, c = tokens.shape
         slots = torch.arange(l)
+        groups = torch.arange(g)
         pos = torch.cumsum(mask.long(), 1) - 1  # [G, L] slot of each member
-        pick = mask[:, :, None] & (pos[:, :, None] == slots[None, None, :])  # [G, L(src), L(slot)]
-        src = (pick.long() * slots[None, :, None]).sum(1)  # [G, L] source location of each slot
-        compact = torch.gather(tokens, 1, src[:, :, None].expand_as(tokens))  # [G, L, C], raster order
+        src = torch.argsort(torch.where(mask, slots[None, :], slots[None, :] + l), dim=1)  # [G, L(slot)]: members first, raster order
+        compact = tokens.reshape(g * l, c).index_select(0, (groups[:, None] * l + src).reshape(-1))  # [G*L, C]
+        compact = compact.reshape(g, l, c)  # [G, L, C], raster order
         n = mask.long().sum(1)  # [G]
         valid = slots[None, :] < n[:, None]  # [G, L]
-        clusters = self.num_clusters.index_select(0, n)  # [G]
-        labels, _ = dpc_knn_op(compact, valid, clusters.clamp(min=1), self.cfg.spatial_k)  # [G, L]
-        onehot = ((labels[:, :, None] == slots[None, None, :]) & valid[:, :, None]).float()  # [G, L(tok), L(cl)]
-        sums = onehot.transpose(1, 2) @ compact  # [G, L(cl), C]
-        counts = onehot.sum(1)  # [G, L(cl)]
-        means = sums / counts.clamp(min=1)[:, :, None]
-        merged = self.clustered.index_select(0, n)  # [G]
-        out = torch.where(merged[:, None, None], means, compact)  # [G, L, C]
-        row_of_slot = torch.where(merged[:, None], labels, slots[None, :])  # [G, L(slot)]
+        clustered = self.clustered.index_select(0, n)  # [G]
+
+        # DPC-KNN on the clustered groups only, compacted to the front (at least one row, a dummy)
+        order = torch.argsort(torch.where(clustered, groups, groups + g))  # [G]: clustered first
+        batch = clustered.long().sum().clamp(min=1)
+        picked = order.index_select(0, _range(batch))  # [G']
+        sub_n = n.index_select(0, picked)  # [G']
+        sub_clusters = self.num_clusters.index_select(0, sub_n).clamp(min=1)  # [G']
+        labels, _ = dpc_knn_op(compact.index_select(0, picked), sub_n.int(), sub_clusters.int(), self.cfg.spatial_k)
+        place = torch.zeros_like(order).scatter(0, order, groups)  # [G]: position of each group in order
+        labels = labels.index_select(0, place.clamp(max=batch - 1))  # [G, L], rows of clustered groups
+
+        # cluster means as one batched product with the member matrix (a GEMM; measured: ONNX
+        # Runtime's ScatterElements-add, the TensorRT-compatible segment sum, was 3x slower here)
+        row_of_slot = torch.where(clustered[:, None], labels, slots[None, :])  # [G, L(slot)]
+        member = ((row_of_slot[:, :, None] == slots[None, None, :]) & valid[:, :, None]).float()  # [G, L(slot), L(row)]
+        sums = member.transpose(1, 2) @ compact  # [G, L(row), C]
+        means = sums / member.sum(1).clamp(min=1)[:, :, None]  # [G, L, C]
+        out = torch.where(clustered[:, None, None], means, compact)  # pass-through groups exact
         row_of_location = torch.gather(row_of_slot, 1, pos.clamp(min=0))  # [G, L(loc)], members only
-        return out, torch.where(merged, clusters, n), row_of_location
+        clusters = self.num_clusters.index_select(0, n)  # [G]
+        return out, torch.where(clustered, clusters, n), row_of_location
 
     def forward(self, video: torch.Tensor):
         dtype = video.dtype  # float16 exports still merge in float32: the decisions are thresholds
@@ -184,3 +209,31 @@ class MergerStage(nn.Module):
         t = seg.shape[0]
         static_token = token_at[:t].index_select(0, seg)  # [T, L]
         return torch.where(static.index_select(0, seg), static_token, token_at[t:])  # [T, L]
+
+
+def merger_onnx(cfg: PruneConfig, frames: int, tokens_per_frame: int, hidden: int, opset: int = 18) -> bytes:
+    """The ``merger`` graph alone (no checkpoint needed), serialised, with its function bodies.
+
+    Its inputs and outputs are those of :mod:`prunevid.spec`'s ``merger`` entry; used by tests and
+    benchmarks that compare the exported merger with the eager reference on synthetic features.
+    """
+    import io
+    import warnings
+
+    import onnx
+
+    from prunevid import spec
+    from prunevid.plugins.onnx_functions import attach_functions
+    from prunevid.plugins.ops import DOMAIN, DOMAIN_VERSION
+
+    graph = spec.graphs(spec.Geometry(frames, tokens_per_frame, hidden, 1, 1, 0, 1, 1, 1))["merger"]
+    example = torch.randn(frames, tokens_per_frame, hidden, generator=torch.Generator().manual_seed(0))
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(MergerStage(cfg, frames, tokens_per_frame), (example,), buf, dynamo=False,
+                          opset_version=opset, input_names=graph.input_names, output_names=graph.output_names,
+                          custom_opsets={DOMAIN: DOMAIN_VERSION}, do_constant_folding=True)
+    model = onnx.load_from_string(buf.getvalue())
+    attach_functions(model)
+    return model.SerializeToString()

@@ -100,7 +100,9 @@ class SelectStage(nn.Module):
     """Stage D's keep index: ``floor(alpha * n)`` per group via PvGroupTopK, text always kept.
 
     The per-group counts come from a lookup table computed in Python (``int(alpha * n)`` exactly as
-    the official code), so no float rounding happens in the graph.
+    the official code), so no float rounding happens in the graph. The output has the fixed size
+    ``S`` of the prefill (no value-dependent shape): the ``num_kept`` kept positions ascending, then
+    the pad value ``S``; the runtime slices ``keep_index[:num_kept]``.
     """
 
     def __init__(self, cfg: PruneConfig, max_group: int):
@@ -112,10 +114,17 @@ class SelectStage(nn.Module):
         from prunevid.plugins.torch_ops import group_topk_op
 
         counts = self.keep_table.index_select(0, group_sizes)  # [G]
-        keep_visual = group_topk_op(visual_scores, group_sizes, counts)  # [K], ascending
+        keep_visual, kept = group_topk_op(visual_scores, group_sizes, counts)  # [M] padded with M, [1]
         m = _size(visual_scores, 0)
         s = _size(input_ids, 0) - 1 + m
-        return torch.cat([_range(torch.tensor(0), image_pos), image_pos + keep_visual, _range(image_pos + m, s)])
+        # slot j of the output: prefix position j, then kept visual j - P, then the question, then S
+        j = _range(torch.tensor(0), s)  # [S]
+        visual_end = image_pos + kept[0]  # first slot of the question
+        num_kept = s - m + kept[0]
+        visual = image_pos + keep_visual.index_select(0, (j - image_pos).clamp(min=0, max=m - 1))  # [S]
+        question = j - visual_end + image_pos + m  # [S]
+        out = torch.where(j < image_pos, j, torch.where(j < visual_end, visual, question))
+        return torch.where(j < num_kept, out, s), num_kept
 
 
 class LateStage(nn.Module):

@@ -156,7 +156,8 @@ class GraphChecker:
         prompt = build_prompt(self.tokenizer, CHECK_QUESTIONS[1], model["template"], model["image_token_index"])
         ids, pos = torch.tensor(prompt.ids), torch.tensor(prompt.image_pos)
         pre = self.step("decoder_prefill", ids, pos, merged, num)
-        (keep,) = self.step("select", pre[1], groups, pos, ids)
+        keep_index, num_kept = self.step("select", pre[1], groups, pos, ids)
+        keep = keep_index[: int(num_kept)]
         late = self.step("decoder_late", pre[0], keep, *pre[2:])
         token = torch.argmax(late[0]).reshape(1)
         position = torch.tensor([ids.shape[0] - 1 + int(num)])

@@ -12,15 +12,23 @@ from __future__ import annotations
 import torch
 
 
-def _pairwise_distance(x: torch.Tensor) -> torch.Tensor:
-    """``[B, N, C] -> [B, N, N]``: ``sqrt(max(|x_i|^2 + |x_j|^2 - 2 x_i.x_j, 0)) / sqrt(C)``.
+def _pairwise_distance(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``[B, N, C], [B, N] -> [B, N, N]``: Euclidean distances / sqrt(C) of each group's centred rows.
 
-    Exactly symmetric, with ``d_ii = 0`` exactly.
+    ``y = x - mu`` with ``mu`` the mean of the group's valid rows (distances are translation
+    invariant), then ``d_ij = sqrt(max(|y_i|^2 + |y_j|^2 - 2 y_i.y_j, 0)) / sqrt(C)``. Centring keeps
+    the expansion from cancelling catastrophically on near-identical rows (a still scene): the
+    rounding error scales with ``|y|^2``, the spread of the group, instead of ``|x|^2``. Exactly
+    symmetric, with ``d_ii = 0`` exactly. Pairs with an invalid row get unspecified values.
     """
     n, c = x.shape[1], x.shape[2]
-    sq = (x * x).sum(dim=-1)  # [B, N]
-    gram = x @ x.transpose(1, 2)  # [B, N, N]
-    # a GEMM need not give x_i.x_j and x_j.x_i the same rounding: keep the upper triangle so that
+    weight = valid.to(x.dtype)[:, :, None]  # [B, N, 1]
+    count = weight.sum(dim=1, keepdim=True).clamp(min=1)  # [B, 1, 1]
+    mu = (x * weight).sum(dim=1, keepdim=True) / count  # [B, 1, C]
+    y = x - mu  # [B, N, C]
+    sq = (y * y).sum(dim=-1)  # [B, N]
+    gram = y @ y.transpose(1, 2)  # [B, N, N]
+    # a GEMM need not give y_i.y_j and y_j.y_i the same rounding: keep the upper triangle so that
     # d is exactly symmetric (mutual nearest neighbours then get exactly equal densities)
     idx = torch.arange(n, device=x.device)
     upper = idx[None, :] >= idx[:, None]  # [i, j]: j >= i
@@ -41,40 +49,40 @@ def _rank_before(
 
 
 def dpc_knn_batched(
-    x: torch.Tensor, valid: torch.Tensor, num_clusters: torch.Tensor, k: int
+    x: torch.Tensor, num_valid: torch.Tensor, num_clusters: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched, masked DPC-KNN (op ``PvDpcKnn``).
 
     Args:
         x: ``[B, N, C]`` float32 token features of ``B`` independent groups.
-        valid: ``[B, N]`` bool, which tokens of each group exist.
-        num_clusters: ``[B]`` int64, clusters wanted per group.
+        num_valid: ``[B]`` int32, group ``b``'s tokens are rows ``0 .. num_valid[b]-1``.
+        num_clusters: ``[B]`` int32, clusters wanted per group.
         k: neighbours of the density, the token itself included.
 
     Returns:
-        ``(labels, centers)``, both ``[B, N]`` int64: ``labels[b, i]`` is the cluster of valid token
+        ``(labels, centers)``, both ``[B, N]`` int32: ``labels[b, i]`` is the cluster of valid token
         ``i`` (-1 for invalid ones); ``centers[b, j]`` is the centre token of cluster ``j`` (the
         token of ``j``-th best score, exact ties to the lower index) for ``j < min(num_clusters, n)``,
         else -1. For a group with ``n`` valid tokens, ``1 <= num_clusters <= n`` and ``k <= n`` this
         equals :func:`prunevid.pruning.dpc_knn` on the valid tokens (up to float rounding of the
         distances); other groups give unspecified values but never raise.
     """
-    if x.dim() != 3 or valid.shape != x.shape[:2] or num_clusters.shape != x.shape[:1]:
+    if x.dim() != 3 or num_valid.shape != x.shape[:1] or num_clusters.shape != x.shape[:1]:
         raise ValueError(
-            f"dpc_knn_batched expects x [B,N,C], valid [B,N], num_clusters [B]; got "
-            f"{tuple(x.shape)}, {tuple(valid.shape)}, {tuple(num_clusters.shape)}"
+            f"dpc_knn_batched expects x [B,N,C], num_valid [B], num_clusters [B]; got "
+            f"{tuple(x.shape)}, {tuple(num_valid.shape)}, {tuple(num_clusters.shape)}"
         )
     bsz, n = x.shape[0], x.shape[1]
     device = x.device
     if n == 0:
-        empty = torch.zeros(bsz, 0, dtype=torch.int64, device=device)
+        empty = torch.zeros(bsz, 0, dtype=torch.int32, device=device)
         return empty, empty.clone()
     x = x.float()
-    valid = valid.bool()
     num_clusters = num_clusters.long()
     idx = torch.arange(n, dtype=torch.int64, device=device)  # [N]
+    valid = idx[None, :] < num_valid.long()[:, None]  # [B, N], a prefix of each group
 
-    dist = _pairwise_distance(x)  # [B, N, N]
+    dist = _pairwise_distance(x, valid)  # [B, N, N]
     pair_valid = valid[:, :, None] & valid[:, None, :]  # [B, N, N]
 
     # density: exp(-mean of the k smallest squared distances over valid neighbours)
@@ -110,22 +118,24 @@ def dpc_knn_batched(
     is_center = valid & (rank < num_clusters[:, None])
     labels = torch.where(is_center, rank, nearest_center)
     labels = torch.where(valid, labels, torch.full_like(labels, -1))
-    return labels, centers
+    return labels.int(), centers.int()
 
 
 def group_topk(
     scores: torch.Tensor, group_sizes: torch.Tensor, keep_counts: torch.Tensor
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Grouped top-k (op ``PvGroupTopK``).
 
     Args:
         scores: ``[M]`` float32 importance of each token.
-        group_sizes: ``[G]`` int64 sizes of consecutive groups covering the ``M`` tokens.
-        keep_counts: ``[G]`` int64 tokens kept in each group.
+        group_sizes: ``[G]`` int32 sizes of consecutive groups covering a prefix of the ``M`` tokens.
+        keep_counts: ``[G]`` int32 tokens kept in each group.
 
     Returns:
-        ``[K]`` int64 kept token indices, ascending: in every group the ``keep_counts[g]`` highest
-        scores, exact ties to the lower index. Tokens past ``sum(group_sizes)`` are never kept.
+        ``(keep, count)``: ``keep [M]`` int32, the kept token indices ascending (in every group the
+        ``keep_counts[g]`` highest scores, exact ties to the lower index), then the value ``M`` in the
+        remaining slots; ``count [1]`` int32, how many are kept. Tokens past ``sum(group_sizes)``
+        are never kept.
     """
     if scores.dim() != 1 or group_sizes.dim() != 1 or keep_counts.shape != group_sizes.shape:
         raise ValueError(
@@ -145,4 +155,10 @@ def group_topk(
     lower = idx[None, :] < idx[:, None]  # [i, j]: j < i
     before = _rank_before(scores[None, :], scores[:, None], lower, same_group)
     rank = before.long().sum(dim=-1)  # [M]
-    return torch.nonzero(rank < quota).reshape(-1)
+    kept = rank < quota  # [M]
+    # slot r holds the kept token with r kept tokens before it, then the pad value M (no sort)
+    slot = torch.cumsum(kept.long(), 0) - kept.long()  # [M]
+    match = (slot[None, :] == idx[:, None]) & kept[None, :]  # [r, i]
+    found = torch.where(match, idx[None, :], torch.full_like(idx, -1)[None, :]).amax(dim=-1) if m else idx
+    keep = torch.where(found < 0, torch.full_like(found, m), found)  # [M]
+    return keep.int(), kept.sum(dtype=torch.int32).reshape(1)

@@ -85,9 +85,9 @@ class _Body:
 
 def _dpc_knn_body(b: _Body, spec: OpSpec) -> None:
     """Body of PvDpcKnn, step for step as :func:`prunevid.plugins.kernels.dpc_knn_batched`."""
-    x, valid, num_clusters = (t.name for t in spec.inputs)
+    x, num_valid, num_clusters_i32 = (t.name for t in spec.inputs)
     labels_out, centers_out = (t.name for t in spec.outputs)
-    i64, f32 = TensorProto.INT64, TensorProto.FLOAT
+    i64, i32, f32 = TensorProto.INT64, TensorProto.INT32, TensorProto.FLOAT
 
     zero_f = b.const(0.0, f32, "zero_f")
     two_f = b.const(2.0, f32, "two_f")
@@ -106,11 +106,18 @@ def _dpc_knn_body(b: _Body, spec: OpSpec) -> None:
     upper = b.op("GreaterOrEqual", idx_row, idx_col)  # [N, N]: j >= i
     eye = b.op("Equal", idx_row, idx_col)  # [N, N]
     lower = b.op("Less", idx_row, idx_col)  # [N, N]: j < i
+    num_clusters = b.op("Cast", num_clusters_i32, to=i64)  # [B]
+    valid = b.op("Less", idx_row, b.unsqueeze(b.op("Cast", num_valid, to=i64), [1]))  # [B, N], a prefix
 
-    # distances: sqrt(max(|x_i|^2 + |x_j|^2 - 2 x_i.x_j, 0)) / sqrt(C), symmetric, zero diagonal
-    sq = b.reduce("ReduceSum", b.op("Mul", x, x), [-1], keepdims=0)  # [B, N]
-    xt = b.op("Transpose", x, perm=[0, 2, 1])  # [B, C, N]
-    gram = b.op("MatMul", x, xt)  # [B, N, N]
+    # distances of the centred rows y = x - mean(valid x):
+    # sqrt(max(|y_i|^2 + |y_j|^2 - 2 y_i.y_j, 0)) / sqrt(C), symmetric, zero diagonal
+    weight = b.unsqueeze(b.op("Cast", valid, to=f32), [2])  # [B, N, 1]
+    count = b.op("Max", b.reduce("ReduceSum", weight, [1], keepdims=1), b.const(1.0, f32, "one_f"))  # [B, 1, 1]
+    mu = b.op("Div", b.reduce("ReduceSum", b.op("Mul", x, weight), [1], keepdims=1), count)  # [B, 1, C]
+    y = b.op("Sub", x, mu)  # [B, N, C]
+    sq = b.reduce("ReduceSum", b.op("Mul", y, y), [-1], keepdims=0)  # [B, N]
+    yt = b.op("Transpose", y, perm=[0, 2, 1])  # [B, C, N]
+    gram = b.op("MatMul", y, yt)  # [B, N, N]
     gram = b.op("Where", upper, gram, b.op("Transpose", gram, perm=[0, 2, 1]))
     sq_sum = b.op("Add", b.unsqueeze(sq, [2]), b.unsqueeze(sq, [1]))  # [B, N, N]
     d2 = b.op("Sub", sq_sum, b.op("Mul", two_f, gram))
@@ -158,7 +165,8 @@ def _dpc_knn_body(b: _Body, spec: OpSpec) -> None:
     center_raw = b.reduce("ReduceMax", b.op("Where", match, idx_row, minus_one_i), [-1], keepdims=0)
     ncl_col = b.unsqueeze(num_clusters, [1])  # [B, 1]
     slot_ok = b.op("Less", idx_row, ncl_col)  # [B, N]
-    centers = b.op("Where", slot_ok, center_raw, minus_one_i, out=centers_out)
+    centers = b.op("Where", slot_ok, center_raw, minus_one_i)
+    b.op("Cast", centers, to=i32, out=centers_out)
 
     # labels: nearest valid centre (first slot on ties); centres take their own slot
     center_idx = b.op("Max", centers, zero_i)  # [B, N]
@@ -169,14 +177,16 @@ def _dpc_knn_body(b: _Body, spec: OpSpec) -> None:
     nearest_center = b.op("ArgMin", center_dist, axis=1, keepdims=0, select_last_index=0)
     is_center = b.op("And", valid, b.op("Less", rank, ncl_col))
     labels = b.op("Where", is_center, rank, nearest_center)
-    b.op("Where", valid, labels, minus_one_i, out=labels_out)
+    b.op("Cast", b.op("Where", valid, labels, minus_one_i), to=i32, out=labels_out)
 
 
 def _group_topk_body(b: _Body, spec: OpSpec) -> None:
     """Body of PvGroupTopK, step for step as :func:`prunevid.plugins.kernels.group_topk`."""
-    scores, group_sizes, keep_counts = (t.name for t in spec.inputs)
-    (keep_out,) = (t.name for t in spec.outputs)
-    i64 = TensorProto.INT64
+    scores, group_sizes_i32, keep_counts_i32 = (t.name for t in spec.inputs)
+    keep_out, count_out = (t.name for t in spec.outputs)
+    i64, i32 = TensorProto.INT64, TensorProto.INT32
+    group_sizes = b.op("Cast", group_sizes_i32, to=i64)  # [G]
+    keep_counts = b.op("Cast", keep_counts_i32, to=i64)  # [G]
 
     zero_i = b.const(0, i64, "zero_i")
     one_i = b.const(1, i64, "one_i")
@@ -202,8 +212,17 @@ def _group_topk_body(b: _Body, spec: OpSpec) -> None:
     ahead = b.op("And", ahead, same_group)
     rank = b.reduce("ReduceSum", b.op("Cast", ahead, to=i64), [-1], keepdims=0)  # [M]
 
-    kept = b.op("NonZero", b.op("Less", rank, quota))  # [1, K], ascending
-    b.op("Reshape", kept, b.const([-1], i64, "flat", shape=(1,)), out=keep_out)
+    kept = b.op("Less", rank, quota)  # [M]
+    # slot r holds the kept token with r kept tokens before it (no sort: TensorRT caps TopK's K)
+    kept_i64 = b.op("Cast", kept, to=i64)
+    slot = b.op("Sub", b.op("CumSum", kept_i64, zero_i), kept_i64)  # [M]: kept tokens before i
+    match = b.op("And", b.op("Equal", b.unsqueeze(slot, [0]), idx_col), b.unsqueeze(kept, [0]))  # [r, i]
+    minus_one_i = b.const(-1, i64, "minus_one_i")
+    found = b.reduce("ReduceMax", b.op("Where", match, idx_row, minus_one_i), [-1], keepdims=0)  # [M]
+    keep = b.op("Where", b.op("Less", found, zero_i), m_scalar, found)  # pad value M
+    b.op("Cast", keep, to=i32, out=keep_out)
+    count = b.reduce("ReduceSum", b.op("Cast", kept, to=i32), [0], keepdims=1)  # [1]
+    b.op("Identity", count, out=count_out)
 
 
 _BODIES: dict[str, Callable[[_Body, OpSpec], None]] = {

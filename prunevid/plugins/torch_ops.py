@@ -4,7 +4,9 @@ Eagerly each op runs its kernel (:mod:`prunevid.plugins.kernels`); under the Tor
 exporter (``torch.onnx.export(..., dynamo=False, custom_opsets={"prunevid": 1})``) it becomes one
 ``prunevid::<name>`` node carrying the op's attributes and the plugin routing attributes of
 :mod:`prunevid.plugins.ops`. Inputs of another element type than the table's (a float16 export)
-are cast to it in front of the node, as the kernels cast them eagerly. Call
+are cast to it in front of the node, as the kernels cast them eagerly; the wrappers return the
+integer outputs as int64 (a Cast behind the node), so graph code stays in int64 around the op's
+int32 boundary (contracts v2). Call
 :func:`prunevid.plugins.onnx_functions.attach_functions` on the exported model to add the
 standard-op function bodies.
 """
@@ -43,7 +45,7 @@ def _symbolic_attrs(spec, **values) -> dict:
 
 
 # table dtype -> (TorchScript scalar type, ONNX TensorProto element type)
-_SCALAR_TYPES = {"float32": ("Float", 1), "int64": ("Long", 7), "bool": ("Bool", 9)}
+_SCALAR_TYPES = {"float32": ("Float", 1), "int32": ("Int", 6), "int64": ("Long", 7), "bool": ("Bool", 9)}
 
 
 def _inputs_as_table_types(g, spec, values) -> list:
@@ -78,20 +80,20 @@ def _sizes(value, rank: int) -> list:
 
 class _DpcKnn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, valid, num_clusters, k):  # noqa: D102
+    def forward(ctx, x, num_valid, num_clusters, k):  # noqa: D102
         with _quiet_trace():
-            return kernels.dpc_knn_batched(x, valid, num_clusters, int(k))
+            return kernels.dpc_knn_batched(x, num_valid, num_clusters, int(k))
 
     @staticmethod
-    def symbolic(g, x, valid, num_clusters, k):  # noqa: D102
+    def symbolic(g, x, num_valid, num_clusters, k):  # noqa: D102
         labels, centers = g.op(
             f"{DOMAIN}::{_DPC_KNN.name}",
-            *_inputs_as_table_types(g, _DPC_KNN, (x, valid, num_clusters)),
+            *_inputs_as_table_types(g, _DPC_KNN, (x, num_valid, num_clusters)),
             outputs=len(_DPC_KNN.outputs),
             **_symbolic_attrs(_DPC_KNN, k=int(k)),
         )
         sizes = _sizes(x, 3)[:2]
-        return _typed(labels, x, torch.int64, sizes), _typed(centers, x, torch.int64, sizes)
+        return _typed(labels, x, torch.int32, sizes), _typed(centers, x, torch.int32, sizes)
 
 
 class _GroupTopK(torch.autograd.Function):
@@ -102,30 +104,34 @@ class _GroupTopK(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, scores, group_sizes, keep_counts):  # noqa: D102
-        keep = g.op(
+        keep, count = g.op(
             f"{DOMAIN}::{_GROUP_TOPK.name}",
             *_inputs_as_table_types(g, _GROUP_TOPK, (scores, group_sizes, keep_counts)),
             outputs=len(_GROUP_TOPK.outputs),
             **_symbolic_attrs(_GROUP_TOPK),
         )
-        return _typed(keep, scores, torch.int64, [None])
+        return _typed(keep, scores, torch.int32, _sizes(scores, 1)), _typed(count, scores, torch.int32, [1])
 
 
 def dpc_knn_op(
-    x: torch.Tensor, valid: torch.Tensor, num_clusters: torch.Tensor, k: int
+    x: torch.Tensor, num_valid: torch.Tensor, num_clusters: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Op ``PvDpcKnn``: ``x [B,N,C] f32, valid [B,N] bool, num_clusters [B] i64 -> (labels, centers)``.
+    """Op ``PvDpcKnn``: ``x [B,N,C] f32, num_valid [B], num_clusters [B] -> (labels, centers)``, both
+    ``[B,N]`` returned as int64 (the node's int32 outputs, Cast).
 
     See :func:`prunevid.plugins.kernels.dpc_knn_batched`; ``k`` becomes the node attribute ``k``.
     """
-    return _DpcKnn.apply(x, valid, num_clusters, int(k))
+    labels, centers = _DpcKnn.apply(x, num_valid, num_clusters, int(k))
+    return labels.long(), centers.long()
 
 
 def group_topk_op(
     scores: torch.Tensor, group_sizes: torch.Tensor, keep_counts: torch.Tensor
-) -> torch.Tensor:
-    """Op ``PvGroupTopK``: ``scores [M] f32, group_sizes [G] i64, keep_counts [G] i64 -> keep [K] i64``.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Op ``PvGroupTopK``: ``scores [M] f32, group_sizes [G], keep_counts [G] -> (keep [M], count [1])``,
+    returned as int64 (the node's int32 outputs, Cast); ``keep`` is padded with ``M``.
 
     See :func:`prunevid.plugins.kernels.group_topk`.
     """
-    return _GroupTopK.apply(scores, group_sizes, keep_counts)
+    keep, count = _GroupTopK.apply(scores, group_sizes, keep_counts)
+    return keep.long(), count.long()

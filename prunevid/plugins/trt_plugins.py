@@ -7,10 +7,8 @@ node's local function (``docs/deployment.md`` sections 1.2-1.5). On TensorRT < 1
 must be stripped first (``prunevid.exporter.trt_build.strip_functions_for_plugins``).
 
 * ``@trtp.register`` descriptors are derived from the op table: every output dimension is the
-  input dimension of the same symbolic name (``B``, ``N``), output dtypes are the table's; a
-  dimension no input has (``K`` of ``PvGroupTopK``) is data-dependent and declared with
-  ``trtp.size_tensor(opt, upper_bound)``, the size tensor being returned as an extra output, as the
-  QDP non-zero sample does.
+  input dimension of the same symbolic name (``B``, ``N``, ``M``) or a constant, output dtypes
+  are the table's (contracts v2: no data-dependent output size).
 * ``@trtp.impl`` implementations run just in time on TensorRT's stream: they wrap the TensorRT
   tensors as torch CUDA tensors (``torch.as_tensor(t, device="cuda")``, zero copy through
   ``__cuda_array_interface__``) and call :func:`prunevid.plugins.kernels.dpc_knn_batched` /
@@ -19,8 +17,7 @@ must be stripped first (``prunevid.exporter.trt_build.strip_functions_for_plugin
 Limits, stated plainly: this module is written against the documented ``tensorrt.plugin`` API and
 could not be run where it was written (no GPU, no TensorRT). JIT plugins need Python at run time,
 so engines using them cannot be profiled with ``trtexec`` (that needs ``aot_impl``, not provided
-here). How the ONNX parser binds the extra size-tensor output of ``PvGroupTopK`` when the ONNX node
-lists only ``keep`` is not documented; if parsing fails there, give the node a second output.
+here).
 
 ``tensorrt``, ``torch`` and the kernels are imported lazily: importing this module needs neither.
 This module deliberately does not use ``from __future__ import annotations``: QDP reads the type
@@ -33,9 +30,9 @@ from prunevid.plugins.ops import OPS, PLUGIN_NAMESPACE, OpSpec
 
 PLUGIN_IDS: Tuple[str, ...] = tuple(op.plugin_id for op in OPS.values())
 
-# Data-dependent output dimensions: their upper bound as (input name, dim index).
-# PvGroupTopK keeps sum(keep_counts) <= sum(group_sizes) <= M tokens.
-UPPER_BOUNDS: Dict[Tuple[str, str], Tuple[str, int]] = {("PvGroupTopK", "K"): ("scores", 0)}
+# Data-dependent output dimensions: their upper bound as (input name, dim index). Contracts v2
+# have none (PvGroupTopK pads its output to M and returns the count).
+UPPER_BOUNDS: Dict[Tuple[str, str], Tuple[str, int]] = {}
 # Autotune value of a data-dependent dimension, as a fraction of its upper bound.
 OPT_FRACTION = 2  # opt = upper_bound // 2
 
@@ -50,7 +47,7 @@ def output_dim_sources(spec: OpSpec) -> List[Tuple[Optional[Tuple[int, int]], ..
     for i, t in enumerate(spec.inputs):
         for d, dim in enumerate(t.shape):
             where.setdefault(dim, (i, d))
-    return [tuple(where.get(dim) for dim in out.shape) for out in spec.outputs]
+    return [tuple(dim if isinstance(dim, int) else where.get(dim) for dim in out.shape) for out in spec.outputs]
 
 
 def describe() -> Dict[str, Dict[str, Any]]:
@@ -93,7 +90,7 @@ def _trt_dtype(trt, numpy_name: str):
 
 
 def _shape_exprs(inputs, sources):
-    return tuple(inputs[i].shape_expr[d] for i, d in sources)
+    return tuple(src if isinstance(src, int) else inputs[src[0]].shape_expr[src[1]] for src in sources)
 
 
 def register_plugins() -> Tuple[str, ...]:
@@ -129,14 +126,14 @@ def _register_dpc_knn(trt, trtp) -> None:
     dtypes = [_trt_dtype(trt, o.dtype) for o in spec.outputs]
 
     def desc(
-        x: trtp.TensorDesc, valid: trtp.TensorDesc, num_clusters: trtp.TensorDesc, k: int
+        x: trtp.TensorDesc, num_valid: trtp.TensorDesc, num_clusters: trtp.TensorDesc, k: int
     ) -> Tuple[trtp.TensorDesc, trtp.TensorDesc]:
-        inputs = (x, valid, num_clusters)
+        inputs = (x, num_valid, num_clusters)
         return tuple(trtp.from_shape_expr(_shape_exprs(inputs, src), dtype=dt) for src, dt in zip(sources, dtypes))
 
     def impl(
         x: trtp.Tensor,
-        valid: trtp.Tensor,
+        num_valid: trtp.Tensor,
         num_clusters: trtp.Tensor,
         k: int,
         outputs: Tuple[trtp.Tensor, trtp.Tensor],
@@ -149,7 +146,7 @@ def _register_dpc_knn(trt, trtp) -> None:
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
             labels, centers = dpc_knn_batched(
                 torch.as_tensor(x, device="cuda"),
-                torch.as_tensor(valid, device="cuda"),
+                torch.as_tensor(num_valid, device="cuda"),
                 torch.as_tensor(num_clusters, device="cuda"),
                 int(k),
             )
@@ -165,21 +162,14 @@ def _register_dpc_knn(trt, trtp) -> None:
 def _register_group_topk(trt, trtp) -> None:
     spec = OPS["PvGroupTopK"]
     pid = spec.plugin_id
-    (out,) = spec.outputs
-    (srcs,) = output_dim_sources(spec)
-    if srcs != (None,):
-        raise RuntimeError(f"{pid}: expected one data-dependent output dimension, the table gives {out.shape}")
-    bound_input, bound_dim = UPPER_BOUNDS[(spec.name, out.shape[0])]
-    bound_index = [t.name for t in spec.inputs].index(bound_input)
-    out_dtype = _trt_dtype(trt, out.dtype)
+    sources = output_dim_sources(spec)
+    dtypes = [_trt_dtype(trt, o.dtype) for o in spec.outputs]
 
     def desc(
         scores: trtp.TensorDesc, group_sizes: trtp.TensorDesc, keep_counts: trtp.TensorDesc
     ) -> Tuple[trtp.TensorDesc, trtp.TensorDesc]:
-        upper = (scores, group_sizes, keep_counts)[bound_index].shape_expr[bound_dim]
-        st = trtp.size_tensor(upper // OPT_FRACTION, upper)
-        # TensorRT requires every size tensor to be an output of the plugin too.
-        return trtp.from_shape_expr((st.expr(),), dtype=out_dtype), st
+        inputs = (scores, group_sizes, keep_counts)
+        return tuple(trtp.from_shape_expr(_shape_exprs(inputs, src), dtype=dt) for src, dt in zip(sources, dtypes))
 
     def impl(
         scores: trtp.Tensor,
@@ -193,15 +183,13 @@ def _register_group_topk(trt, trtp) -> None:
         from prunevid.plugins.kernels import group_topk
 
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
-            keep = group_topk(
+            keep, count = group_topk(
                 torch.as_tensor(scores, device="cuda"),
                 torch.as_tensor(group_sizes, device="cuda"),
                 torch.as_tensor(keep_counts, device="cuda"),
             )
-            n = int(keep.numel())
-            # The output buffer is sized for the upper bound; view it with the real extent.
-            torch.as_tensor(outputs[0].aliased((n,)), device="cuda").copy_(keep)
-            torch.as_tensor(outputs[1], device="cuda").reshape(-1).fill_(n)
+            torch.as_tensor(outputs[0], device="cuda").copy_(keep)
+            torch.as_tensor(outputs[1], device="cuda").copy_(count)
 
     _check_params(spec, desc)
     _check_params(spec, impl, ("outputs", "stream"))

@@ -4,7 +4,7 @@
     [encoder]          --> visual_features [T,L,C]
     [merger]           --> merged_tokens, num_merged, group_sizes, window_sizes   (skipped for --mode none)
     [decoder_prefill]  --> hidden_k, visual_scores, KV of layers 0..K              (prompt ids from `tokenizers`)
-    [select]           --> keep_index                                             (arange(S) unless selecting)
+    [select]           --> keep_index [S] padded, num_kept (sliced on the host)   (arange(S) unless selecting)
     [decoder_late]     --> logits of the last position, KV of every layer at the kept positions
     [decode_step] x n  --> one token at position S + j each                       (greedy, streamed)
 """
@@ -45,7 +45,7 @@ class RuntimePipeline:
         self.mode = mode
         self.geometry = self.artifact.geometry
         self.tokenizer = TextTokenizer.from_dir(self.artifact.root)
-        self.preprocess = Preprocess.from_json(self.artifact.root / spec.PREPROCESSOR_FILE)
+        self.preprocess = Preprocess.from_json(self.artifact.root / spec.PREPROCESSOR_FILE, self.geometry.image_size)
         self.float_type = np.float16 if self.artifact.manifest.get("dtype") == "fp16" else np.float32
         paths = {name: self.artifact.graph_path(name) for name in spec.GRAPH_ORDER}
         self.backend = OrtBackend(paths, providers)
@@ -100,8 +100,9 @@ class RuntimePipeline:
             pre = run("decoder_prefill", {"input_ids": ids, "image_pos": image_pos, "merged_tokens": merged,
                                           "num_merged": np.asarray(num, dtype=np.int64)})
             if self.mode == "prunevid":
-                keep = run("select", {"visual_scores": pre["visual_scores"], "group_sizes": groups,
-                                      "image_pos": image_pos, "input_ids": ids})["keep_index"]
+                sel = run("select", {"visual_scores": pre["visual_scores"], "group_sizes": groups,
+                                     "image_pos": image_pos, "input_ids": ids})
+                keep = host(sel["keep_index"])[: _int(host(sel["num_kept"]))]  # fixed size, padded
             else:
                 keep = np.arange(seq_len, dtype=np.int64)
             early = spec.present_names(range(g.select_layer + 1))

@@ -255,5 +255,4 @@ def export(checkpoint: str | Path, out: str | Path, cfg: PruneConfig, options: E
         manifest = exporter.manifest(entries)
         manifest["files"] = copy_support_files(exporter.checkpoint, tmp)
         write_manifest(tmp, manifest)
-    progress(f"wrote {out}")
     return out

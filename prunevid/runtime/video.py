@@ -393,6 +393,17 @@ def preprocess_frames(frames: np.ndarray, pp: Preprocess) -> np.ndarray:
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))  # [T, 3, h, w]
 
 
+def encoder_view(frames: np.ndarray, pp: Preprocess) -> np.ndarray:
+    """The uint8 frames ``[T, H, W, 3]`` as the encoder sees them (resize and crop, no
+    normalisation): ``[T, crop_h, crop_w, 3]``, so a token grid lies exactly on each frame."""
+    out = []
+    for frame in np.asarray(frames):
+        if pp.do_resize:
+            frame = _resize(frame, pp)
+        out.append(center_crop(frame, pp.crop_height, pp.crop_width) if pp.do_center_crop else frame)
+    return np.stack(out, axis=0)  # [T, crop_h, crop_w, 3] uint8
+
+
 def load_video(path: str | pathlib.Path, num_frames: int, pp: Preprocess) -> np.ndarray:
     """Read ``num_frames`` frames of a video and CLIP-preprocess them: float32 ``[T, 3, h, w]``."""
     return preprocess_frames(read_frames(path, num_frames), pp)

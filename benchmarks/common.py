@@ -12,14 +12,23 @@ QUESTION = "What are the people riding, in which direction do they move, and wha
 DEFAULT_CACHE = Path(os.environ.get("PRUNEVID_CACHE", Path.home() / ".cache/prunevid"))
 
 
-def bench_model(cache: Path) -> Path:
-    """The random `bench`-geometry PLLaVA in ``cache``, built on first use."""
+def geometry_digest(geometry: str) -> str:
+    """Short hash of a geometry's sizes: a cached model is rebuilt when they change."""
+    import hashlib
+
+    from prunevid.model.tiny import GEOMETRIES
+
+    return hashlib.sha256(repr(GEOMETRIES[geometry]).encode()).hexdigest()[:10]
+
+
+def bench_model(cache: Path, geometry: str = "bench") -> Path:
+    """The random ``geometry`` PLLaVA in ``cache``, built on first use (and again when its sizes change)."""
     from prunevid.model.tiny import make_tiny
 
-    path = cache / "bench-pllava"
+    path = cache / f"{geometry}-pllava-{geometry_digest(geometry)}"
     if not (path / "config.json").is_file():
-        print(f"building the bench-geometry model in {path} ...", file=sys.stderr)
-        make_tiny(path, geometry="bench", force=True)
+        print(f"building the {geometry}-geometry model in {path} ...", file=sys.stderr)
+        make_tiny(path, geometry=geometry, force=True)
     return path
 
 

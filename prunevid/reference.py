@@ -156,7 +156,8 @@ class EagerPipeline:
         self.model, self.model_cfg = load_model(self.model_dir, cfg.lora_alpha)
         self.cfg = cfg.validate(self.model_cfg.text.num_hidden_layers)
         self.tokenizer = TextTokenizer.from_dir(self.model_dir)
-        self.preprocess = Preprocess.from_json(self.model_dir / "preprocessor_config.json")
+        self.preprocess = Preprocess.from_json(self.model_dir / "preprocessor_config.json", self.model_cfg.vision.image_size)
+        self.last_trace: dict = {}  # hook for prunevid.explain: merging and selection of the last run
 
     def load_pixels(self, video: str | Path) -> torch.Tensor:
         from prunevid.runtime.video import load_video
@@ -190,6 +191,7 @@ class EagerPipeline:
             state = prefill(self.model.language_model, embeds, (prompt.image_pos, prompt.image_pos + m), visual, self.cfg)
         with clock.stage("decode"):
             tokens = list(greedy(self.model.language_model, self.model.embed, state, max_new_tokens, self.tokenizer.eos_id))
+        self.last_trace = {"frames": int(pixels.shape[0]), "merged": visual.merged, "visual_keep": state.visual_keep}
         return self._answer(tokens, visual, state, clock, len(prompt.ids))
 
     def _answer(self, tokens, visual: VisualInput, state: Prefill, clock: Stopwatch, prompt_len: int) -> Answer:

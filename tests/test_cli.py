@@ -266,23 +266,3 @@ def test_make_tiny_into_new_folder_leaves_no_partial(tmp_path: Path) -> None:
     assert result.stdout.strip() == str(out)
     assert (out / "config.json").is_file()
     assert not _partials(out.parent)
-
-
-# ---- 7. demo --------------------------------------------------------------------------------
-
-
-def test_demo_json(tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
-    result = invoke(["demo", "--json"], env={"PRUNEVID_CACHE": str(cache)})
-    assert result.exit_code == 0, (result.output, result.exception)
-    lines = [line for line in result.stdout.splitlines() if line.strip()]
-    assert len(lines) == 2, result.stdout
-    first, second = (json.loads(line) for line in lines)
-    assert [first["mode"], second["mode"]] == ["prunevid", "none"]
-    for data in (first, second):
-        assert {"answer", "token_ids", "visual_tokens", "timings_ms", "ttft_ms"} <= set(data)
-    assert second["visual_tokens"]["merged"] == second["visual_tokens"]["encoder"]
-    assert second["visual_tokens"]["kept"] == second["visual_tokens"]["encoder"]
-    assert first["visual_tokens"]["kept"] < first["visual_tokens"]["encoder"]
-    assert (cache / "tiny-pllava" / "config.json").is_file()
-    assert not _partials(cache)

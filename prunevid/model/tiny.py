@@ -51,14 +51,29 @@ GEOMETRIES: dict[str, Geometry] = {
         pooled_hw=(12, 12),
     ),
     # PLLaVA-7B's token geometry (16 frames of 12x12 = 2304 visual tokens) with a ~230M-parameter
-    # LLM of 32 layers, so K = 10 sits at PLLaVA's relative depth; small vision tower.
+    # LLM of 32 layers, so K = 10 sits at PLLaVA's relative depth. The vision tower (384 wide, 6 of
+    # 7 layers run, 577 tokens per frame) is sized so that its FLOPs are the same share of the
+    # unpruned TTFT (encoder + prefill) as CLIP ViT-L/14-336's in PLLaVA-7B: 16.3% vs 16.1%
+    # (prunevid.costs.encoder_share; tests/test_costs.py holds it within 2%).
     "bench": Geometry(
-        vision=VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        vision=VisionConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=7, num_attention_heads=6,
                             image_size=336, patch_size=14),
         text=TextConfig(hidden_size=768, intermediate_size=2048, num_hidden_layers=32, num_attention_heads=12,
                         num_key_value_heads=12, max_position_embeddings=4096, rms_norm_eps=1e-5),
         pooled_hw=(12, 12),
         shards=3,
+    ),
+    # PLLaVA-7B's real widths at truncated depth, for per-layer timing (benchmarks/bench_7b_layers.py):
+    # one CLIP ViT-L/14-336 layer runs (features of layer -2 of 2), the 1024 -> 4096 -> 4096 projector,
+    # two LLaMA-7B layers (4096 wide, 32 heads, MLP 11008; select at K = 0). About 1.8 GB in fp32.
+    "pllava7b-slice": Geometry(
+        vision=VisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=2, num_attention_heads=16,
+                            image_size=336, patch_size=14),
+        text=TextConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=2, num_attention_heads=32,
+                        num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5),
+        pooled_hw=(12, 12),
+        lora_rank=0,
+        shards=4,
     ),
 }
 

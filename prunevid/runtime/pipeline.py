@@ -45,11 +45,12 @@ class RuntimePipeline:
         self.mode = mode
         self.geometry = self.artifact.geometry
         self.tokenizer = TextTokenizer.from_dir(self.artifact.root)
-        self.preprocess = Preprocess.from_json(self.artifact.root / spec.PREPROCESSOR_FILE)
+        self.preprocess = Preprocess.from_json(self.artifact.root / spec.PREPROCESSOR_FILE, self.geometry.image_size)
         self.float_type = np.float16 if self.artifact.manifest.get("dtype") == "fp16" else np.float32
         paths = {name: self.artifact.graph_path(name) for name in spec.GRAPH_ORDER}
         self.backend = OrtBackend(paths, providers)
         self.backend.warm_up()
+        self.last_trace: dict = {}  # hook for prunevid.explain: merger outputs and keep index of the last run
 
     @property
     def model(self) -> dict:
@@ -68,6 +69,7 @@ class RuntimePipeline:
             return flat, g.max_visual, None, None
         with clock.stage("merge"):
             out = self.backend.run("merger", {"visual_features": features})
+            self.last_trace["merger"] = out  # hook for prunevid.explain
             num = _int(self.backend.host(out["num_merged"]))
             groups = self.backend.host(out["group_sizes"])
         return out["merged_tokens"], num, groups, self.backend.host(out["window_sizes"])
@@ -90,6 +92,7 @@ class RuntimePipeline:
         with clock.stage("encoder"):
             features = run("encoder", {"pixel_values": pixels})["visual_features"]
         clock.ms.setdefault("merge", 0.0)
+        self.last_trace = {}
         merged, num, groups, windows = self.visual_tokens(features, clock)
         check_fits(len(ids), num, max_new_tokens, ctx)
         seq_len = len(ids) - 1 + num
@@ -107,6 +110,7 @@ class RuntimePipeline:
                                         **{spec.as_past(n): pre[n] for n in early}})
             logits = host(late["logits"])
         kept = len(host(keep))
+        self.last_trace.update(keep_index=keep, image_pos=prompt.image_pos, num_merged=num)
         with clock.stage("decode"):
             tokens = self._greedy(logits, late, seq_len, max_new_tokens, on_token)
         return Answer(

@@ -1,0 +1,318 @@
+"""What the runtime benchmarks measure and how they report it, written against the public entry
+points only (``make_tiny``, ``export``, ``RuntimePipeline``, ``prunevid.costs``):
+
+* a cached model and export per geometry, keyed by the geometry and the exporter's source,
+* answers of several modes, interleaved (order rotated per repeat) or one mode after another,
+* the machine's memory bandwidth (numpy streaming reads),
+* resident memory of a fresh runtime process after warm-up (``resident.py``),
+* the figures: TTFT ratio, prefill time ratio vs FLOPs ratio, merger share, decode vs bandwidth
+  bound, resident memory vs weight bytes.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import DEFAULT_CACHE, QUESTION, bench_clip, bench_model
+
+ROOT = Path(__file__).resolve().parents[1]
+# The sources an export depends on: a change in any of them makes a cached export stale.
+EXPORT_SOURCES = ("prunevid/exporter", "prunevid/model", "prunevid/plugins", "prunevid/pruning", "prunevid/spec.py")
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:10]
+
+
+def source_digest() -> str:
+    """Hash of the source files an export is built from."""
+    files = []
+    for name in EXPORT_SOURCES:
+        path = ROOT / name
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    return _digest(*(f"{p.relative_to(ROOT)}:{hashlib.sha256(p.read_bytes()).hexdigest()}" for p in files))
+
+
+def model_and_export(cache: Path, geometry: str, layer: int) -> tuple[Path, Path]:
+    """The random ``geometry`` model and its export with selection layer ``layer``, built on first use."""
+    from prunevid.config import PruneConfig
+    from prunevid.exporter.export import ExportOptions, export
+
+    model = bench_model(cache, geometry)
+    out = cache / f"{model.name}-export-k{layer}-{source_digest()}"
+    if not (out / "manifest.json").is_file():
+        print(f"exporting into {out} ...", file=sys.stderr)
+        export(model, out, PruneConfig(layer=layer), ExportOptions(), force=True,
+               progress=lambda m: print(m, file=sys.stderr))
+    return model, out
+
+
+def add_options(parser, name: str, layer: int) -> None:
+    """The options both runtime benchmarks take; results default to ``benchmarks/<name>.{json,png}``
+    (with --quick: ``<cache>/<name>-quick.{json,png}``, so a check never overwrites recorded results)."""
+    parser.set_defaults(name=name)
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: the runtime's default)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2, help="answers per mode before timing")
+    parser.add_argument("--new-tokens", type=int, default=32, help="tokens per answer (EOS disabled)")
+    parser.add_argument("--bandwidth-mib", type=int, default=1024, help="array size of the bandwidth measurement")
+    parser.add_argument("--quick", action="store_true", help="tiny geometry, one repeat: checks the script end to end")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the model and export are built")
+    parser.add_argument("--model-dir", type=Path, default=None, help="use this model instead of building one")
+    parser.add_argument("--export", type=Path, default=None, help="use this export of --model-dir (built with --layer)")
+    parser.add_argument("--layer", type=int, default=layer, help="selection layer K of the export")
+    parser.add_argument("--skip-memory", action="store_true", help="do not measure resident memory (fresh processes)")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--plot", type=Path, default=None)
+
+
+def prepare(args, geometry: str):
+    """Apply --quick, build or take the model and export; returns (model config, model dir, export dir, clip)."""
+    from prunevid.model.config import read_config
+
+    if args.quick:
+        args.repeats, args.warmup, args.new_tokens, args.bandwidth_mib = 1, 1, 4, 16
+        geometry = "tiny"
+    folder, stem = (args.cache, f"{args.name}-quick") if args.quick else (ROOT / "benchmarks", args.name)
+    args.out = args.out or folder / f"{stem}.json"
+    args.plot = args.plot or folder / f"{stem}.png"
+    if (args.model_dir is None) != (args.export is None):
+        raise SystemExit("Error: --model-dir and --export go together")
+    args.geometry = geometry if args.export is None else f"given ({args.model_dir.name})"
+    if args.export is None:
+        args.model_dir, args.export = model_and_export(args.cache, geometry, args.layer)
+    return read_config(args.model_dir), args.model_dir, args.export, bench_clip(args.cache)
+
+
+def open_pipeline(export_dir: Path, mode: str, threads: int):
+    """A RuntimePipeline for ``mode``; ``threads`` is passed where the runtime takes it. EOS is
+    disabled so every answer makes exactly ``max_new_tokens`` tokens. Returns (pipeline, threads applied)."""
+    import inspect
+
+    from prunevid.runtime.pipeline import RuntimePipeline
+
+    kwargs = {"threads": threads} if threads and "threads" in inspect.signature(RuntimePipeline).parameters else {}
+    pipe = RuntimePipeline(export_dir, mode=mode, **kwargs)
+    pipe.tokenizer.eos_id = -1
+    return pipe, bool(kwargs)
+
+
+def summarize(answers: list) -> dict:
+    """Medians over repeated answers of one mode."""
+    first = answers[0]
+    steps = len(first.token_ids) - 1
+    decode = [a.timings_ms["decode"] / steps for a in answers] if steps > 0 else [math.nan]
+    return {
+        "timings_ms": {k: statistics.median(a.timings_ms.get(k, 0.0) for a in answers) for k in first.timings_ms},
+        "ttft_ms": statistics.median(a.ttft_ms for a in answers),
+        "ttft_ms_per_repeat": [a.ttft_ms for a in answers],
+        "decode_steps": steps,
+        "decode_ms_per_token": statistics.median(decode),
+        "visual_tokens": first.visual_tokens,
+        "prompt_tokens": first.prompt_tokens,
+    }
+
+
+def measure_modes(export_dir: Path, modes: tuple[str, ...], clip: Path, *, repeats: int, warmup: int,
+                  new_tokens: int, threads: int, interleave: bool) -> tuple[dict, bool]:
+    """Answers per mode after ``warmup`` answers each. Interleaved runs hold one pipeline per mode and
+    rotate the order every repeat (fair under drifting load); otherwise modes run one after another
+    and only one pipeline is resident at a time. Returns ({mode: summary}, threads applied)."""
+    def answer(pipe):
+        return pipe.run(clip, QUESTION, max_new_tokens=new_tokens)
+
+    runs: dict[str, list] = {m: [] for m in modes}
+    applied = False
+    if interleave:
+        pipes = {}
+        for m in modes:
+            pipes[m], applied = open_pipeline(export_dir, m, threads)
+            for _ in range(warmup):
+                answer(pipes[m])
+        for r in range(repeats):
+            for m in modes[r % len(modes):] + modes[: r % len(modes)]:
+                print(f"  repeat {r + 1}/{repeats}: {m}", file=sys.stderr)
+                runs[m].append(answer(pipes[m]))
+        del pipes
+    else:
+        for m in modes:
+            pipe, applied = open_pipeline(export_dir, m, threads)
+            for _ in range(warmup):
+                answer(pipe)
+            for r in range(repeats):
+                print(f"  {m}: repeat {r + 1}/{repeats}", file=sys.stderr)
+                runs[m].append(answer(pipe))
+            del pipe
+            gc.collect()
+    return {m: summarize(a) for m, a in runs.items()}, applied
+
+
+def bandwidth(mib: int, threads: int, repeats: int = 5) -> dict:
+    """Streaming-read bandwidth of this machine: ``np.max`` over a ``mib`` MiB float32 array split
+    across ``threads`` threads (numpy releases the GIL in reductions); median of ``repeats`` after one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    data = np.ones(mib * 2**20 // 4, dtype=np.float32)  # every page touched before timing
+    chunks = np.array_split(data, max(threads, 1))
+    times = []
+    with ThreadPoolExecutor(len(chunks)) as pool:
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            list(pool.map(np.max, chunks))
+            times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times[1:])
+    return {"array_mib": mib, "threads": len(chunks), "kernel": "np.max", "ms": seconds * 1e3,
+            "gbs": data.nbytes / seconds / 1e9}
+
+
+def resident_memory(export_dir: Path, clip: Path, modes: dict[str, str], args) -> dict | None:
+    """VmRSS (and VmHWM) in MB of a fresh runtime process per mode ({name: mode}) after two warm-up
+    answers; None when skipped (--skip-memory) or when a process fails (say, killed for memory)."""
+    if args.skip_memory:
+        return None
+    print("resident memory ...", file=sys.stderr)
+    out = {}
+    for name, mode in modes.items():
+        cmd = [sys.executable, str(Path(__file__).with_name("resident.py")), str(export_dir), str(clip), mode,
+               str(args.threads), str(args.new_tokens)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"resident memory of {mode} not measured: exit {done.returncode}", file=sys.stderr)
+            return None
+        out[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
+def export_bytes(export_dir: Path) -> int:
+    return sum(p.stat().st_size for p in Path(export_dir).rglob("*") if p.is_file())
+
+
+def figures(pv: dict, base: dict, cfg, layer: int, bandwidth_gbs: float, memory: dict | None = None,
+            dtype_bytes: int = 4) -> dict:
+    """The benchmark's figures from a PruneVid and a plain-baseline summary of the model ``cfg``."""
+    from prunevid import costs
+
+    seq_pv, kept = pv["prompt_tokens"]["prefill"], pv["prompt_tokens"]["kept"]
+    seq_base = base["prompt_tokens"]["prefill"]
+    flops_ratio = costs.prefill_flops(cfg.text, seq_pv, kept, layer) / costs.prefill_flops(cfg.text, seq_base)
+    prefill_ratio = pv["timings_ms"]["prefill"] / base["timings_ms"]["prefill"]
+    weights = costs.weight_bytes(cfg, dtype_bytes)
+    out = {
+        "ttft_ms": {"prunevid": pv["ttft_ms"], "baseline": base["ttft_ms"]},
+        "ttft_ratio": pv["ttft_ms"] / base["ttft_ms"],
+        "prefill_time_ratio": prefill_ratio,
+        "prefill_flops_ratio": flops_ratio,
+        "prefill_time_over_flops_ratio": prefill_ratio / flops_ratio,
+        "ttft_flops_ratio": (costs.encoder_flops(cfg, cfg.num_frames) + costs.prefill_flops(cfg.text, seq_pv, kept, layer))
+        / (costs.encoder_flops(cfg, cfg.num_frames) + costs.prefill_flops(cfg.text, seq_base)),
+        "merger_share_of_ttft": pv["timings_ms"]["merge"] / pv["ttft_ms"],
+        "encoder_share_of_baseline_ttft": base["timings_ms"]["encoder"] / base["ttft_ms"],
+        "tokens": {"visual": pv["visual_tokens"], "prefill": {"prunevid": seq_pv, "baseline": seq_base},
+                   "kept": kept},
+        "bandwidth_gbs": bandwidth_gbs,
+        "weight_bytes": weights.total,
+        "decode": {},
+    }
+    for name, res, cache in (("prunevid", pv, kept), ("baseline", base, seq_base)):
+        steps = res.get("decode_steps", 0)
+        bound = costs.decode_bound_ms(cfg, cache + steps / 2, bandwidth_gbs, dtype_bytes)  # mean cache length
+        ms = res.get("decode_ms_per_token", math.nan)
+        out["decode"][name] = {"ms_per_token": ms, "bound_ms_per_token": bound, "fraction_of_bound": bound / ms,
+                               "cache_positions": cache, "steps": steps}
+    if memory is not None:
+        out["memory"] = {}
+        for name, res, cache in (("prunevid", pv, kept), ("baseline", base, seq_base)):
+            kv = costs.kv_bytes(cfg.text, cache + res.get("decode_steps", 0), dtype_bytes)  # cache after the answer
+            rss = memory[name]["rss_mb"] * 2**20
+            out["memory"][name] = {**memory[name], "weights_mb": weights.total / 2**20, "kv_mb": kv / 2**20,
+                                   "resident_over_weights": rss / weights.total,
+                                   "resident_over_weights_plus_kv": rss / (weights.total + kv)}
+    return out
+
+
+def report(title: str, f: dict) -> None:
+    """Print the figures of :func:`figures`."""
+    vt = f["tokens"]["visual"]
+    print(f"== {title}")
+    print(f"visual tokens {vt['encoder']} -> merged {vt['merged']} -> kept {vt['kept']}; prefill tokens "
+          f"{f['tokens']['prefill']['prunevid']} (PruneVid, {f['tokens']['kept']} kept after layer K) vs "
+          f"{f['tokens']['prefill']['baseline']} (baseline)")
+    print(f"TTFT PruneVid {f['ttft_ms']['prunevid']:.0f} ms / plain baseline {f['ttft_ms']['baseline']:.0f} ms = "
+          f"{f['ttft_ratio']:.3f} (analytic FLOPs, encoder + prefill: {f['ttft_flops_ratio']:.3f})")
+    print(f"prefill time ratio {f['prefill_time_ratio']:.3f} vs analytic FLOPs ratio {f['prefill_flops_ratio']:.3f} "
+          f"(time / FLOPs = {f['prefill_time_over_flops_ratio']:.2f})")
+    print(f"merger share of PruneVid TTFT {100 * f['merger_share_of_ttft']:.1f}%; encoder share of baseline TTFT "
+          f"{100 * f['encoder_share_of_baseline_ttft']:.1f}%")
+    for name, d in f["decode"].items():
+        print(f"decode {name:8s}: {d['ms_per_token']:.2f} ms/token vs bandwidth bound {d['bound_ms_per_token']:.2f} ms "
+              f"({100 * d['fraction_of_bound']:.0f}% of bound; {f['bandwidth_gbs']:.1f} GB/s, cache {d['cache_positions']} "
+              f"+ {d['steps']} steps)")
+    for name, m in f.get("memory", {}).items():
+        print(f"memory {name:8s}: resident {m['rss_mb']:.0f} MB after warm-up vs weights {m['weights_mb']:.0f} MB "
+              f"({m['resident_over_weights']:.2f}x) + KV {m['kv_mb']:.0f} MB ({m['resident_over_weights_plus_kv']:.2f}x)")
+
+
+def machine(threads: int, threads_applied: bool) -> dict:
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(), "onnxruntime": __import__("onnxruntime").__version__,
+            "threads_requested": threads, "threads_passed_to_runtime": threads_applied,
+            "load_average_at_end": os.getloadavg()}
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def extrapolate(results: dict, cfg, layer: int, target, target_layer: int, bandwidth_gbs: float) -> tuple[dict, dict]:
+    """Per-layer times of a depth-truncated model and the whole ``target`` model's summaries built from them.
+
+    ``results`` holds the ``prunevid``, ``merge`` and ``none`` summaries of ``cfg`` (``N`` LLM layers,
+    selection after ``layer``). LLM layer times: baseline ``prefill_none / N`` at its ``S`` tokens,
+    merged ``prefill_merge / N`` at PruneVid's ``S``, kept ``(prefill_prunevid - (K+1) merged) / (N-K-1)``
+    (so the selection's own cost is charged to the kept layers). The encoder is scaled by FLOPs at its
+    measured rate (the measured tower runs its projector and a few of the target's layers); the merger
+    is taken as measured (same widths). Decode: the target's bandwidth bound at the efficiency measured
+    on ``cfg``. Returns ({"prunevid": ..., "none": ...} target summaries, per-layer times in ms).
+    """
+    from prunevid import costs
+
+    pv, merge, none = results["prunevid"], results["merge"], results["none"]
+    n, k = cfg.text.num_hidden_layers, layer
+    big_n, big_k = target.text.num_hidden_layers, target_layer
+    l_base = none["timings_ms"]["prefill"] / n
+    l_merged = merge["timings_ms"]["prefill"] / n
+    l_kept = (pv["timings_ms"]["prefill"] - (k + 1) * l_merged) / (n - k - 1)
+    encoder = statistics.median(r["timings_ms"]["encoder"] for r in (pv, merge, none))  # the same work in every mode
+    enc_scale = costs.encoder_flops(target, cfg.num_frames) / costs.encoder_flops(cfg, cfg.num_frames)
+    vit_share = cfg.num_frames * costs.vit_layer_flops(cfg.vision, cfg.vision.grid**2 + 1) / costs.encoder_flops(cfg, cfg.num_frames)
+    per_layer = {"llm_layer_ms": {"baseline": l_base, "prunevid_merged": l_merged, "prunevid_kept": l_kept},
+                 "vision_layer_ms": encoder * vit_share, "encoder_ms": encoder, "encoder_scale": enc_scale}
+    prefill = {"prunevid": (big_k + 1) * l_merged + (big_n - big_k - 1) * l_kept, "none": big_n * l_base}
+    out = {}
+    for mode, res in (("prunevid", pv), ("none", none)):
+        cache = res["prompt_tokens"]["kept"] + res["decode_steps"] / 2
+        efficiency = costs.decode_bound_ms(cfg, cache, bandwidth_gbs) / res["decode_ms_per_token"]
+        timings = {"encoder": encoder * enc_scale, "merge": res["timings_ms"].get("merge", 0.0),
+                   "prefill": prefill[mode]}
+        out[mode] = {**res, "timings_ms": timings, "ttft_ms": sum(timings.values()), "ttft_ms_per_repeat": [],
+                     "decode_ms_per_token": costs.decode_bound_ms(target, cache, bandwidth_gbs) / efficiency}
+    return out, per_layer

@@ -1,0 +1,108 @@
+"""The runtime benchmarks: the per-layer extrapolation by hand, and both scripts end to end (--quick)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prunevid import costs
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def measure():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import measure
+
+        yield measure
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _summary(prefill: float, encoder: float, merge: float, kept: int, decode_ms: float) -> dict:
+    return {"timings_ms": {"encoder": encoder, "merge": merge, "prefill": prefill}, "decode_steps": 4,
+            "decode_ms_per_token": decode_ms, "prompt_tokens": {"prefill": 300, "kept": kept},
+            "visual_tokens": {"encoder": 256, "merged": 200, "kept": 80}}
+
+
+def test_extrapolate_by_hand(measure):
+    from prunevid.model.tiny import GEOMETRIES, tiny_config
+
+    cfg = tiny_config(GEOMETRIES["tiny"], {"vocab_size": 512, "image_token_id": 500, "pad_token_id": 0})  # 12 layers
+    bw = 10.0
+    results = {  # K = 10: layers 0..10 at S, one layer at the kept count
+        "none": _summary(120.0, 7.0, 0.0, 342, 2 * costs.decode_bound_ms(cfg, 342 + 2, bw)),  # 10 ms per layer
+        "merge": _summary(60.0, 9.0, 3.0, 300, 1.0),  # 5 ms per layer at PruneVid's S
+        "prunevid": _summary(11 * 5.0 + 2.0, 8.0, 3.0, 150, 4 * costs.decode_bound_ms(cfg, 150 + 2, bw)),  # kept: 2 ms
+    }
+    target, per_layer = measure.extrapolate(results, cfg, 10, costs.PLLAVA_7B, 10, bw)
+    assert per_layer["llm_layer_ms"] == {"baseline": 10.0, "prunevid_merged": 5.0, "prunevid_kept": 2.0}
+    enc = 8.0 * costs.encoder_flops(costs.PLLAVA_7B, 16) / costs.encoder_flops(cfg, 16)  # median encoder, FLOPs-scaled
+    assert target["prunevid"]["timings_ms"] == pytest.approx({"encoder": enc, "merge": 3.0, "prefill": 11 * 5.0 + 21 * 2.0})
+    assert target["none"]["timings_ms"] == pytest.approx({"encoder": enc, "merge": 0.0, "prefill": 32 * 10.0})
+    assert target["none"]["ttft_ms"] == pytest.approx(enc + 320.0)
+    # decode keeps the efficiency measured on the slice: 1/2 of the bound (baseline), 1/4 (PruneVid)
+    assert target["none"]["decode_ms_per_token"] == pytest.approx(2 * costs.decode_bound_ms(costs.PLLAVA_7B, 344, bw))
+    assert target["prunevid"]["decode_ms_per_token"] == pytest.approx(4 * costs.decode_bound_ms(costs.PLLAVA_7B, 152, bw))
+
+
+def test_figures_by_hand(measure):
+    from prunevid.model.tiny import GEOMETRIES, tiny_config
+
+    cfg = tiny_config(GEOMETRIES["tiny"], {"vocab_size": 512, "image_token_id": 500, "pad_token_id": 0})
+    pv = {**_summary(40.0, 10.0, 5.0, 150, 3.0), "ttft_ms": 55.0}
+    base = {**_summary(200.0, 10.0, 0.0, 342, 6.0), "ttft_ms": 210.0}
+    base["prompt_tokens"] = {"prefill": 342, "kept": 342}
+    memory = {"prunevid": {"rss_mb": 100.0}, "baseline": {"rss_mb": 120.0}}
+    f = measure.figures(pv, base, cfg, 10, 10.0, memory)
+    assert f["ttft_ratio"] == 55.0 / 210.0
+    assert f["prefill_time_ratio"] == 0.2
+    assert f["prefill_flops_ratio"] == costs.prefill_flops(cfg.text, 300, 150, 10) / costs.prefill_flops(cfg.text, 342)
+    assert f["merger_share_of_ttft"] == 5.0 / 55.0
+    assert f["decode"]["baseline"]["fraction_of_bound"] == costs.decode_bound_ms(cfg, 344, 10.0) / 6.0
+    wb = costs.weight_bytes(cfg).total
+    assert f["memory"]["prunevid"]["resident_over_weights"] == 100.0 * 2**20 / wb
+    assert f["memory"]["baseline"]["resident_over_weights_plus_kv"] == 120.0 * 2**20 / (wb + costs.kv_bytes(cfg.text, 346))
+
+
+def _finite_ratios(figures: dict, positive: bool = True) -> None:
+    """Finite ratios; measured ones also positive (extrapolated ones are differences of noisy times)."""
+    for key in ("ttft_ratio", "prefill_time_ratio", "prefill_flops_ratio", "merger_share_of_ttft", "bandwidth_gbs"):
+        assert math.isfinite(figures[key]) and (figures[key] > 0 or not positive), key
+    for mode in ("prunevid", "baseline"):
+        d = figures["decode"][mode]
+        assert math.isfinite(d["ms_per_token"]) and math.isfinite(d["fraction_of_bound"]) and d["steps"] == 3
+
+
+@pytest.mark.parametrize("script", ["bench_runtime.py", "bench_7b_layers.py"])
+def test_benchmark_script_quick_end_to_end(script, tiny_model_dir, tiny_export, tmp_path):
+    out, plot = tmp_path / "b.json", tmp_path / "b.png"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(BENCH / script), "--quick", "--model-dir", str(tiny_model_dir), "--export",
+           str(tiny_export), "--layer", "10", "--cache", str(tmp_path / "cache"), "--out", str(out), "--plot", str(plot)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert plot.stat().st_size > 10_000
+    assert data["settings"]["repeats"] == 1 and data["settings"]["new_tokens"] == 4
+    assert data["bandwidth"]["gbs"] > 0
+    _finite_ratios(data["figures"], positive=script == "bench_runtime.py")
+    assert "TTFT PruneVid" in done.stdout and "bandwidth bound" in done.stdout
+    if script == "bench_7b_layers.py":
+        _finite_ratios(data["measured_slice_figures"])
+        assert set(data["results"]) == {"prunevid", "merge", "none"}
+        layers = data["per_layer"]["llm_layer_ms"]
+        assert layers["baseline"] > 0 and layers["prunevid_merged"] > 0 and math.isfinite(layers["prunevid_kept"])
+        assert data["figures"]["tokens"]["kept"] == data["results"]["prunevid"]["prompt_tokens"]["kept"]
+    else:
+        mem = data["figures"]["memory"]["prunevid"]
+        assert mem["rss_mb"] > 0 and math.isfinite(mem["resident_over_weights"])

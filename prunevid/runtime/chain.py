@@ -1,0 +1,160 @@
+"""The graph chain, written once against a runner: pixels and prompt ids in, tokens out. No torch.
+
+A runner is anything with ``run(graph, feeds) -> outputs``, both keyed by the names of
+:mod:`prunevid.spec` and holding numpy arrays: ONNX Runtime in the runtime
+(:class:`prunevid.runtime.backend.OrtBackend`), the torch stages for export tracing and ``check``
+(:class:`prunevid.exporter.runners.TorchRunner`).
+
+    pixels --encoder--> features [T,L,C] --merger--> merged [M,C] + group layout   (not for "none")
+    ids --embed--> [P+1+Q,C]; host splice at image_pos --> x [S,C]
+    x --decoder_early (layers 0..K, empty cache)--> hidden [S,C], new K/V rows, layer-K q/k
+      prunevid: --score--> key_scores [S] --select--> keep [S'];  host: caches[:S'] = rows[keep]
+      merge/none: caches[:S] = rows (no score, no select, no gather)
+    hidden[keep] at positions keep --decoder_late--> logits, new rows --> caches[:S']
+    decode step j: embed(token) --decoder_early--> --decoder_late--> logits; one row per layer
+      written at cache row S'+j; the token sits at position S+j (the unpruned length)
+
+The KV cache is one buffer per layer and K/V, ``[H_kv, R, d]``, allocated once per answer with
+``R = S' + max_new_tokens - 1``; graphs only read it (under a length mask) and return new rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from prunevid import spec
+
+
+class Runner(Protocol):
+    """Runs one graph of :func:`prunevid.spec.graphs` by name."""
+
+    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+@dataclass
+class Visual:
+    """Visual rows entering the LLM: ``tokens [M, C]`` and, when merged, the group layout."""
+
+    tokens: np.ndarray
+    groups: np.ndarray | None = None  # [2T] token-order group sizes
+    windows: np.ndarray | None = None  # [T] frames per segment, zero padded
+
+    @property
+    def count(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+class KVCache:
+    """Fixed per-layer buffers ``[H_kv, R, d]``; rows ``0..length-1`` are valid."""
+
+    def __init__(self, g: spec.Geometry, rows: int, dtype):
+        shape = (g.kv_heads, rows, g.head_dim)
+        self.layers = range(g.num_layers)
+        self.buffers = {name: np.zeros(shape, dtype) for name in spec.past_names(self.layers)}
+        self.length = 0
+
+    def feeds(self, layers: range) -> dict[str, np.ndarray]:
+        return {name: self.buffers[name] for name in spec.past_names(layers)}
+
+    def write(self, outputs: dict[str, np.ndarray], layers: range, rows: np.ndarray | None = None) -> None:
+        """Write the new rows ``present.i.*`` of ``layers`` at ``length..``; ``rows`` picks (and
+        orders) which of them to keep (the compaction after selection)."""
+        for name in spec.present_names(layers):
+            new = outputs[name]  # [H_kv, n, d]
+            new = new if rows is None else new[:, rows]  # [H_kv, n', d]
+            self.buffers[spec.as_past(name)][:, self.length : self.length + new.shape[1]] = new
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+
+@dataclass
+class State:
+    """After the prompt: logits of its last row, the caches, and the position bookkeeping."""
+
+    logits: np.ndarray  # [V]
+    cache: KVCache
+    seq_len: int  # S, the unpruned prompt length: decode step j sits at position S + j
+    kept: int  # S', prompt rows in the cache
+    visual_kept: int
+
+
+class Chain:
+    """The encoder-to-token chain over any :class:`Runner`."""
+
+    def __init__(self, runner: Runner, geometry: spec.Geometry, float_type=np.float32):
+        self.runner, self.g, self.float_type = runner, geometry, float_type
+        self.early, self.late = spec.early_layers(geometry), spec.late_layers(geometry)
+        g = geometry
+        self._empty = {name: np.zeros((g.kv_heads, 1, g.head_dim), float_type)
+                       for name in spec.past_names(range(g.num_layers))}  # one masked row: no cache yet
+
+    def run(self, graph: str, **feeds: Any) -> dict[str, np.ndarray]:
+        return self.runner.run(graph, feeds)
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        """``[T, 3, S, S] -> [T, L, C]``."""
+        return self.run("encoder", pixel_values=pixels)["visual_features"]
+
+    def visual(self, features: np.ndarray, merge: bool) -> Visual:
+        """Merged tokens, or the flattened encoder output for the baseline (no merger run)."""
+        if not merge:
+            return Visual(features.reshape(-1, features.shape[-1]))  # [T*L, C], frame-major
+        out = self.run("merger", visual_features=features)
+        num = int(np.asarray(out["num_merged"]).reshape(()))
+        return Visual(out["merged_tokens"][:num], out["group_sizes"], out["window_sizes"])  # [M, C]
+
+    def _decoder(self, graph: str, layers: range, hidden, positions, cache: KVCache | None):
+        past = cache.feeds(layers) if cache is not None else {n: self._empty[n] for n in spec.past_names(layers)}
+        length = np.asarray(cache.length if cache is not None else 0, dtype=np.int64)
+        return self.run(graph, hidden=hidden, positions=positions, cache_length=length, **past)
+
+    def prefill(self, ids: np.ndarray, image_pos: int, visual: Visual, select: bool, max_new_tokens: int) -> State:
+        """The prompt through every layer; with ``select``, PruneVid's stage D after layer K."""
+        embeds = self.run("embed", input_ids=ids)["embeds"]  # [P+1+Q, C]
+        x = np.concatenate([embeds[:image_pos], visual.tokens.astype(embeds.dtype), embeds[image_pos + 1 :]])  # [S, C]
+        s, start, end = x.shape[0], image_pos, image_pos + visual.count
+        positions = np.arange(s, dtype=np.int64)
+        early = self._decoder("decoder_early", self.early, x, positions, None)
+        keep = None
+        if select:
+            scores = self.run("score", score_query=early["score_query"][:, end:], score_key=early["score_key"])
+            visual_scores = np.ascontiguousarray(scores["key_scores"][start:end])  # [M]
+            keep = self.run("select", visual_scores=visual_scores, group_sizes=visual.groups,
+                            image_pos=np.asarray(image_pos, dtype=np.int64), input_ids=ids)["keep_index"]
+        kept = s if keep is None else len(keep)
+        cache = KVCache(self.g, kept + max(max_new_tokens - 1, 0), self.float_type)
+        cache.write(early, self.early, keep)
+        hidden = early["hidden_out"] if keep is None else early["hidden_out"][keep]  # [S', C]
+        late = self._decoder("decoder_late", self.late, hidden, positions if keep is None else keep, None)
+        cache.write(late, self.late)
+        cache.advance(kept)
+        return State(late["logits"], cache, s, kept, visual.count - (s - kept))
+
+    def step(self, state: State, token: int, position: int) -> np.ndarray:
+        """One decode step: ``token`` at ``position``; its rows go to the cache; returns logits ``[V]``."""
+        x = self.run("embed", input_ids=np.asarray([token], dtype=np.int64))["embeds"]  # [1, C]
+        pos = np.asarray([position], dtype=np.int64)
+        early = self._decoder("decoder_early", self.early, x, pos, state.cache)
+        late = self._decoder("decoder_late", self.late, early["hidden_out"], pos, state.cache)
+        state.cache.write(early, self.early)
+        state.cache.write(late, self.late)
+        state.cache.advance(1)
+        return late["logits"]
+
+    def greedy(self, state: State, max_new_tokens: int, eos_id: int | None,
+               on_token: Callable[[int], None] | None = None) -> Iterator[int]:
+        """Greedy tokens; step ``j`` is fed at position ``S + j``. Stops after EOS."""
+        logits = state.logits
+        for j in range(max_new_tokens):
+            token = int(np.argmax(logits))
+            if on_token is not None:
+                on_token(token)
+            yield token
+            if token == eos_id or j == max_new_tokens - 1:
+                return
+            logits = self.step(state, token, state.seq_len + j)

@@ -60,13 +60,12 @@ class KVCache:
     def feeds(self, layers: range) -> dict[str, np.ndarray]:
         return {name: self.buffers[name] for name in spec.past_names(layers)}
 
-    def write(self, outputs: dict[str, np.ndarray], layers: range, rows: np.ndarray | None = None) -> None:
-        """Write the new rows ``present.i.*`` of ``layers`` at ``length..``; ``rows`` picks (and
-        orders) which of them to keep (the compaction after selection)."""
-        for name in spec.present_names(layers):
-            new = outputs[name]  # [H_kv, n, d]
+    def write(self, new_rows: list[np.ndarray], layers: range, rows: np.ndarray | None = None) -> None:
+        """Write the new rows of ``layers`` (the graph's ``present.i.*`` outputs, in spec order) at
+        ``length..``; ``rows`` picks which of them to keep (the compaction after selection)."""
+        for name, new in zip(spec.past_names(layers), new_rows, strict=True):  # new: [H_kv, n, d]
             new = new if rows is None else new[:, rows]  # [H_kv, n', d]
-            self.buffers[spec.as_past(name)][:, self.length : self.length + new.shape[1]] = new
+            self.buffers[name][:, self.length : self.length + new.shape[1]] = new
 
     def advance(self, n: int) -> None:
         self.length += n
@@ -89,62 +88,65 @@ class Chain:
     def __init__(self, runner: Runner, geometry: spec.Geometry, float_type=np.float32):
         self.runner, self.g, self.float_type = runner, geometry, float_type
         self.early, self.late = spec.early_layers(geometry), spec.late_layers(geometry)
+        self.graphs = spec.graphs(geometry)
         g = geometry
         self._empty = {name: np.zeros((g.kv_heads, 1, g.head_dim), float_type)
                        for name in spec.past_names(range(g.num_layers))}  # one masked row: no cache yet
 
-    def run(self, graph: str, **feeds: Any) -> dict[str, np.ndarray]:
-        return self.runner.run(graph, feeds)
+    def run(self, graph: str, *inputs: Any) -> list[np.ndarray]:
+        """Graph ``graph`` on its inputs in spec order; its outputs in spec order."""
+        g = self.graphs[graph]
+        out = self.runner.run(graph, dict(zip(g.input_names, inputs, strict=True)))
+        return [out[name] for name in g.output_names]
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """``[T, 3, S, S] -> [T, L, C]``."""
-        return self.run("encoder", pixel_values=pixels)["visual_features"]
+        return self.run("encoder", pixels)[0]
 
     def visual(self, features: np.ndarray, merge: bool) -> Visual:
         """Merged tokens, or the flattened encoder output for the baseline (no merger run)."""
         if not merge:
             return Visual(features.reshape(-1, features.shape[-1]))  # [T*L, C], frame-major
-        out = self.run("merger", visual_features=features)
-        num = int(np.asarray(out["num_merged"]).reshape(()))
-        return Visual(out["merged_tokens"][:num], out["group_sizes"], out["window_sizes"])  # [M, C]
+        merged, num, groups, windows = self.run("merger", features)
+        return Visual(merged[: int(np.asarray(num).reshape(()))], groups, windows)  # [M, C]
 
-    def _decoder(self, graph: str, layers: range, hidden, positions, cache: KVCache | None):
+    def _decoder(self, graph: str, layers: range, hidden, positions, cache: KVCache | None) -> list[np.ndarray]:
+        """Outputs of a decoder graph; the last ``2 * len(layers)`` are the new K/V rows."""
         past = cache.feeds(layers) if cache is not None else {n: self._empty[n] for n in spec.past_names(layers)}
         length = np.asarray(cache.length if cache is not None else 0, dtype=np.int64)
-        return self.run(graph, hidden=hidden, positions=positions, cache_length=length, **past)
+        return self.run(graph, hidden, positions, length, *past.values())
 
     def prefill(self, ids: np.ndarray, image_pos: int, visual: Visual, select: bool, max_new_tokens: int) -> State:
         """The prompt through every layer; with ``select``, PruneVid's stage D after layer K."""
-        embeds = self.run("embed", input_ids=ids)["embeds"]  # [P+1+Q, C]
+        (embeds,) = self.run("embed", ids)  # [P+1+Q, C]
         x = np.concatenate([embeds[:image_pos], visual.tokens.astype(embeds.dtype), embeds[image_pos + 1 :]])  # [S, C]
         s, start, end = x.shape[0], image_pos, image_pos + visual.count
         positions = np.arange(s, dtype=np.int64)
-        early = self._decoder("decoder_early", self.early, x, positions, None)
+        hidden, query, key, *early = self._decoder("decoder_early", self.early, x, positions, None)
         keep = None
         if select:
-            scores = self.run("score", score_query=early["score_query"][:, end:], score_key=early["score_key"])
-            visual_scores = np.ascontiguousarray(scores["key_scores"][start:end])  # [M]
-            keep = self.run("select", visual_scores=visual_scores, group_sizes=visual.groups,
-                            image_pos=np.asarray(image_pos, dtype=np.int64), input_ids=ids)["keep_index"]
+            (key_scores,) = self.run("score", query[:, end:], key)  # [S]: question rows vs every key
+            (keep,) = self.run("select", np.ascontiguousarray(key_scores[start:end]), visual.groups,
+                               np.asarray(image_pos, dtype=np.int64), ids)  # [S']
         kept = s if keep is None else len(keep)
         cache = KVCache(self.g, kept + max(max_new_tokens - 1, 0), self.float_type)
         cache.write(early, self.early, keep)
-        hidden = early["hidden_out"] if keep is None else early["hidden_out"][keep]  # [S', C]
-        late = self._decoder("decoder_late", self.late, hidden, positions if keep is None else keep, None)
+        hidden = hidden if keep is None else hidden[keep]  # [S', C]
+        logits, *late = self._decoder("decoder_late", self.late, hidden, positions if keep is None else keep, None)
         cache.write(late, self.late)
         cache.advance(kept)
-        return State(late["logits"], cache, s, kept, visual.count - (s - kept))
+        return State(logits, cache, s, kept, visual.count - (s - kept))
 
     def step(self, state: State, token: int, position: int) -> np.ndarray:
         """One decode step: ``token`` at ``position``; its rows go to the cache; returns logits ``[V]``."""
-        x = self.run("embed", input_ids=np.asarray([token], dtype=np.int64))["embeds"]  # [1, C]
+        (x,) = self.run("embed", np.asarray([token], dtype=np.int64))  # [1, C]
         pos = np.asarray([position], dtype=np.int64)
-        early = self._decoder("decoder_early", self.early, x, pos, state.cache)
-        late = self._decoder("decoder_late", self.late, early["hidden_out"], pos, state.cache)
+        hidden, _, _, *early = self._decoder("decoder_early", self.early, x, pos, state.cache)
+        logits, *late = self._decoder("decoder_late", self.late, hidden, pos, state.cache)
         state.cache.write(early, self.early)
         state.cache.write(late, self.late)
         state.cache.advance(1)
-        return late["logits"]
+        return logits
 
     def greedy(self, state: State, max_new_tokens: int, eos_id: int | None,
                on_token: Callable[[int], None] | None = None) -> Iterator[int]:

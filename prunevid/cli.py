@@ -97,8 +97,13 @@ def print_answer(result, as_json: bool) -> None:
 @click.option("--template", default=None, help="Conversation template (videoqa, mvbench, videomme) [videoqa].")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the answer.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Intra-op threads (ONNX Runtime, or torch for --model-dir); 0: the library's default.")
+@click.option("--warmup", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Unreported answers to the same question first, so the reported one is in steady state.")
 @prune_options
-def run(model_dir, engine_dir, video, question, template, max_new_tokens, as_json, preset, mode, no_prune, **overrides):
+def run(model_dir, engine_dir, video, question, template, max_new_tokens, as_json, threads, warmup, preset, mode,
+        no_prune, **overrides):
     """Answer a question about a video, from a checkpoint (eager) or an export (runtime)."""
     from prunevid.errors import ConfigError
 
@@ -106,16 +111,22 @@ def run(model_dir, engine_dir, video, question, template, max_new_tokens, as_jso
         raise ConfigError("pass exactly one of --model-dir DIR (checkpoint) or --engine-dir DIR (export)")
     if engine_dir is not None:
         return run_runtime(engine_dir, video, question, template, max_new_tokens, as_json, mode, no_prune,
-                           {"preset": preset, **overrides})
+                           {"preset": preset, **overrides}, threads, warmup)
     cfg = build_config(preset, mode, no_prune, **overrides)
+    import torch
+
     from prunevid.reference import EagerPipeline
 
+    if threads:
+        torch.set_num_threads(threads)
     pipeline = EagerPipeline(model_dir, cfg)
-    result = pipeline.run(video, question, max_new_tokens=max_new_tokens, template=template or "videoqa")
+    for _ in range(warmup + 1):
+        result = pipeline.run(video, question, max_new_tokens=max_new_tokens, template=template or "videoqa")
     print_answer(result, as_json)
 
 
-def run_runtime(engine_dir, video, question, template, max_new_tokens, as_json, mode, no_prune, overrides):
+def run_runtime(engine_dir, video, question, template, max_new_tokens, as_json, mode, no_prune, overrides,
+                threads=0, warmup=0):
     """``run --engine-dir``: the settings were fixed at export; only the mode can change."""
     from prunevid.errors import ConfigError
     from prunevid.runtime.pipeline import RuntimePipeline
@@ -123,7 +134,9 @@ def run_runtime(engine_dir, video, question, template, max_new_tokens, as_json, 
     fixed = [name for name, value in overrides.items() if value is not None]
     if fixed:
         raise ConfigError(f"--{fixed[0].replace('_', '-')} is fixed at export; export again to change it")
-    pipeline = RuntimePipeline(engine_dir, mode=resolve_mode(mode, no_prune))
+    pipeline = RuntimePipeline(engine_dir, mode=resolve_mode(mode, no_prune), threads=threads)
+    for _ in range(warmup):
+        pipeline.run(video, question, max_new_tokens=max_new_tokens, template=template)
     streamer = None if as_json else TokenPrinter(pipeline.tokenizer)
     result = pipeline.run(video, question, max_new_tokens=max_new_tokens, template=template,
                           on_token=streamer)

@@ -146,3 +146,30 @@ def test_every_weight_is_stored_once(tiny_export, tiny_model_dir):
     assert [g for g in owners.values() if len(g) > 1] == []
     assert 0.9 * weight_bytes <= stored <= weight_bytes
     assert not (tiny_export / spec.GRAPH_DIR / "decode_step.onnx").exists()
+
+
+def test_run_threads_and_warmup(tiny_export, scene_cut_clip, monkeypatch):
+    from click.testing import CliRunner
+
+    from prunevid.cli import cli
+    from prunevid.runtime.pipeline import RuntimePipeline
+
+    pipeline = RuntimePipeline(tiny_export, threads=1)
+    assert {s.get_session_options().intra_op_num_threads for s in pipeline.backend.sessions.values()} == {1}
+    seen = []
+    original = RuntimePipeline.run
+
+    def counting(self, *args, **kwargs):
+        seen.append(self.backend.threads)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RuntimePipeline, "run", counting)
+    result = CliRunner().invoke(cli, ["run", "--engine-dir", str(tiny_export), "--video", str(scene_cut_clip),
+                                      "--question", "Why?", "--max-new-tokens", "2", "--threads", "1",
+                                      "--warmup", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert seen == [1, 1, 1]  # two warm-up answers, then the reported one
+    assert len(json.loads(result.stdout)["token_ids"]) >= 1
+    bad = CliRunner().invoke(cli, ["run", "--engine-dir", str(tiny_export), "--video", str(scene_cut_clip),
+                                   "--question", "Why?", "--threads", "-1"])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output

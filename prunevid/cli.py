@@ -45,7 +45,7 @@ def prune_options(fn):
         click.option("--mode", type=click.Choice(["prunevid", "merge", "none"]), default=None,
                      help="prunevid: merge + select (default); merge: merging only; none: the unpruned baseline."),
         click.option("--no-prune", is_flag=True, help="Run the unpruned baseline (same as --mode none)."),
-        click.option("--frames", type=int, default=None, help="Frames sampled from the clip [16]."),
+        click.option("--frames", type=int, default=None, help="Frames sampled from the clip [the checkpoint's num_frames]."),
         click.option("--tau", type=float, default=None, help="Static-token threshold in [0, 1] [0.8]."),
         click.option("--alpha", type=float, default=None, help="Share of visual tokens kept per group, in (0, 1] [0.4]."),
         click.option("--layer", "layer", type=int, default=None, help="Selection layer K [10]."),

@@ -99,12 +99,12 @@ def as_past(name: str) -> str:
 class Geometry:
     """The sizes that fix the graphs of one export."""
 
-    frames: int  # T, fixed per export (the runtime always samples T frames)
+    frames: int  # T, PruneConfig.frames, fixed per export (the runtime always samples T frames)
     tokens_per_frame: int  # L
     hidden: int  # C
     image_size: int  # H = W
     num_layers: int
-    select_layer: int  # K
+    layer: int  # K, PruneConfig.layer: layers 0..K see every visual token
     heads: int
     kv_heads: int
     head_dim: int
@@ -119,14 +119,18 @@ class Geometry:
         return 2 * self.frames
 
 
+GEOMETRY_SETTINGS = ("layer", "frames")
+"""PruneConfig settings an export fixes in its geometry; the manifest stores them there only."""
+
+
 def early_layers(g: Geometry) -> range:
     """Layers 0..K: every prompt row goes through them; layer K scores the visual tokens."""
-    return range(g.select_layer + 1)
+    return range(g.layer + 1)
 
 
 def late_layers(g: Geometry) -> range:
     """Layers K+1..N-1: only the kept rows go through them."""
-    return range(g.select_layer + 1, g.num_layers)
+    return range(g.layer + 1, g.num_layers)
 
 
 def _kv(names: list[str], length: str, g: Geometry) -> tuple[Tensor, ...]:

@@ -65,7 +65,8 @@ def test_manifest_records_hashes_shapes_settings_and_versions(tiny_export, tiny_
     manifest = json.loads((tiny_export / spec.MANIFEST).read_text())
     assert manifest["opset"] == 18 and manifest["dtype"] == "fp32"
     assert set(manifest["versions"]) == {"prunevid", "torch", "onnx"}
-    assert manifest["prune"] == PruneConfig().to_json()
+    assert manifest["prune"] == PruneConfig().to_json(exclude=("layer", "frames"))  # one stored value each
+    assert manifest["geometry"]["layer"] == PruneConfig().layer and manifest["geometry"]["frames"] == 16
     assert manifest["source"]["sha256"] == checkpoint_hash(tiny_model_dir)
     for name in spec.GRAPH_ORDER:
         entry = manifest["graphs"][name]

@@ -173,3 +173,19 @@ def test_run_threads_and_warmup(tiny_export, scene_cut_clip, monkeypatch):
     bad = CliRunner().invoke(cli, ["run", "--engine-dir", str(tiny_export), "--video", str(scene_cut_clip),
                                    "--question", "Why?", "--threads", "-1"])
     assert bad.exit_code != 0 and "Traceback" not in bad.output
+
+
+def test_frames_default_to_the_checkpoint_and_k_is_stored_once(tiny_model_dir, tiny_export):
+    from prunevid.config import PruneConfig
+    from prunevid.reference import EagerPipeline
+    from prunevid.runtime.artifact import open_artifact
+
+    assert PruneConfig().frames is None
+    assert PruneConfig().with_frames_from(8).frames == 8
+    assert PruneConfig(frames=12).with_frames_from(8).frames == 12
+    eager = EagerPipeline(tiny_model_dir, PruneConfig())
+    assert eager.cfg.frames == eager.model_cfg.num_frames == 16
+    artifact = open_artifact(tiny_export, verify=False)
+    assert "layer" not in artifact.manifest["prune"] and "frames" not in artifact.manifest["prune"]
+    assert artifact.prune["layer"] == artifact.geometry.layer == 10
+    assert PruneConfig.from_json(artifact.prune) == PruneConfig(frames=16)

@@ -41,7 +41,7 @@ Progress = Callable[[str], None]
 class ExportOptions:
     """What ``prunevid export`` was asked for."""
 
-    frames: int | None = None  # default: the checkpoint's num_frames
+    frames: int | None = None  # default: PruneConfig.frames, else the checkpoint's num_frames
     dtype: str = "fp32"
     opset: int = 18
     template: str = "videoqa"
@@ -66,7 +66,7 @@ def geometry(model, frames: int, cfg: PruneConfig) -> spec.Geometry:
         hidden=mc.text.hidden_size,
         image_size=mc.vision.image_size,
         num_layers=mc.text.num_hidden_layers,
-        select_layer=cfg.layer,
+        layer=cfg.layer,
         heads=mc.text.num_attention_heads,
         kv_heads=mc.text.kv_heads,
         head_dim=mc.text.dim_per_head,
@@ -101,7 +101,7 @@ class Exporter:
         self.checkpoint, self.options, self.progress = Path(checkpoint), options, progress
         self.external_data_bytes = EXTERNAL_DATA_BYTES
         self.model, self.model_cfg = load_model(self.checkpoint, cfg.lora_alpha)
-        frames = self.model_cfg.num_frames if options.frames is None else options.frames
+        frames = next(f for f in (options.frames, cfg.frames, self.model_cfg.num_frames) if f is not None)
         self.cfg = cfg.with_overrides(frames=frames)
         # every export carries the merger and the selection, whatever its default mode
         self.cfg.with_overrides(mode="prunevid").validate(self.model_cfg.text.num_hidden_layers)
@@ -203,7 +203,7 @@ class Exporter:
             "opset": self.options.opset,
             "dtype": self.options.dtype,
             "source": {"path": str(self.checkpoint.resolve()), "sha256": checkpoint_hash(self.checkpoint)},
-            "prune": self.cfg.to_json(),
+            "prune": self.cfg.to_json(exclude=spec.GEOMETRY_SETTINGS),  # K and frames: in "geometry" only
             "geometry": self.geometry.__dict__,
             "model": {
                 "image_token_index": mc.image_token_index,

@@ -130,7 +130,7 @@ def build_stages(model: PllavaModel, cfg: PruneConfig, g: spec.Geometry) -> dict
         "encoder": EncoderStage(model),
         "merger": MergerStage(cfg, g.frames, g.tokens_per_frame),
         "embed": EmbedStage(model),
-        "decoder_early": DecoderStage(model, early, g.select_layer, last=False),
+        "decoder_early": DecoderStage(model, early, g.layer, last=False),
         "score": ScoreStage(),
         "select": SelectStage(cfg, g.tokens_per_frame),
         "decoder_late": DecoderStage(model, late, None, last=True),

@@ -33,7 +33,9 @@ class Artifact:
 
     @property
     def prune(self) -> dict[str, Any]:
-        return self.manifest["prune"]
+        """The PruneVid settings, K and frames taken from the geometry (their one stored value)."""
+        g = self.manifest["geometry"]
+        return {**self.manifest["prune"], **{name: g[name] for name in spec.GEOMETRY_SETTINGS}}
 
     def graph_path(self, name: str) -> Path:
         return self.root / self.manifest["graphs"][name]["file"]

@@ -55,21 +55,26 @@ def causal_mask(n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
 def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KV,
                       cache_length: torch.Tensor) -> torch.Tensor:
     """``q [H, n, d]`` over ``cache`` (``[H_kv, R, d]`` each, first ``cache_length`` rows valid) and
-    the new ``k, v [H_kv, n, d]`` (causal); ``[H, n, d]``. Query head ``h`` uses key head
-    ``h // (H / H_kv)``: the query heads are folded into rows, so no key or value is repeated."""
+    the new ``k, v [H_kv, n, d]`` (causal); ``[H, n, d]``.
+
+    One softmax over both key blocks, without joining them: each block is exponentiated against the
+    common row maximum and the two weighted sums are added, so neither the cache nor the logits are
+    concatenated. Query head ``h`` uses key head ``h // (H / H_kv)``: the query heads of a key head
+    are folded into rows, so no key or value is repeated.
+    """
     h, n, d = q.shape
     kv_heads = k.shape[0]
     rows = q.reshape(kv_heads, (h // kv_heads) * n, d)  # [H_kv, rep*n, d]
     scale = 1.0 / (d ** 0.5)
     ck, cv = cache
-    r = torch._shape_as_tensor(ck)[1]
-    hidden = torch.arange(r) >= cache_length  # [R], True past the valid prefix
-    old = (rows @ ck.transpose(1, 2)) * scale  # [H_kv, rep*n, R]
-    old = old.masked_fill(hidden, float("-inf"))
+    hidden = torch.arange(torch._shape_as_tensor(ck)[1]) >= cache_length  # [R], True past the valid prefix
+    old = ((rows @ ck.transpose(1, 2)) * scale).masked_fill(hidden, float("-inf"))  # [H_kv, rep*n, R]
     new = ((rows @ k.transpose(1, 2)) * scale).reshape(kv_heads, h // kv_heads, n, n)  # [H_kv, rep, n, n]
     new = (new + causal_mask(n, new.dtype)).reshape(kv_heads, (h // kv_heads) * n, n)  # [H_kv, rep*n, n]
-    probs = torch.softmax(torch.cat([old, new], dim=-1), dim=-1)  # [H_kv, rep*n, R+n]
-    out = probs[..., :r] @ cv + probs[..., r:] @ v  # [H_kv, rep*n, d]
+    top = torch.maximum(old.amax(-1, keepdim=True), new.amax(-1, keepdim=True))  # [H_kv, rep*n, 1], finite
+    old, new = torch.exp(old - top), torch.exp(new - top)
+    total = old.sum(-1, keepdim=True) + new.sum(-1, keepdim=True)  # [H_kv, rep*n, 1]
+    out = (old @ cv + new @ v) / total  # [H_kv, rep*n, d]
     return out.reshape(h, n, d)
 
 

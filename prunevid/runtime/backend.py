@@ -31,6 +31,9 @@ class OrtBackend:
         if name not in self.sessions:
             opts = self._ort.SessionOptions()
             opts.log_severity_level = 3
+            # no arena: activation memory (the prompt's attention logits) goes back to the OS after
+            # each call instead of staying reserved, so resident memory stays near weights + KV
+            opts.enable_cpu_mem_arena = False
             if self.threads:
                 opts.intra_op_num_threads = self.threads
             self.sessions[name] = self._ort.InferenceSession(str(self.paths[name]), opts, providers=self.providers)

@@ -2,13 +2,16 @@
 
 Each command parses its options and imports the real work inside its body, so ``prunevid --help``
 stays instant. Errors a user can cause (:class:`prunevid.errors.PruneVidError`) end as one line on
-stderr with exit status 1; anything else is a bug and keeps its traceback.
+stderr with exit status 1; Ctrl-C ends as ``Error: interrupted`` with status 130 and SIGTERM as
+``Error: terminated`` with status 143, after every cleanup has run; anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -17,18 +20,35 @@ import click
 from prunevid import __version__
 from prunevid.errors import PruneVidError
 
+from prunevid.runtime.templates import DEFAULT_TEMPLATE, TEMPLATES
+
 DEMO_QUESTION = "What are the people in the video riding, and where are they going?"
+TEMPLATE_HELP = (f"Conversation template, one of the official evaluation prompts: {', '.join(TEMPLATES)} "
+                 f"[the --preset's, else {DEFAULT_TEMPLATE}].")
 DEMO_CLIP = "bikes"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up runs (see :func:`main`)."""
+
+
+def _raise_terminated(_signum, _frame) -> None:
+    raise Terminated
+
+
 class PrunevidGroup(click.Group):
-    """Turns typed user errors into one-line messages."""
+    """Turns typed user errors and interrupts into one-line messages."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except PruneVidError as exc:
             raise click.ClickException(" ".join(str(exc).split())) from None
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            error = click.ClickException("terminated" if terminated else "interrupted")
+            error.exit_code = 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+            raise error from None
 
 
 @click.group(cls=PrunevidGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -94,7 +114,7 @@ def print_answer(result, as_json: bool) -> None:
 @click.option("--engine-dir", type=click.Path(path_type=Path), help="Export folder: run the torch-free runtime.")
 @click.option("--video", required=True, type=click.Path(path_type=Path), help="Video file to decode.")
 @click.option("--question", required=True, help="Question about the video.")
-@click.option("--template", default=None, help="Conversation template (videoqa, mvbench, videomme) [videoqa].")
+@click.option("--template", default=None, help=TEMPLATE_HELP)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the answer.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
@@ -120,8 +140,11 @@ def run(model_dir, engine_dir, video, question, template, max_new_tokens, as_jso
     if threads:
         torch.set_num_threads(threads)
     pipeline = EagerPipeline(model_dir, cfg)
+    from prunevid.config import resolve_template
+
     for _ in range(warmup + 1):
-        result = pipeline.run(video, question, max_new_tokens=max_new_tokens, template=template or "videoqa")
+        result = pipeline.run(video, question, max_new_tokens=max_new_tokens,
+                              template=resolve_template(template, preset))
     print_answer(result, as_json)
 
 
@@ -167,6 +190,21 @@ class TokenPrinter:
 
 
 @cli.command()
+@click.option("--model-dir", type=click.Path(path_type=Path), help="Checkpoint folder (reads config.json and the tokenizer).")
+@click.option("--engine-dir", type=click.Path(path_type=Path), help="Export folder (reads manifest.json and the tokenizer).")
+@click.option("--question", required=True, help="Question about the video.")
+@click.option("--template", default=None,
+              help=f"Conversation template: {', '.join(TEMPLATES)} [the export's, else {DEFAULT_TEMPLATE}].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: text, input_ids, image_pos, tokens.")
+def prompt(model_dir, engine_dir, question, template, as_json):
+    """Show the exact prompt (and token ids) the model sees for a question; never reads weights."""
+    from prunevid.runtime.prompt import show_prompt
+
+    view = show_prompt(question, model_dir=model_dir, engine_dir=engine_dir, template=template)
+    click.echo(json.dumps(view.to_json(), ensure_ascii=False) if as_json else view.text)
+
+
+@cli.command()
 @click.option("--model", "family", type=click.Choice(["pllava"]), default="pllava", show_default=True,
               help="Model family; the checkpoint's config.json must match.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
@@ -174,8 +212,8 @@ class TokenPrinter:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Export folder to write.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--opset", type=int, default=18, show_default=True)
-@click.option("--template", default="videoqa", show_default=True, help="Conversation template the runtime uses.")
-@click.option("--force", is_flag=True, help="Replace a non-empty OUT.")
+@click.option("--template", default=None, help="Conversation template the runtime uses by default; " + TEMPLATE_HELP)
+@click.option("--force", is_flag=True, help="Replace OUT if it is a previous prunevid export (never anything else).")
 @prune_options
 def export(family, checkpoint, out, dtype, opset, template, force, preset, mode, no_prune, **overrides):
     """Export the encoder, merger, two-stage decoder and decode step to ONNX."""
@@ -189,7 +227,10 @@ def export(family, checkpoint, out, dtype, opset, template, force, preset, mode,
         from prunevid.errors import ModelDirError
 
         raise ModelDirError(f"{checkpoint} is not a {family} checkpoint")
-    options = ExportOptions(frames=overrides.get("frames"), dtype=dtype, opset=opset, template=template)
+    from prunevid.config import resolve_template
+
+    options = ExportOptions(frames=overrides.get("frames"), dtype=dtype, opset=opset,
+                            template=resolve_template(template, preset))
     run_export(checkpoint, out, cfg, options, force=force, progress=lambda msg: click.echo(msg, err=True))
     click.echo(str(out))
 
@@ -270,14 +311,14 @@ def trtexec(engine_dir, trt_major, fp16, plugin_libs):
               help="tiny: 16 tokens/frame, 12-layer 64-wide LLM; medium: 144 tokens/frame, same LLM; "
                    "bench: 144 tokens/frame, 32-layer 768-wide LLM.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Replace a non-empty DIR.")
+@click.option("--force", is_flag=True, help="Replace OUT if it is a previous make-tiny model (never anything else).")
 @click.argument("out", type=click.Path(path_type=Path))
 def make_tiny(model, geometry, seed, force, out):
     """Write a randomly initialised model in the public checkpoint layout into OUT."""
-    from prunevid.atomic import check_target
     from prunevid.model.tiny import make_tiny as write
+    from prunevid.outdir import TINY, check_target
 
-    check_target(out, force)
+    check_target(out, TINY, force)
     click.echo(f"writing a random {model} ({geometry}) into {out} ...", err=True)
     write(out, geometry=geometry, seed=seed, force=force)
     click.echo(str(out))
@@ -337,10 +378,12 @@ def demo(video, question, as_json):
 
 def main() -> None:
     """Console-script entry point."""
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         cli.main(prog_name="prunevid")
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+        click.echo("Error: interrupted", err=True)
         sys.exit(130)
 
 

@@ -135,6 +135,12 @@ PRESETS: dict[str, PruneConfig] = {
 }
 DEFAULT_PRESET = "pllava-mvbench"
 
+# The conversation template each preset's benchmarks were evaluated with (prunevid.runtime.templates).
+PRESET_TEMPLATES: dict[str, str] = {
+    "pllava-mvbench": "mvbench",
+    "pllava-vcg": "vcg",
+}
+
 
 def preset(name: str) -> PruneConfig:
     """The named preset; raises :class:`ConfigError` listing the known names."""
@@ -142,3 +148,16 @@ def preset(name: str) -> PruneConfig:
         return PRESETS[name]
     except KeyError:
         raise ConfigError(f"unknown preset '{name}' (known: {', '.join(PRESETS)})") from None
+
+
+def resolve_template(template: str | None, preset_name: str | None) -> str:
+    """The conversation template: ``--template``, else the ``--preset``'s, else the default
+    free-form one (:data:`prunevid.runtime.templates.DEFAULT_TEMPLATE`)."""
+    from prunevid.runtime.templates import DEFAULT_TEMPLATE
+
+    if template is not None:
+        return template
+    if preset_name is not None:
+        preset(preset_name)  # an unknown preset is an error naming the known ones
+        return PRESET_TEMPLATES[preset_name]
+    return DEFAULT_TEMPLATE

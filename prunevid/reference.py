@@ -32,6 +32,7 @@ from prunevid.pruning import (
     select_visual_tokens,
 )
 from prunevid.runtime.report import Answer, Stopwatch
+from prunevid.runtime.templates import DEFAULT_TEMPLATE
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ class EagerPipeline:
         return build_prompt(self.tokenizer, question, template, self.model_cfg.image_token_index)
 
     @torch.inference_mode()
-    def run(self, video: str | Path, question: str, *, max_new_tokens: int = 64, template: str = "videoqa") -> Answer:
+    def run(self, video: str | Path, question: str, *, max_new_tokens: int = 64, template: str = DEFAULT_TEMPLATE) -> Answer:
         from prunevid.runtime.text import check_fits
 
         prompt = self.prompt(question, template)  # validate the question before any heavy work

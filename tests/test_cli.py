@@ -224,7 +224,7 @@ def _partials(parent: Path) -> list[str]:
     return [p.name for p in parent.iterdir() if ".partial-" in p.name]
 
 
-def test_make_tiny_refuses_non_empty_folder_then_force(tmp_path: Path) -> None:
+def test_make_tiny_refuses_non_empty_folder_even_with_force(tmp_path: Path) -> None:
     out = tmp_path / "model"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
@@ -243,11 +243,19 @@ def test_make_tiny_refuses_non_empty_folder_then_force(tmp_path: Path) -> None:
     assert _snapshot(out) == before
     assert not _partials(tmp_path)
 
+    # --force replaces only a previous make-tiny folder, never a folder of someone else's
     result = invoke(["make-tiny", "--force", out])
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert "not a prunevid tiny model" in result.output
+    assert _snapshot(out) == before
+
+    made = tmp_path / "made"
+    assert invoke(["make-tiny", made]).exit_code == 0
+    result = invoke(["make-tiny", "--force", "--seed", "1", made])
     assert result.exit_code == 0, (result.output, result.exception)
     for name in ("config.json", "model.safetensors.index.json", "tokenizer.json", "preprocessor_config.json"):
-        assert (out / name).is_file(), name
-    assert not (out / "keep.txt").exists()
+        assert (made / name).is_file(), name
+    assert '"seed": 1' in (made / "prunevid_tiny.json").read_text()
     assert not _partials(tmp_path)
 
 

@@ -38,7 +38,7 @@ def pixels(pipeline, real_clips, scene_cut_clip):
 
 @pytest.fixture(scope="module")
 def prompt(pipeline):
-    return pipeline.prompt(QUESTION, "videoqa")
+    return pipeline.prompt(QUESTION, "vcg")
 
 
 def inputs(pipeline, pixels, prompt, cfg):

@@ -83,21 +83,29 @@ def test_question_with_placeholder_is_rejected(tok):
 def test_templates_render_one_placeholder(name):
     text = TEMPLATES[name].render("Q {x}?")
     assert text.count(IMAGE_PLACEHOLDER) == 1
-    assert " USER: <image>\n USER: Q {x}? ASSISTANT:" in text
+    assert text.count("Q {x}?") == 1
     assert text.startswith(TEMPLATES[name].system)
+    assert TEMPLATES[name].source and TEMPLATES[name].conversation.startswith("conv_eval_")
 
 
-def test_template_strings():
-    q = "Question: Why?\nOptions:\n(A) a\n(B) b\nOnly give the best option."
-    mv = TEMPLATES["mvbench"].render(q)
-    assert mv.endswith(" ASSISTANT:Best option:(")
-    assert mv == TEMPLATES["mvbench"].system + " USER: <image>\n USER: " + q \
-        + " ASSISTANT:Best option:("
-    assert TEMPLATES["videomme"].render("x").startswith("Select the best answer")
-    assert TEMPLATES["videomme"].render("x").endswith("(A, B, C, or D) of the correct option.\n"
-                                                      " USER: <image>\n USER: x ASSISTANT:")
-    assert TEMPLATES[DEFAULT_TEMPLATE].render("x").endswith(
-        "Based on your observations, answer the question.\n USER: <image>\n USER: x ASSISTANT:")
+def test_template_names_and_default():
+    assert sorted(TEMPLATES) == ["mvbench", "vcg", "videomme", "videoqabench"]
+    assert DEFAULT_TEMPLATE == "vcg"
+    assert "videoqa" not in TEMPLATES  # the former system prompt is in no official repository
+
+
+def test_preset_templates():
+    from prunevid.config import PRESET_TEMPLATES, PRESETS, resolve_template
+    from prunevid.errors import ConfigError
+
+    assert set(PRESET_TEMPLATES) == set(PRESETS)
+    assert PRESET_TEMPLATES == {"pllava-mvbench": "mvbench", "pllava-vcg": "vcg"}
+    assert set(PRESET_TEMPLATES.values()) <= set(TEMPLATES)
+    assert resolve_template(None, None) == "vcg"
+    assert resolve_template(None, "pllava-mvbench") == "mvbench"
+    assert resolve_template("videomme", "pllava-vcg") == "videomme"
+    with pytest.raises(ConfigError):
+        resolve_template(None, "nope")
 
 
 @pytest.mark.parametrize("question", ["", "   ", "\n\t "])
@@ -178,3 +186,83 @@ def test_runtime_text_does_not_import_torch():
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+def test_tiny_tokenizer_knows_image_as_special_token(tiny_dir, tok):
+    image_id = tiny_dir[1]["image_token_id"]
+    added = tok.tokenizer.get_added_tokens_decoder()
+    assert added[image_id].content == IMAGE_PLACEHOLDER and added[image_id].special
+    # whole-string encoding keeps the placeholder as one token, wherever it stands
+    assert tok.encode(f"a{IMAGE_PLACEHOLDER}b").count(image_id) == 1
+    assert tok.decode(tok.encode(f"A {IMAGE_PLACEHOLDER}\n B")) == "A \n B"
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+def test_tiny_prompt_equals_hf_whole_string(tiny_dir, tok, name):
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoTokenizer.from_pretrained(str(tiny_dir[0]))
+    question = "Question: ¿Qué? 3 dogs\nOptions:\n(A) run\n(B) sit"
+    prompt = build_prompt(tok, question, name, tiny_dir[1]["image_token_id"])
+    assert prompt.text == TEMPLATES[name].render(question)
+    assert prompt.ids == hf(prompt.text)["input_ids"]
+
+
+def _tokenizer_dir(tiny_dir, tmp_path: Path, edit) -> Path:
+    """A copy of the tiny tokenizer with ``edit(tokenizer_json_dict)`` applied."""
+    import json
+
+    data = json.loads((tiny_dir[0] / "tokenizer.json").read_text())
+    edit(data)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    return tmp_path
+
+
+def _drop_image(data: dict) -> None:
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != IMAGE_PLACEHOLDER]
+
+
+def test_tokenizer_without_image_token_is_one_line_error(tiny_dir, tmp_path):
+    tok = TextTokenizer.from_dir(_tokenizer_dir(tiny_dir, tmp_path, _drop_image))
+    with pytest.raises(ModelDirError) as err:
+        build_prompt(tok, "What?", DEFAULT_TEMPLATE, 512)
+    assert "\n" not in str(err.value) and "no <image> token" in str(err.value)
+
+
+def test_image_token_mapped_elsewhere_is_one_line_error(tok):
+    with pytest.raises(ModelDirError) as err:
+        build_prompt(tok, "What?", DEFAULT_TEMPLATE, 513)
+    message = str(err.value)
+    assert "\n" not in message and "maps <image> to 512" in message and "image_token_index is 513" in message
+
+
+def test_image_in_vocab_but_not_added_is_one_line_error(tiny_dir, tmp_path):
+    def vocab_only(data: dict) -> None:
+        _drop_image(data)
+        data["model"]["vocab"][IMAGE_PLACEHOLDER] = 512
+
+    tok = TextTokenizer.from_dir(_tokenizer_dir(tiny_dir, tmp_path, vocab_only))
+    assert tok.tokenizer.token_to_id(IMAGE_PLACEHOLDER) == 512
+    with pytest.raises(ModelDirError) as err:
+        build_prompt(tok, "What?", DEFAULT_TEMPLATE, 512)
+    assert "into 0 image tokens" in str(err.value)
+
+
+def test_add_eos_token_and_bad_flags(tiny_dir, tmp_path):
+    (tmp_path / "tokenizer.json").write_bytes((tiny_dir[0] / "tokenizer.json").read_bytes())
+    (tmp_path / "tokenizer_config.json").write_text('{"add_bos_token": true, "add_eos_token": true}')
+    tok = TextTokenizer.from_dir(tmp_path)
+    prompt = build_prompt(tok, "hi", DEFAULT_TEMPLATE, 512)
+    assert prompt.ids[0] == 1 and prompt.ids[-1] == 2
+    assert prompt.ids[1:-1] == tok.encode(prompt.text)
+    for bad in ('{"add_bos_token": "yes"}', '{"add_eos_token": 1}'):
+        (tmp_path / "tokenizer_config.json").write_text(bad)
+        with pytest.raises(ModelDirError) as err:
+            TextTokenizer.from_dir(tmp_path)
+        assert "tokenizer_config.json" in str(err.value) and "true or false" in str(err.value)
+
+
+def test_question_not_valid_text(tok):
+    bad = b"caf\xff?".decode("utf-8", "surrogateescape")  # how Python passes an undecodable argv
+    with pytest.raises(PromptError) as err:
+        build_prompt(tok, bad, DEFAULT_TEMPLATE, 512)
+    assert str(err.value) == "question is not valid UTF-8 text"

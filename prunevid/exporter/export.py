@@ -6,7 +6,7 @@
     --> tokenizer and preprocessor files, manifest.json
 
 The folder is built beside the target and renamed into place at the end (see
-:mod:`prunevid.atomic`), so an interrupted export never leaves a folder that looks complete.
+:mod:`prunevid.outdir`), so an interrupted export never leaves a folder that looks complete.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import Any
 import torch
 
 from prunevid import __version__, spec
-from prunevid.atomic import atomic_dir
 from prunevid.config import PruneConfig
 from prunevid.errors import ConfigError, ModelDirError
 from prunevid.plugins.ops import DOMAIN, DOMAIN_VERSION
 from prunevid.runtime.artifact import sha256
+from prunevid.runtime.templates import DEFAULT_TEMPLATE
 
 # Weights above this go to an external data file (protobuf cannot serialise 2 GB; keep a margin).
 EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -44,7 +44,7 @@ class ExportOptions:
     frames: int | None = None  # default: PruneConfig.frames, else the checkpoint's num_frames
     dtype: str = "fp32"
     opset: int = 18
-    template: str = "videoqa"
+    template: str = DEFAULT_TEMPLATE
 
 
 def checkpoint_hash(model_dir: Path) -> str:
@@ -231,13 +231,12 @@ def copy_support_files(src: Path, out: Path) -> dict[str, str]:
 def export(checkpoint: str | Path, out: str | Path, cfg: PruneConfig, options: ExportOptions,
            *, force: bool = False, progress: Progress = lambda _msg: None) -> Path:
     """Export every graph of ``checkpoint`` into ``out`` atomically; returns ``out``."""
-    from prunevid.atomic import check_target
+    from prunevid.outdir import EXPORT, write_folder
 
     out = Path(out)
-    check_target(out, force)  # refuse before any heavy work
-    progress(f"loading {checkpoint}")
-    exporter = Exporter(Path(checkpoint), cfg, options, progress)
-    with atomic_dir(out, force=force) as tmp:
+    with write_folder(out, EXPORT, force=force, source=checkpoint) as tmp:  # refuses before any heavy work
+        progress(f"loading {checkpoint}")
+        exporter = Exporter(Path(checkpoint), cfg, options, progress)
         progress("running the stages eagerly for trace inputs")
         plan = exporter.stages_and_inputs()
         entries = {}

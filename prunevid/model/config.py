@@ -103,7 +103,7 @@ FAMILIES: dict[str, Family] = {
         architectures=("PllavaForConditionalGeneration",),
         vision_model_types=("clip_vision_model",),
         text_model_types=("llama",),
-        template="videoqa",
+        template="vcg",
     ),
 }
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from prunevid.atomic import atomic_dir
 from prunevid.model.checkpoint import INDEX_FILE
 from prunevid.model.config import ModelConfig, TextConfig, VisionConfig, config_to_json
 
@@ -139,10 +138,11 @@ def save_shards(state: dict[str, torch.Tensor], out: Path, shards: int) -> None:
 def make_tiny(out: str | Path, geometry: str = "tiny", seed: int = 0, force: bool = False) -> Path:
     """Write a random model of ``geometry`` into ``out`` in the PLLaVA checkpoint layout."""
     from prunevid.model.tiny_tokenizer import build_tiny_tokenizer
+    from prunevid.outdir import TINY, TINY_MARKER, list_files, write_folder
     from prunevid.runtime.video import Preprocess
 
     geo = GEOMETRIES[geometry]
-    with atomic_dir(out, force=force) as tmp:
+    with write_folder(out, TINY, force=force) as tmp:
         vocab = build_tiny_tokenizer(tmp, vocab_size=geo.tokenizer_vocab)
         cfg = tiny_config(geo, vocab)
         save_shards(peft_layout(random_state_dict(cfg, seed), geo.lora_rank, seed), tmp, geo.shards)
@@ -154,7 +154,9 @@ def make_tiny(out: str | Path, geometry: str = "tiny", seed: int = 0, force: boo
         pp = Preprocess(shortest_edge=size, crop_height=size, crop_width=size)
         _write_json(tmp / "preprocessor_config.json", pp.to_dict())
         _write_json(tmp / "processor_config.json", {"processor_class": "PllavaProcessor"})
-        _write_json(tmp / "prunevid_tiny.json", {"geometry": geometry, "seed": seed, "lora_rank": geo.lora_rank})
+        # the marker says which files are make-tiny's own: all that ``--force`` may replace later
+        _write_json(tmp / TINY_MARKER, {"geometry": geometry, "seed": seed, "lora_rank": geo.lora_rank,
+                                        "files": list_files(tmp)})
     return Path(out)
 
 

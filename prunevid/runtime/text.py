@@ -1,7 +1,10 @@
-"""Prompt templates and text tokenization for the runtime.
+"""Text tokenization and prompt ids for the runtime.
 
-This module builds the token ids of a PLLaVA-style prompt: a Vicuna-style conversation whose
-user turn holds exactly one ``<image>`` placeholder, later replaced by the visual tokens.
+This module turns a question into the token ids of the official prompt (the conversation
+templates are data in :mod:`prunevid.runtime.templates`): the whole prompt, ``<image>`` included,
+is tokenised in one call, as the official processors do, with BOS (and EOS) added as the
+checkpoint's ``tokenizer_config.json`` says. ``<image>`` must be a token of the tokenizer whose id
+is the model's ``image_token_index``; the visual tokens later replace that one id.
 
 It depends only on the ``tokenizers`` library and the standard library; it must never import
 torch or transformers, so that the lean runtime stays lean.
@@ -16,70 +19,13 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from prunevid.errors import ModelDirError, PromptError, one_line, read_json_object
-
-IMAGE_PLACEHOLDER = "<image>"
-DEFAULT_TEMPLATE = "videoqa"
-
-_QUESTION_FIELD = "{question}"
-
-_MVBENCH_SYSTEM = (
-    "Carefully watch the video and pay attention to the cause and sequence of events, "
-    "the detail and movement of objects, and the action and pose of persons. "
-    "Based on your observations, select the best option that accurately addresses the question.\n"
+from prunevid.runtime.templates import (  # noqa: F401  (re-exported: the prompt API lives here)
+    DEFAULT_TEMPLATE,
+    IMAGE_PLACEHOLDER,
+    TEMPLATES,
+    Template,
+    get_template,
 )
-_VIDEOMME_SYSTEM = (
-    "Select the best answer to the following multiple-choice question based on the video. "
-    "Respond with only the letter (A, B, C, or D) of the correct option.\n"
-)
-_VIDEOQA_SYSTEM = (
-    "Carefully watch the video and pay attention to the cause and sequence of events, "
-    "the detail and movement of objects, and the action and pose of persons. "
-    "Based on your observations, answer the question.\n"
-)
-
-
-@dataclass(frozen=True)
-class Template:
-    """A conversation template; the rendered prompt is the concatenation of its parts.
-
-    ``user_question`` contains the literal ``{question}``, which :meth:`render` replaces with
-    the caller's question text (by plain substitution, so braces in questions are safe).
-    """
-
-    name: str
-    system: str
-    user_video: str
-    user_question: str
-    assistant: str
-
-    def render(self, question: str) -> str:
-        """Return the full prompt for ``question``, holding exactly one ``<image>`` placeholder
-        (unless the question itself contains one, which :meth:`TextTokenizer.encode_prompt`
-        rejects)."""
-        turn = self.user_question.replace(_QUESTION_FIELD, question)
-        return self.system + self.user_video + turn + self.assistant
-
-
-def _vicuna(name: str, system: str, assistant: str) -> Template:
-    """A PLLaVA Vicuna-style template with the given system prompt and assistant prefix."""
-    return Template(
-        name=name,
-        system=system,
-        user_video=f" USER: {IMAGE_PLACEHOLDER}\n",
-        user_question=f" USER: {_QUESTION_FIELD}",
-        assistant=assistant,
-    )
-
-
-TEMPLATES: dict[str, Template] = {
-    t.name: t
-    for t in (
-        _vicuna("mvbench", _MVBENCH_SYSTEM, " ASSISTANT:Best option:("),
-        _vicuna("videomme", _VIDEOMME_SYSTEM, " ASSISTANT:"),
-        _vicuna("videoqa", _VIDEOQA_SYSTEM, " ASSISTANT:"),
-    )
-}
-
 
 def _token_content(value: Any) -> str | None:
     """A special token as HF writes it in tokenizer_config.json: a string or {"content": ...}."""
@@ -114,27 +60,38 @@ def _resolve_id(tokenizer: Tokenizer, config: dict[str, Any], key: str, default:
     return token_id
 
 
+def _flag(config: dict[str, Any], key: str, default: bool) -> bool:
+    """A boolean of tokenizer_config.json (``add_bos_token``...); anything else is an error."""
+    value = config.get(key, default)
+    if not isinstance(value, bool):
+        raise ModelDirError(f"tokenizer_config.json: {key} must be true or false, got {value!r}")
+    return value
+
+
 class TextTokenizer:
     """A thin wrapper over a ``tokenizers.Tokenizer`` that knows BOS/EOS and the prompt layout.
 
-    Attributes: ``bos_id``, ``eos_id``, ``vocab_size`` (including added tokens) and
-    ``add_bos_token``.
+    Attributes: ``bos_id``, ``eos_id``, ``vocab_size`` (including added tokens),
+    ``add_bos_token`` and ``add_eos_token`` (what the official processor adds around a prompt).
     """
 
-    def __init__(self, tokenizer: Tokenizer, *, bos_id: int, eos_id: int, add_bos_token: bool):
+    def __init__(self, tokenizer: Tokenizer, *, bos_id: int, eos_id: int, add_bos_token: bool,
+                 add_eos_token: bool = False):
         """Wrap ``tokenizer``; prefer :meth:`from_dir` to build one from a model folder."""
         self.tokenizer = tokenizer
         self.bos_id = bos_id
         self.eos_id = eos_id
         self.add_bos_token = add_bos_token
+        self.add_eos_token = add_eos_token
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> TextTokenizer:
         """Load ``tokenizer.json`` and ``tokenizer_config.json`` from ``model_dir``.
 
-        Raises :class:`ModelDirError` if the tokenizer is missing or corrupt, or if the BOS/EOS
-        tokens named by the config (default ``<s>``/``</s>``) are not in the vocabulary.
+        Raises :class:`ModelDirError` if the tokenizer is missing or corrupt, if the BOS/EOS
+        tokens named by the config (default ``<s>``/``</s>``) are not in the vocabulary, or if
+        ``add_bos_token`` / ``add_eos_token`` (defaults true / false, as LLaMA's) are not booleans.
         """
         model_dir = Path(model_dir)
         tokenizer = _load_tokenizer_json(model_dir / "tokenizer.json")
@@ -143,26 +100,50 @@ class TextTokenizer:
             tokenizer,
             bos_id=_resolve_id(tokenizer, config, "bos_token", "<s>"),
             eos_id=_resolve_id(tokenizer, config, "eos_token", "</s>"),
-            add_bos_token=bool(config.get("add_bos_token", True)),
+            add_bos_token=_flag(config, "add_bos_token", True),
+            add_eos_token=_flag(config, "add_eos_token", False),
         )
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` without any special tokens."""
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def encode_prompt(self, prompt: str, image_token_id: int) -> list[int]:
-        """Ids of a rendered prompt: [BOS] + left + [image_token_id] + right.
+    def check_image_token(self, image_token_id: int) -> None:
+        """Raise :class:`ModelDirError` unless ``<image>`` is a token with id ``image_token_id``."""
+        found = self.tokenizer.token_to_id(IMAGE_PLACEHOLDER)
+        if found is None:
+            raise ModelDirError(
+                f"the tokenizer has no {IMAGE_PLACEHOLDER} token (the model's image_token_index is "
+                f"{image_token_id}); add it as a special token, as llava-hf checkpoints do"
+            )
+        if found != image_token_id:
+            raise ModelDirError(
+                f"the tokenizer maps {IMAGE_PLACEHOLDER} to {found}, but the model's "
+                f"image_token_index is {image_token_id}"
+            )
 
-        ``prompt`` must contain ``<image>`` exactly once (else :class:`PromptError`); the text
-        on each side is encoded separately, so the tokenizer need not know ``<image>``.
+    def encode_prompt(self, prompt: str, image_token_id: int) -> list[int]:
+        """Ids of a rendered prompt, tokenised in one call as the official processor does.
+
+        BOS is prepended if ``add_bos_token`` and EOS appended if ``add_eos_token``. ``prompt``
+        must hold ``<image>`` exactly once and come out with exactly one ``image_token_id``
+        (:class:`PromptError` otherwise); the tokenizer must map ``<image>`` to
+        ``image_token_id`` and keep it whole (:class:`ModelDirError` otherwise).
         """
-        parts = prompt.split(IMAGE_PLACEHOLDER)
-        if len(parts) != 2:
-            raise PromptError(
-                f"prompt must contain {IMAGE_PLACEHOLDER} exactly once, found {len(parts) - 1}"
+        count = prompt.count(IMAGE_PLACEHOLDER)
+        if count != 1:
+            raise PromptError(f"prompt must contain {IMAGE_PLACEHOLDER} exactly once, found {count}")
+        self.check_image_token(image_token_id)
+        ids = self.encode(prompt)
+        found = ids.count(image_token_id)
+        if found != 1:
+            raise ModelDirError(
+                f"the tokenizer turns the prompt's single {IMAGE_PLACEHOLDER} into {found} image tokens; "
+                f"{IMAGE_PLACEHOLDER} must be an added (special) token"
             )
         bos = [self.bos_id] if self.add_bos_token else []
-        return bos + self.encode(parts[0]) + [image_token_id] + self.encode(parts[1])
+        eos = [self.eos_id] if self.add_eos_token else []
+        return bos + ids + eos
 
     def decode(self, ids: list[int]) -> str:
         """Text of ``ids``, skipping special tokens."""
@@ -171,19 +152,23 @@ class TextTokenizer:
 
 @dataclass(frozen=True)
 class PromptIds:
-    """Token ids of a prompt and the index of its single image token."""
+    """Token ids of a prompt, the index of its single image token, and the prompt text."""
 
     ids: list[int]
     image_pos: int
+    text: str = ""
 
 
-def get_template(name: str) -> Template:
-    """The template called ``name``; :class:`PromptError` listing the known names otherwise."""
+def check_question(question: str) -> None:
+    """Raise :class:`PromptError` for a question that is empty, not valid text, or holds ``<image>``."""
     try:
-        return TEMPLATES[name]
-    except KeyError:
-        known = ", ".join(sorted(TEMPLATES))
-        raise PromptError(f"unknown prompt template {name!r} (known: {known})") from None
+        question.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PromptError("question is not valid UTF-8 text") from None
+    if not question.strip():
+        raise PromptError("question is empty")
+    if IMAGE_PLACEHOLDER in question:
+        raise PromptError(f"question must not contain {IMAGE_PLACEHOLDER}: the template places the video")
 
 
 def build_prompt(
@@ -191,14 +176,14 @@ def build_prompt(
 ) -> PromptIds:
     """Render ``question`` with ``template`` and encode it, locating the image token.
 
-    Raises :class:`PromptError` for an empty or whitespace-only question, an unknown template,
-    or a question that itself contains ``<image>``.
+    Raises :class:`PromptError` for an empty or whitespace-only question, one that is not valid
+    text or contains ``<image>``, or an unknown template; :class:`ModelDirError` if the tokenizer
+    does not map ``<image>`` to ``image_token_id``.
     """
-    if not question or not question.strip():
-        raise PromptError("question is empty")
-    prompt = get_template(template).render(question)
-    ids = tokenizer.encode_prompt(prompt, image_token_id)
-    return PromptIds(ids=ids, image_pos=ids.index(image_token_id))
+    check_question(question)
+    text = get_template(template).render(question)
+    ids = tokenizer.encode_prompt(text, image_token_id)
+    return PromptIds(ids=ids, image_pos=ids.index(image_token_id), text=text)
 
 
 def check_fits(

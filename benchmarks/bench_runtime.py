@@ -58,7 +58,7 @@ def peak_rss_mb(export_dir: Path, clip: Path, mode: str) -> dict[str, float]:
 
 def prefill_flops(g: dict, seq: int, kept: int, pruned: bool) -> float:
     """Multiply-adds x 2 of the prefill: projections and MLP per token, attention per token pair."""
-    c, layers, k = g["hidden"], g["num_layers"], g["select_layer"]
+    c, layers, k = g["hidden"], g["num_layers"], g["layer"]
     heads_dim = g["kv_heads"] * g["head_dim"]
     inter = g.get("intermediate", 4 * c)
     per_token = 2 * (2 * c * c + 2 * c * heads_dim + 3 * c * inter)  # q, o, k, v, gate/up/down

@@ -384,7 +384,24 @@ def main() -> None:
         cli.main(prog_name="prunevid")
     except KeyboardInterrupt:
         click.echo("Error: interrupted", err=True)
-        sys.exit(130)
+        _exit_interrupted(130)
+    except SystemExit as exc:
+        if exc.code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            _exit_interrupted(exc.code)
+        raise
+
+
+def _exit_interrupted(code: int) -> None:
+    """Exit with ``code`` after an interrupt whose clean-up has already run.
+
+    CPython remembers a KeyboardInterrupt that once escaped code run through ``PyRun_*`` (as
+    extension modules' initialisers do, e.g. while ``import torch`` is interrupted) and then
+    ends the process by SIGINT at shutdown, whatever exit status was asked for. Every clean-up of
+    prunevid has run by now, so the streams are flushed and the process ends with ``code``.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

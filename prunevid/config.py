@@ -16,6 +16,8 @@ from prunevid.errors import ConfigError
 
 # Far above any video LLM's context at one token per frame; keeps a typo from decoding gigabytes.
 MAX_FRAMES = 512
+# LoRA scale numerators in use are 4 to 64 (PLLaVA: 4 and 14); far larger ones overflow the merge.
+MAX_LORA_ALPHA = 1000.0
 
 
 class Mode(str, Enum):
@@ -76,8 +78,8 @@ class PruneConfig:
         for name in ("tau", "alpha", "temporal_segment_ratio", "cluster_ratio", "lora_alpha"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
-        if self.lora_alpha < 0:
-            raise ConfigError(f"--lora-alpha must be >= 0, got {self.lora_alpha}")
+        if not 0 <= self.lora_alpha <= MAX_LORA_ALPHA:
+            raise ConfigError(f"--lora-alpha must be in [0, {MAX_LORA_ALPHA:g}], got {self.lora_alpha:g}")
         if not 0.0 <= self.tau <= 1.0:
             raise ConfigError(f"--tau must be in [0, 1], got {self.tau}")
         if not 0.0 < self.alpha <= 1.0:

@@ -156,7 +156,7 @@ class EagerPipeline:
         self.model, self.model_cfg = load_model(self.model_dir, cfg.lora_alpha)
         self.cfg = cfg.with_frames_from(self.model_cfg.num_frames).validate(self.model_cfg.text.num_hidden_layers)
         self.tokenizer = TextTokenizer.from_dir(self.model_dir)
-        self.preprocess = Preprocess.from_json(self.model_dir / "preprocessor_config.json")
+        self.preprocess = Preprocess.from_json(self.model_dir / "preprocessor_config.json", self.model_cfg.vision.image_size)
 
     def load_pixels(self, video: str | Path) -> torch.Tensor:
         from prunevid.runtime.video import load_video

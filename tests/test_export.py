@@ -18,6 +18,7 @@ from prunevid.errors import ArtifactError
 from prunevid.exporter.export import ExportOptions, export
 from prunevid.plugins.ops import OPS, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from prunevid.reference import EagerPipeline
+from prunevid.runtime.artifact import write_manifest
 from prunevid.runtime.pipeline import RuntimePipeline
 from prunevid.runtime.video import write_synthetic_clip
 
@@ -135,7 +136,7 @@ def test_check_detects_a_wrong_graph(tiny_export, tiny_model_dir, tmp_path, scen
     shutil.copy(other / spec.GRAPH_DIR / "select.onnx", broken / spec.GRAPH_DIR / "select.onnx")
     manifest = json.loads((broken / spec.MANIFEST).read_text())
     manifest["graphs"]["select"]["sha256"] = json.loads((other / spec.MANIFEST).read_text())["graphs"]["select"]["sha256"]
-    (broken / spec.MANIFEST).write_text(json.dumps(manifest))
+    write_manifest(broken, manifest)  # re-sealed: the folder is consistent, only the graph is wrong
     pytest.importorskip("polygraphy")
     report = check_export(broken, use_polygraphy=True)
     assert not report.ok

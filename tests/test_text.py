@@ -265,4 +265,4 @@ def test_question_not_valid_text(tok):
     bad = b"caf\xff?".decode("utf-8", "surrogateescape")  # how Python passes an undecodable argv
     with pytest.raises(PromptError) as err:
         build_prompt(tok, bad, DEFAULT_TEMPLATE, 512)
-    assert str(err.value) == "question is not valid UTF-8 text"
+    assert str(err.value) == "question is not valid UTF-8 text: it contains the byte 0xff at character 3"

@@ -12,7 +12,6 @@ The folder is built beside the target and renamed into place at the end (see
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import warnings
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from prunevid import __version__, spec
 from prunevid.config import PruneConfig
 from prunevid.errors import ConfigError, ModelDirError
 from prunevid.plugins.ops import DOMAIN, DOMAIN_VERSION
-from prunevid.runtime.artifact import sha256
+from prunevid.runtime.artifact import sha256, write_manifest
 from prunevid.runtime.templates import DEFAULT_TEMPLATE
 
 # Weights above this go to an external data file (protobuf cannot serialise 2 GB; keep a margin).
@@ -96,9 +95,13 @@ class Exporter:
 
     def __init__(self, checkpoint: Path, cfg: PruneConfig, options: ExportOptions, progress: Progress):
         from prunevid.model.checkpoint import load_model
+        from prunevid.model.config import read_config
         from prunevid.runtime.text import TextTokenizer, build_prompt
+        from prunevid.runtime.video import Preprocess
 
         self.checkpoint, self.options, self.progress = Path(checkpoint), options, progress
+        # refuse a preprocessor config the encoder cannot take before loading any weight
+        Preprocess.from_json(self.checkpoint / spec.PREPROCESSOR_FILE, read_config(self.checkpoint).vision.image_size)
         self.external_data_bytes = EXTERNAL_DATA_BYTES
         self.model, self.model_cfg = load_model(self.checkpoint, cfg.lora_alpha)
         frames = next(f for f in (options.frames, cfg.frames, self.model_cfg.num_frames) if f is not None)
@@ -247,6 +250,6 @@ def export(checkpoint: str | Path, out: str | Path, cfg: PruneConfig, options: E
         progress("hashing the source checkpoint")
         manifest = exporter.manifest(entries)
         manifest["files"] = copy_support_files(exporter.checkpoint, tmp)
-        (tmp / spec.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        write_manifest(tmp, manifest)
     progress(f"wrote {out}")
     return out

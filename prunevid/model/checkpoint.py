@@ -10,14 +10,14 @@ never unpickle untrusted files.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from prunevid.errors import ModelDirError
+from prunevid.errors import ModelDirError, read_json_object
+from prunevid.fields import Field, check_fields, check_map
 from prunevid.model.config import ModelConfig, read_config
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -32,6 +32,7 @@ KEY_PREFIXES: tuple[tuple[str, str], ...] = (
     ("model.multi_modal_projector.", "multi_modal_projector."),
     ("lm_head.", "language_model.lm_head."),
 )
+INDEX_FIELDS = (Field("weight_map", "object", required=True),)
 LORA_A, LORA_B, BASE = ".lora_A.default.weight", ".lora_B.default.weight", ".base_layer"
 
 
@@ -48,10 +49,9 @@ def weight_files(model_dir: Path) -> list[Path]:
     """The safetensors files of a checkpoint, from its index when there is one."""
     index = model_dir / INDEX_FILE
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ModelDirError(f"cannot read {index}: {exc}") from None
+        raw = check_fields(read_json_object(index, ModelDirError), INDEX_FIELDS, str(index), ModelDirError)
+        weight_map = check_map(raw["weight_map"], Field("", "str"), Field("", "name"), str(index), ModelDirError,
+                               "weight_map", non_empty=True)
         files = [model_dir / name for name in sorted(set(weight_map.values()))]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
@@ -89,7 +89,11 @@ def normalise_key(key: str) -> str:
 
 
 def merge_lora(state: dict[str, torch.Tensor], lora_alpha: float) -> dict[str, torch.Tensor]:
-    """Fold ``lora_A``/``lora_B`` pairs into their base weights and drop them."""
+    """Fold ``lora_A``/``lora_B`` pairs into their base weights and drop them.
+
+    A merged weight that is not finite (the product overflows float32, e.g. with a huge
+    ``lora_alpha``) raises :class:`ModelDirError` naming the weight.
+    """
     out = {k: v for k, v in state.items() if LORA_A not in k and LORA_B not in k}
     for key_a in (k for k in state if k.endswith(LORA_A)):
         stem = key_a[: -len(LORA_A)]
@@ -97,13 +101,28 @@ def merge_lora(state: dict[str, torch.Tensor], lora_alpha: float) -> dict[str, t
         if key_b not in state or key_w not in out:
             raise ModelDirError(f"incomplete LoRA pair for {stem}")
         a, b = state[key_a].float(), state[key_b].float()  # [r, in], [out, r]
-        out[key_w] = out[key_w] + (lora_alpha / a.shape[0]) * (b @ a)
+        merged = out[key_w] + (lora_alpha / a.shape[0]) * (b @ a)
+        if not bool(torch.isfinite(merged).all()):
+            raise ModelDirError(f"weight {key_w} has non-finite values (NaN or inf) after merging its LoRA "
+                                f"with lora_alpha {lora_alpha:g}; use a smaller --lora-alpha")
+        out[key_w] = merged
     return out
 
 
+def finite_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """:func:`read_tensors`, refusing any tensor with a NaN or inf (named with its file)."""
+    for f in files:
+        for key, value in read_tensors([f]):
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise ModelDirError(f"weight {key} in {f.name} has non-finite values (NaN or inf); the checkpoint is corrupt")
+            yield key, value
+
+
 def load_state_dict(model_dir: Path, lora_alpha: float) -> dict[str, torch.Tensor]:
-    """All tensors of the checkpoint, renamed to prunevid's names, LoRA merged, as float32."""
-    state = {normalise_key(k): v.float() for k, v in read_tensors(weight_files(model_dir))}
+    """All tensors of the checkpoint, renamed to prunevid's names, LoRA merged, as float32.
+
+    Every tensor is checked to be finite on disk and after the LoRA merge."""
+    state = {normalise_key(k): v.float() for k, v in finite_tensors(weight_files(model_dir))}
     return merge_lora(state, lora_alpha)
 
 

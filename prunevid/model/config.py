@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from prunevid.config import MAX_FRAMES
 from prunevid.errors import ModelDirError, read_json_object
+from prunevid.fields import Field, check_fields, fail
 
 
 @dataclass(frozen=True)
@@ -109,22 +111,83 @@ FAMILIES: dict[str, Family] = {
 
 _SUPPORTED_ACTS = {"vision": ("quick_gelu", "gelu"), "text": ("silu",), "projector": ("gelu",)}
 
+# Upper bounds far above any released model, low enough that a typo cannot build a model of
+# billions of modules or allocate terabytes.
+MAX_WIDTH = 1 << 16
+MAX_FFN = 1 << 18
+MAX_LAYERS = 1024
+MAX_HEADS = 1024
+MAX_IMAGE = 4096
+MAX_VOCAB = 1 << 22
+MAX_POSITIONS = 1 << 22
+
+VISION_FIELDS: tuple[Field, ...] = (
+    Field("hidden_size", "int", 1, MAX_WIDTH),
+    Field("intermediate_size", "int", 1, MAX_FFN),
+    Field("num_hidden_layers", "int", 1, MAX_LAYERS),
+    Field("num_attention_heads", "int", 1, MAX_HEADS),
+    Field("num_channels", "int", 3, 3),  # frames are RGB
+    Field("image_size", "int", 1, MAX_IMAGE),
+    Field("patch_size", "int", 1, MAX_IMAGE),
+    Field("hidden_act", "str", choices=_SUPPORTED_ACTS["vision"]),
+    Field("layer_norm_eps", "float", 0, 1, lo_open=True),
+    Field("model_type", "str"),
+)
+TEXT_FIELDS: tuple[Field, ...] = (
+    Field("vocab_size", "int", 1, MAX_VOCAB),
+    Field("hidden_size", "int", 1, MAX_WIDTH),
+    Field("intermediate_size", "int", 1, MAX_FFN),
+    Field("num_hidden_layers", "int", 1, MAX_LAYERS),
+    Field("num_attention_heads", "int", 1, MAX_HEADS),
+    Field("num_key_value_heads", "int", 1, MAX_HEADS, nullable=True),
+    Field("head_dim", "int", 2, MAX_WIDTH, nullable=True),
+    Field("hidden_act", "str", choices=_SUPPORTED_ACTS["text"]),
+    Field("max_position_embeddings", "int", 1, MAX_POSITIONS),
+    Field("rms_norm_eps", "float", 0, 1, lo_open=True),
+    Field("rope_theta", "float", 0, 1e12, lo_open=True),
+    Field("attention_bias", "bool"),
+    Field("mlp_bias", "bool"),
+    Field("tie_word_embeddings", "bool"),
+    Field("model_type", "str"),
+)
+ROPE_FIELDS: tuple[Field, ...] = (
+    Field("rope_type", "str"),
+    Field("type", "str"),
+    Field("rope_theta", "float", 0, 1e12, lo_open=True),
+)
+TOP_FIELDS: tuple[Field, ...] = (
+    Field("architectures", "list", item=Field("", "str")),
+    Field("image_token_index", "int", 0, MAX_VOCAB),
+    Field("pad_token_id", "int", 0, MAX_VOCAB, nullable=True),
+    Field("vision_feature_layer", "int", -MAX_LAYERS - 1, MAX_LAYERS),
+    Field("vision_feature_select_strategy", "str"),
+    Field("projector_hidden_act", "str", choices=_SUPPORTED_ACTS["projector"]),
+    Field("num_frames", "int", 1, MAX_FRAMES),
+    Field("pooling_shape", "list", length=3, item=Field("", "int", 1, MAX_IMAGE), nullable=True),
+    Field("vision_config", "object", nullable=True),
+    Field("text_config", "object", nullable=True),
+)
+
 
 def _pick(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in raw.items() if k in names and v is not None}
 
 
-def _text_config(raw: dict[str, Any]) -> TextConfig:
+def _text_config(raw: dict[str, Any], file: str) -> TextConfig:
     raw = dict(raw)
+    for key in ("rope_parameters", "rope_scaling"):
+        check_fields(raw, (Field(key, "object", nullable=True),), file, ModelDirError, "text_config.")
     rope = raw.get("rope_parameters") or raw.get("rope_scaling")
     if isinstance(rope, dict):
+        key = "rope_parameters" if raw.get("rope_parameters") else "rope_scaling"
+        rope = check_fields(rope, ROPE_FIELDS, file, ModelDirError, f"text_config.{key}.")
         kind = rope.get("rope_type", rope.get("type", "default"))
         if kind != "default":
-            raise ModelDirError(f"RoPE scaling '{kind}' is not supported (only default RoPE)")
+            fail(ModelDirError, file, f"text_config.{key}", f"'{kind}' is not supported (only default RoPE)")
         if "rope_theta" in rope:
             raw["rope_theta"] = rope["rope_theta"]
-    return TextConfig(**_pick(TextConfig, raw))
+    return TextConfig(**check_fields(raw, TEXT_FIELDS, file, ModelDirError, "text_config."))
 
 
 def family_for(architectures: list[str] | tuple[str, ...]) -> Family:
@@ -137,40 +200,63 @@ def family_for(architectures: list[str] | tuple[str, ...]) -> Family:
     raise ModelDirError(f"unsupported architecture {got} (supported: {known})")
 
 
-_NOT_TOP_LEVEL = ("family", "vision", "text", "extra", "pooling_shape", "architectures")
+def parse_config(raw: dict[str, Any], file: str = "config.json") -> ModelConfig:
+    """Build a :class:`ModelConfig` from the parsed ``config.json`` of a checkpoint.
 
-
-def parse_config(raw: dict[str, Any]) -> ModelConfig:
-    """Build a :class:`ModelConfig` from the parsed ``config.json`` of a checkpoint."""
-    fam = family_for(tuple(raw.get("architectures") or ()))
-    vision = VisionConfig(**_pick(VisionConfig, raw.get("vision_config") or {}))
-    text = _text_config(raw.get("text_config") or {})
+    Every field read is checked for type and range (:data:`TOP_FIELDS`, :data:`VISION_FIELDS`,
+    :data:`TEXT_FIELDS`) and across fields (:func:`_check`); a bad one raises
+    :class:`ModelDirError` naming ``file`` and the field.
+    """
+    top = check_fields(raw, TOP_FIELDS, file, ModelDirError)
+    fam = family_for(tuple(top.get("architectures", ())))
+    vision = VisionConfig(**check_fields(top.get("vision_config", {}), VISION_FIELDS, file, ModelDirError, "vision_config."))
+    text = _text_config(top.get("text_config", {}), file)
+    scalars = {k: v for k, v in top.items() if k not in _NOT_TOP_LEVEL and k not in ("vision_config", "text_config")}
     cfg = ModelConfig(
         family=fam.name,
         vision=vision,
         text=text,
-        architectures=tuple(raw["architectures"]),
-        pooling_shape=tuple(raw.get("pooling_shape") or (16, 12, 12)),
-        **_pick(ModelConfig, {k: v for k, v in raw.items() if k not in _NOT_TOP_LEVEL}),
+        architectures=tuple(top["architectures"]),
+        pooling_shape=tuple(top.get("pooling_shape", (16, 12, 12))),
+        **scalars,
     )
-    _check(cfg, fam)
+    _check(cfg, fam, file)
     return cfg
 
 
-def _check(cfg: ModelConfig, fam: Family) -> None:
-    if cfg.vision.model_type not in fam.vision_model_types:
-        raise ModelDirError(f"vision tower '{cfg.vision.model_type}' is not supported for {fam.name}")
-    if cfg.text.model_type not in fam.text_model_types:
-        raise ModelDirError(f"language model '{cfg.text.model_type}' is not supported for {fam.name}")
+_NOT_TOP_LEVEL = ("family", "vision", "text", "extra", "pooling_shape", "architectures")
+
+
+def _check(cfg: ModelConfig, fam: Family, file: str) -> None:
+    """Checks across fields (each field alone is checked by the tables)."""
+    def bad(field: str, problem: str) -> NoReturn:
+        fail(ModelDirError, file, field, problem)
+
+    v, t = cfg.vision, cfg.text
+    if v.model_type not in fam.vision_model_types:
+        bad("vision_config.model_type", f"'{v.model_type}' is not supported for {fam.name}")
+    if t.model_type not in fam.text_model_types:
+        bad("text_config.model_type", f"'{t.model_type}' is not supported for {fam.name}")
     if cfg.vision_feature_select_strategy not in fam.vision_select_strategies:
-        raise ModelDirError(f"vision_feature_select_strategy '{cfg.vision_feature_select_strategy}' is not supported")
-    for part, act in (("vision", cfg.vision.hidden_act), ("text", cfg.text.hidden_act), ("projector", cfg.projector_hidden_act)):
-        if act not in _SUPPORTED_ACTS[part]:
-            raise ModelDirError(f"{part} activation '{act}' is not supported")
-    if cfg.vision.image_size % cfg.vision.patch_size:
-        raise ModelDirError("vision image_size is not a multiple of patch_size")
-    if len(cfg.pooling_shape) != 3:
-        raise ModelDirError(f"pooling_shape must have 3 entries, got {list(cfg.pooling_shape)}")
+        bad("vision_feature_select_strategy", f"'{cfg.vision_feature_select_strategy}' is not supported")
+    if v.patch_size > v.image_size or v.image_size % v.patch_size:
+        bad("vision_config.image_size", f"{v.image_size} is not a multiple of vision_config.patch_size {v.patch_size}")
+    if v.hidden_size % v.num_attention_heads:
+        bad("vision_config.hidden_size", f"{v.hidden_size} is not divisible by vision_config.num_attention_heads {v.num_attention_heads}")
+    if t.head_dim is None and t.hidden_size % t.num_attention_heads:
+        bad("text_config.hidden_size", f"{t.hidden_size} is not divisible by text_config.num_attention_heads {t.num_attention_heads}")
+    if t.num_attention_heads % t.kv_heads:
+        bad("text_config.num_key_value_heads", f"{t.kv_heads} does not divide text_config.num_attention_heads {t.num_attention_heads}")
+    if t.dim_per_head % 2:
+        bad("text_config.head_dim" if t.head_dim else "text_config.hidden_size",
+            f"gives an odd head size {t.dim_per_head} (rotary embeddings need an even one)")
+    if cfg.image_token_index >= t.vocab_size:
+        bad("image_token_index", f"{cfg.image_token_index} is outside the vocabulary (text_config.vocab_size {t.vocab_size})")
+    if cfg.pad_token_id is not None and cfg.pad_token_id >= t.vocab_size:
+        bad("pad_token_id", f"{cfg.pad_token_id} is outside the vocabulary (text_config.vocab_size {t.vocab_size})")
+    if not -(v.num_hidden_layers + 1) <= cfg.vision_feature_layer <= v.num_hidden_layers:
+        bad("vision_feature_layer", f"{cfg.vision_feature_layer} is outside the vision tower's "
+            f"{v.num_hidden_layers + 1} hidden states")
 
 
 def read_config(model_dir: Path) -> ModelConfig:
@@ -181,11 +267,7 @@ def read_config(model_dir: Path) -> ModelConfig:
     path = model_dir / "config.json"
     if not path.is_file():
         raise ModelDirError(f"no config.json in {model_dir}")
-    raw = read_json_object(path, ModelDirError)
-    try:
-        return parse_config(raw)
-    except (TypeError, ValueError) as exc:
-        raise ModelDirError(f"invalid {path}: {exc}") from None
+    return parse_config(read_json_object(path, ModelDirError), str(path))
 
 
 def config_to_json(cfg: ModelConfig) -> dict[str, Any]:

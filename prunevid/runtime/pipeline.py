@@ -42,7 +42,7 @@ class RuntimePipeline:
         self.mode = mode
         self.geometry = self.artifact.geometry
         self.tokenizer = TextTokenizer.from_dir(self.artifact.root)
-        self.preprocess = Preprocess.from_json(self.artifact.root / spec.PREPROCESSOR_FILE)
+        self.preprocess = Preprocess.from_json(self.artifact.root / spec.PREPROCESSOR_FILE, self.geometry.image_size)
         self.float_type = np.float16 if self.artifact.manifest.get("dtype") == "fp16" else np.float32
         paths = {name: self.artifact.graph_path(name) for name in spec.GRAPH_ORDER}
         self.backend = OrtBackend(paths, providers, threads)

@@ -19,6 +19,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from prunevid.errors import ModelDirError, PromptError, one_line, read_json_object
+from prunevid.fields import check_tokenizer_config, text_problem
 from prunevid.runtime.templates import (  # noqa: F401  (re-exported: the prompt API lives here)
     DEFAULT_TEMPLATE,
     IMAGE_PLACEHOLDER,
@@ -45,10 +46,11 @@ def _load_tokenizer_json(path: Path) -> Tokenizer:
 
 
 def _load_config(path: Path) -> dict[str, Any]:
-    """Load ``tokenizer_config.json``; an absent file means LLaMA defaults (empty dict)."""
+    """Load ``tokenizer_config.json``; an absent file means LLaMA defaults (empty dict). The
+    fields read are checked (:func:`prunevid.fields.check_tokenizer_config`)."""
     if not path.is_file():
         return {}
-    return read_json_object(path, ModelDirError)
+    return check_tokenizer_config(read_json_object(path, ModelDirError), str(path))
 
 
 def _resolve_id(tokenizer: Tokenizer, config: dict[str, Any], key: str, default: str) -> int:
@@ -161,10 +163,9 @@ class PromptIds:
 
 def check_question(question: str) -> None:
     """Raise :class:`PromptError` for a question that is empty, not valid text, or holds ``<image>``."""
-    try:
-        question.encode("utf-8")
-    except UnicodeEncodeError:
-        raise PromptError("question is not valid UTF-8 text") from None
+    problem = text_problem(question)  # a lone surrogate (non-UTF-8 byte) or a control character
+    if problem:
+        raise PromptError(f"question {problem}")
     if not question.strip():
         raise PromptError("question is empty")
     if IMAGE_PLACEHOLDER in question:

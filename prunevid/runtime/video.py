@@ -21,10 +21,28 @@ import numpy as np
 from PIL import Image
 
 from prunevid.errors import ConfigError, VideoError, one_line, read_json_object
+from prunevid.fields import Field, check_fields, check_value, fail, shown
 
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 _CLIP_SIZE = 224
+PREPROCESSOR = "preprocessor_config.json"
+MAX_SIDE = 8192
+# PIL's resampling filters: NEAREST 0, LANCZOS 1, BILINEAR 2, BICUBIC 3, BOX 4, HAMMING 5.
+PIL_RESAMPLE = (0, 1, 2, 3, 4, 5)
+_SIDE = Field("", "int", 1, MAX_SIDE)
+PREPROCESS_FIELDS: tuple[Field, ...] = (
+    Field("do_resize", "bool"),
+    Field("do_center_crop", "bool"),
+    Field("do_rescale", "bool"),
+    Field("do_normalize", "bool"),
+    Field("resample", "int", choices=PIL_RESAMPLE),
+    Field("rescale_factor", "float", 0, 1, lo_open=True),
+    Field("image_mean", "list", length=3, item=Field("", "float", -1e3, 1e3)),
+    Field("image_std", "list", length=3, item=Field("", "float", -1e3, 1e3)),
+)
+_SHORTEST = (Field("shortest_edge", "int", 1, MAX_SIDE, required=True),)
+_SQUARE = (Field("height", "int", 1, MAX_SIDE, required=True), Field("width", "int", 1, MAX_SIDE, required=True))
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,37 +84,64 @@ class Preprocess:
             raise ConfigError(f"preprocess image_std must be non-zero, got {self.image_std!r}")
 
     @classmethod
-    def from_json(cls, path: str | pathlib.Path) -> Preprocess:
+    def from_json(cls, path: str | pathlib.Path, image_size: int | None = None) -> Preprocess:
         """Read a Hugging Face ``preprocessor_config.json``; missing keys take CLIP defaults.
 
-        Raises :class:`ConfigError` if the file cannot be read or parsed, or a value is invalid.
+        Every field read is checked for type and range (:data:`PREPROCESS_FIELDS`). With
+        ``image_size`` (the side the model's vision tower takes), the config must produce frames of
+        exactly ``image_size x image_size``. Raises :class:`ConfigError` naming the file and the
+        field if the file cannot be read or a value is invalid.
         """
         path = pathlib.Path(path)
         data = read_json_object(path, ConfigError, f"preprocessor config {path}")
-        try:
-            return cls._from_dict(data)
-        except (TypeError, ValueError, KeyError) as exc:
-            raise ConfigError(f"invalid preprocessor config {path}: {one_line(exc)}") from None
+        pp = cls._from_dict(data, str(path))
+        if image_size is not None:
+            pp.check_output_size(image_size, str(path))
+        return pp
 
     @classmethod
-    def _from_dict(cls, data: dict[str, Any]) -> Preprocess:
+    def _from_dict(cls, data: dict[str, Any], file: str = PREPROCESSOR) -> Preprocess:
         """Build from a JSON-style dict (helper of :meth:`from_json`)."""
-        shortest_edge, square = _parse_size(data.get("size", {"shortest_edge": _CLIP_SIZE}))
-        crop_h, crop_w = _parse_crop_size(data.get("crop_size", _CLIP_SIZE))
+        raw = dict(data)
+        for name in ("image_mean", "image_std"):  # a single number means the same for every channel
+            if isinstance(raw.get(name), (int, float)) and not isinstance(raw.get(name), bool):
+                raw[name] = [raw[name]] * 3
+        values = check_fields(raw, PREPROCESS_FIELDS, file, ConfigError)
+        shortest_edge, square = _parse_size(raw.get("size", {"shortest_edge": _CLIP_SIZE}), file)
+        crop_h, crop_w = _parse_crop_size(raw.get("crop_size", _CLIP_SIZE), file)
+        flags = {k: values[k] for k in ("do_resize", "do_center_crop", "do_rescale", "do_normalize", "resample",
+                                         "rescale_factor") if k in values}
+        if "image_std" in values and any(s == 0 for s in values["image_std"]):
+            fail(ConfigError, file, "image_std", f"must be non-zero, got {shown(values['image_std'])}")
         return cls(
             shortest_edge=shortest_edge,
             crop_height=crop_h,
             crop_width=crop_w,
-            rescale_factor=float(data.get("rescale_factor", 1 / 255)),
-            image_mean=_triple(data.get("image_mean", CLIP_MEAN)),
-            image_std=_triple(data.get("image_std", CLIP_STD)),
-            resample=int(data.get("resample", 3)),
-            do_resize=bool(data.get("do_resize", True)),
-            do_center_crop=bool(data.get("do_center_crop", True)),
-            do_rescale=bool(data.get("do_rescale", True)),
-            do_normalize=bool(data.get("do_normalize", True)),
+            image_mean=tuple(float(v) for v in values.get("image_mean", CLIP_MEAN)),  # type: ignore[arg-type]
+            image_std=tuple(float(v) for v in values.get("image_std", CLIP_STD)),  # type: ignore[arg-type]
             square_resize=square,
+            **flags,
         )
+
+    def output_size(self) -> tuple[int, int] | None:
+        """``(height, width)`` of every preprocessed frame, or None when it depends on the clip."""
+        if self.do_center_crop:
+            return self.crop_height, self.crop_width
+        if self.do_resize and self.square_resize:
+            return self.shortest_edge, self.shortest_edge
+        return None
+
+    def check_output_size(self, image_size: int, file: str = PREPROCESSOR) -> None:
+        """Raise :class:`ConfigError` unless every frame comes out ``image_size x image_size``."""
+        size = self.output_size()
+        if size is None:
+            fail(ConfigError, file, "do_center_crop",
+                 f"is false and size keeps the aspect ratio, so frames would not be the {image_size}x{image_size} "
+                 "the model's vision tower takes")
+        if size != (image_size, image_size):
+            field = "crop_size" if self.do_center_crop else "size"
+            fail(ConfigError, file, field, f"gives {size[0]}x{size[1]} frames, but the model's vision tower takes "
+                 f"{image_size}x{image_size}")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as a ``preprocessor_config.json``-style dict (CLIPImageProcessor)."""
@@ -120,37 +165,27 @@ class Preprocess:
         }
 
 
-def _parse_size(size: Any) -> tuple[int, bool]:
+def _parse_size(size: Any, file: str = PREPROCESSOR) -> tuple[int, bool]:
     """Return ``(shortest_edge, square_resize)`` from a HF ``size`` entry."""
-    if isinstance(size, int) and not isinstance(size, bool):
-        return size, False
     if isinstance(size, dict) and "shortest_edge" in size:
-        return int(size["shortest_edge"]), False
-    if isinstance(size, dict) and "height" in size and "width" in size:
-        height, width = int(size["height"]), int(size["width"])
-        if height != width:
-            raise ValueError(f"size {size} with height != width is not supported")
-        return height, True
-    raise ValueError(f"unsupported size {size!r}")
+        return check_fields(size, _SHORTEST, file, ConfigError, "size.")["shortest_edge"], False
+    if isinstance(size, dict) and ("height" in size or "width" in size):
+        hw = check_fields(size, _SQUARE, file, ConfigError, "size.")
+        if hw["height"] != hw["width"]:
+            fail(ConfigError, file, "size", f"with height != width is not supported, got {shown(size)}")
+        return hw["height"], True
+    if isinstance(size, dict):
+        fail(ConfigError, file, "size", f"must have shortest_edge or height and width, got {shown(size)}")
+    return check_value(_SIDE, size, file, ConfigError, "size"), False
 
 
-def _parse_crop_size(crop: Any) -> tuple[int, int]:
+def _parse_crop_size(crop: Any, file: str = PREPROCESSOR) -> tuple[int, int]:
     """Return ``(crop_height, crop_width)`` from a HF ``crop_size`` entry."""
-    if isinstance(crop, int) and not isinstance(crop, bool):
-        return crop, crop
-    if isinstance(crop, dict) and "height" in crop and "width" in crop:
-        return int(crop["height"]), int(crop["width"])
-    raise ValueError(f"unsupported crop_size {crop!r}")
-
-
-def _triple(values: Any) -> tuple[float, float, float]:
-    """Convert a 3-element list (or a scalar, repeated) to a float triple."""
-    if isinstance(values, (int, float)):
-        return (float(values),) * 3
-    values = tuple(float(v) for v in values)
-    if len(values) != 3:
-        raise ValueError(f"expected 3 values, got {list(values)}")
-    return values  # type: ignore[return-value]
+    if isinstance(crop, dict):
+        hw = check_fields(crop, _SQUARE, file, ConfigError, "crop_size.")
+        return hw["height"], hw["width"]
+    side = check_value(_SIDE, crop, file, ConfigError, "crop_size")
+    return side, side
 
 
 # --------------------------------------------------------------------------------------------

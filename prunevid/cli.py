@@ -66,7 +66,7 @@ def prune_options(fn):
         click.option("--mode", type=click.Choice(["prunevid", "merge", "none"]), default=None,
                      help="prunevid: merge + select (default); merge: merging only; none: the unpruned baseline."),
         click.option("--no-prune", is_flag=True, help="Run the unpruned baseline (same as --mode none)."),
-        click.option("--frames", type=int, default=None, help="Frames sampled from the clip [16]."),
+        click.option("--frames", type=int, default=None, help="Frames sampled from the clip [the checkpoint's num_frames]."),
         click.option("--tau", type=float, default=None, help="Static-token threshold in [0, 1] [0.8]."),
         click.option("--alpha", type=float, default=None, help="Share of visual tokens kept per group, in (0, 1] [0.4]."),
         click.option("--layer", "layer", type=int, default=None, help="Selection layer K [10]."),
@@ -118,8 +118,13 @@ def print_answer(result, as_json: bool) -> None:
 @click.option("--template", default=None, help=TEMPLATE_HELP)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the answer.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Intra-op threads (ONNX Runtime, or torch for --model-dir); 0: the library's default.")
+@click.option("--warmup", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Unreported answers to the same question first, so the reported one is in steady state.")
 @prune_options
-def run(model_dir, engine_dir, video, question, template, max_new_tokens, as_json, preset, mode, no_prune, **overrides):
+def run(model_dir, engine_dir, video, question, template, max_new_tokens, as_json, threads, warmup, preset, mode,
+        no_prune, **overrides):
     """Answer a question about a video, from a checkpoint (eager) or an export (runtime)."""
     from prunevid.errors import ConfigError
 
@@ -127,18 +132,25 @@ def run(model_dir, engine_dir, video, question, template, max_new_tokens, as_jso
         raise ConfigError("pass exactly one of --model-dir DIR (checkpoint) or --engine-dir DIR (export)")
     if engine_dir is not None:
         return run_runtime(engine_dir, video, question, template, max_new_tokens, as_json, mode, no_prune,
-                           {"preset": preset, **overrides})
+                           {"preset": preset, **overrides}, threads, warmup)
     cfg = build_config(preset, mode, no_prune, **overrides)
+    import torch
+
     from prunevid.reference import EagerPipeline
 
+    if threads:
+        torch.set_num_threads(threads)
     pipeline = EagerPipeline(model_dir, cfg)
     from prunevid.config import resolve_template
 
-    result = pipeline.run(video, question, max_new_tokens=max_new_tokens, template=resolve_template(template, preset))
+    for _ in range(warmup + 1):
+        result = pipeline.run(video, question, max_new_tokens=max_new_tokens,
+                              template=resolve_template(template, preset))
     print_answer(result, as_json)
 
 
-def run_runtime(engine_dir, video, question, template, max_new_tokens, as_json, mode, no_prune, overrides):
+def run_runtime(engine_dir, video, question, template, max_new_tokens, as_json, mode, no_prune, overrides,
+                threads=0, warmup=0):
     """``run --engine-dir``: the settings were fixed at export; only the mode can change."""
     from prunevid.errors import ConfigError
     from prunevid.runtime.pipeline import RuntimePipeline
@@ -146,7 +158,9 @@ def run_runtime(engine_dir, video, question, template, max_new_tokens, as_json, 
     fixed = [name for name, value in overrides.items() if value is not None]
     if fixed:
         raise ConfigError(f"--{fixed[0].replace('_', '-')} is fixed at export; export again to change it")
-    pipeline = RuntimePipeline(engine_dir, mode=resolve_mode(mode, no_prune))
+    pipeline = RuntimePipeline(engine_dir, mode=resolve_mode(mode, no_prune), threads=threads)
+    for _ in range(warmup):
+        pipeline.run(video, question, max_new_tokens=max_new_tokens, template=template)
     streamer = None if as_json else TokenPrinter(pipeline.tokenizer)
     result = pipeline.run(video, question, max_new_tokens=max_new_tokens, template=template,
                           on_token=streamer)

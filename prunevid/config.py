@@ -40,7 +40,8 @@ class PruneConfig:
         temporal_segment_ratio: temporal clusters = ``floor(frames * ratio)``.
         cluster_ratio: spatial clusters = ``floor(n * ratio)`` per group of more than 14 tokens.
         temporal_k / spatial_k: DPC-KNN neighbours (7 in the official code).
-        frames: frames sampled from the clip.
+        frames: frames sampled from the clip; ``None``: the checkpoint's ``num_frames`` (eager and
+            export resolve it with :meth:`with_frames_from`).
         lora_alpha: LoRA scale numerator used when merging PLLaVA's LoRA at load.
     """
 
@@ -52,7 +53,7 @@ class PruneConfig:
     cluster_ratio: float = 0.5
     temporal_k: int = 7
     spatial_k: int = 7
-    frames: int = 16
+    frames: int | None = None
     lora_alpha: float = 14.0
 
     @property
@@ -72,7 +73,7 @@ class PruneConfig:
 
     def validate(self, num_layers: int | None = None) -> PruneConfig:
         """Check every setting (and K against ``num_layers`` when given); returns ``self``."""
-        if not 1 <= self.frames <= MAX_FRAMES:
+        if self.frames is not None and not 1 <= self.frames <= MAX_FRAMES:
             raise ConfigError(f"--frames must be in [1, {MAX_FRAMES}], got {self.frames}")
         for name in ("tau", "alpha", "temporal_segment_ratio", "cluster_ratio", "lora_alpha"):
             if not math.isfinite(getattr(self, name)):
@@ -90,7 +91,7 @@ class PruneConfig:
             raise ConfigError("DPC-KNN k must be at least 1")
         if self.layer < 0:
             raise ConfigError(f"--layer must be >= 0, got {self.layer}")
-        if self.merges:
+        if self.merges and self.frames is not None:
             self._check_clip_length()
         if num_layers is not None and self.selects and self.layer >= num_layers - 1:
             raise ConfigError(
@@ -118,8 +119,12 @@ class PruneConfig:
         """The inverse of :meth:`to_json` (e.g. the ``prune`` block of a manifest), validated."""
         return cls(**{**data, "mode": Mode(data["mode"])}).validate()
 
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+    def with_frames_from(self, num_frames: int) -> PruneConfig:
+        """``frames`` defaulted to a checkpoint's ``num_frames`` (kept when set), validated."""
+        return self if self.frames is not None else replace(self, frames=num_frames).validate()
+
+    def to_json(self, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k not in exclude}
         data["mode"] = self.mode.value
         return data
 

@@ -245,7 +245,7 @@ def facts_from_runtime(pipeline, video: str | Path, question: str) -> TokenFacts
     """Facts of the last :meth:`RuntimePipeline.run` (read from its ``last_trace``). No torch."""
     from prunevid.model.config import read_config
 
-    trace, host, g = pipeline.last_trace, pipeline.backend.host, pipeline.geometry
+    trace, host, g = pipeline.last_trace, np.asarray, pipeline.geometry
     frames = frames_for(video, g.frames, pipeline.preprocess)
     num = int(trace["num_merged"])
     merger = trace.get("merger")
@@ -263,7 +263,7 @@ def facts_from_runtime(pipeline, video: str | Path, question: str) -> TokenFacts
     except ModelDirError:  # an export without config.json: PLLaVA pools to a square
         grid = square_grid(g.tokens_per_frame)
     return TokenFacts(frames, grid, windows, groups, token_of_cell, kept, pipeline.mode,
-                      g.select_layer, str(video), question)
+                      g.layer, str(video), question)
 
 
 # ---- the picture ----------------------------------------------------------------------------

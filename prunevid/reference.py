@@ -154,7 +154,7 @@ class EagerPipeline:
 
         self.model_dir = Path(model_dir)
         self.model, self.model_cfg = load_model(self.model_dir, cfg.lora_alpha)
-        self.cfg = cfg.validate(self.model_cfg.text.num_hidden_layers)
+        self.cfg = cfg.with_frames_from(self.model_cfg.num_frames).validate(self.model_cfg.text.num_hidden_layers)
         self.tokenizer = TextTokenizer.from_dir(self.model_dir)
         self.preprocess = Preprocess.from_json(self.model_dir / "preprocessor_config.json", self.model_cfg.vision.image_size)
         self.last_trace: dict = {}  # hook for prunevid.explain: merging and selection of the last run

@@ -4,14 +4,19 @@ dimensions, and the layout of an export folder. Plain data; imports nothing heav
     pixel_values [T,3,H,W] --encoder--> visual_features [T,L,C]
     visual_features --merger--> merged_tokens [T*L,C] (first num_merged rows used), num_merged,
                                 group_sizes [2T], window_sizes [T], token_of_cell [T,L]
-    input_ids, image_pos, merged_tokens, num_merged --decoder_prefill (layers 0..K)-->
-        hidden_k [S,C], visual_scores [M], present.0..K
-    visual_scores, group_sizes, image_pos, input_ids --select--> keep_index [S] (first num_kept used), num_kept
-    hidden_k, keep_index, past.0..K --decoder_late (layers K+1..)--> logits [V], present.0..N-1 [.., S', ..]
-    input_id, position, past.0..N-1 --decode_step--> logits [V], present.0..N-1 [.., P+1, ..]
+    input_ids --embed--> embeds [n,C]            (the host splices merged rows in at image_pos)
+    hidden, positions, cache_length, past.0..K --decoder_early (layers 0..K)-->
+        hidden [n,C], score_query, score_key (layer K, pre-RoPE), present.0..K (new rows)
+    score_query, score_key --score--> key_scores [S]   (host reads the visual block's columns)
+    visual_scores, group_sizes, image_pos, input_ids --select--> keep_index [S] (first num_kept used, then the pad S), num_kept
+    hidden, positions, cache_length, past.K+1.. --decoder_late (layers K+1..N-1)-->
+        logits [V] (last row), present.K+1.. (new rows)
 
-A graph's ``present.i.*`` outputs feed the next graph's ``past_key_values.i.*`` inputs; the
-runtime binds them by these names. Every KV tensor is ``[H_kv, length, head_dim]``.
+The two decoder graphs split the layers by range, not by phase: each serves the prompt (n rows)
+and every decode step (one row), so every weight is stored once. ``past_key_values.i.*`` are the
+runtime's fixed caches ``[H_kv, R, d]`` (R = capacity, first ``cache_length`` rows valid), only
+read by the graphs; ``present.i.*`` are the new rows ``[H_kv, n, d]`` that the runtime writes into
+them at explicit positions. No graph input value sets a shape (TensorRT shape tensors).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 
 MANIFEST = "manifest.json"
 GRAPH_DIR = "graphs"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # Files copied from the checkpoint into an export, so the runtime needs nothing else.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
@@ -94,12 +99,13 @@ def as_past(name: str) -> str:
 class Geometry:
     """The sizes that fix the graphs of one export."""
 
-    frames: int  # T, fixed per export (the runtime always samples T frames)
+    frames: int  # T, PruneConfig.frames, fixed per export (the runtime always samples T frames)
     tokens_per_frame: int  # L
     hidden: int  # C
     image_size: int  # H = W
     num_layers: int
-    select_layer: int  # K
+    layer: int  # K, PruneConfig.layer: layers 0..K see every visual token
+    heads: int
     kv_heads: int
     head_dim: int
     vocab: int
@@ -113,13 +119,36 @@ class Geometry:
         return 2 * self.frames
 
 
+GEOMETRY_SETTINGS = ("layer", "frames")
+"""PruneConfig settings an export fixes in its geometry; the manifest stores them there only."""
+
+
+def early_layers(g: Geometry) -> range:
+    """Layers 0..K: every prompt row goes through them; layer K scores the visual tokens."""
+    return range(g.layer + 1)
+
+
+def late_layers(g: Geometry) -> range:
+    """Layers K+1..N-1: only the kept rows go through them."""
+    return range(g.layer + 1, g.num_layers)
+
+
 def _kv(names: list[str], length: str, g: Geometry) -> tuple[Tensor, ...]:
     return tuple(Tensor(n, "float", (g.kv_heads, length, g.head_dim)) for n in names)
 
 
+def _decoder_inputs(layers: range, g: Geometry) -> tuple[Tensor, ...]:
+    return (
+        Tensor("hidden", "float", ("new", g.hidden)),
+        Tensor("positions", "int64", ("new",)),
+        Tensor("cache_length", "int64", ()),
+        *_kv(past_names(layers), "cache", g),
+    )
+
+
 def graphs(g: Geometry) -> dict[str, Graph]:
     """Every graph of an export with geometry ``g``, in execution order."""
-    early, every = range(g.select_layer + 1), range(g.num_layers)
+    early, late = early_layers(g), late_layers(g)
     t, l, c = g.frames, g.tokens_per_frame, g.hidden
     return {
         "encoder": Graph(
@@ -142,20 +171,31 @@ def graphs(g: Geometry) -> dict[str, Graph]:
             "token_of_cell[t, l] = merged row that absorbed frame t's grid cell l.",
             ("PvDpcKnn",),
         ),
-        "decoder_prefill": Graph(
-            "decoder_prefill",
+        "embed": Graph(
+            "embed",
+            (Tensor("input_ids", "int64", ("new",)),),
+            (Tensor("embeds", "float", ("new", c)),),
+            "Token embeddings (the table is stored here only).",
+        ),
+        "decoder_early": Graph(
+            "decoder_early",
+            _decoder_inputs(early, g),
             (
-                Tensor("input_ids", "int64", ("text_len",)),
-                Tensor("image_pos", "int64", ()),
-                Tensor("merged_tokens", "float", ("visual_rows", c)),
-                Tensor("num_merged", "int64", ()),
+                Tensor("hidden_out", "float", ("new", c)),
+                Tensor("score_query", "float", (g.heads, "new", g.head_dim)),
+                Tensor("score_key", "float", (g.kv_heads, "new", g.head_dim)),
+                *_kv(present_names(early), "new", g),
             ),
+            "Layers 0..K over the fixed caches (prompt or one decode row); layer K's pre-RoPE q/k.",
+        ),
+        "score": Graph(
+            "score",
             (
-                Tensor("hidden_k", "float", ("seq", c)),
-                Tensor("visual_scores", "float32", ("merged",)),
-                *_kv(present_names(early), "seq", g),
+                Tensor("score_query", "float", (g.heads, "question", g.head_dim)),
+                Tensor("score_key", "float", (g.kv_heads, "seq", g.head_dim)),
             ),
-            "Layers 0..K on the full prompt; per-visual-token importance from layer K.",
+            (Tensor("key_scores", "float32", ("seq",)),),
+            "Layer K's non-causal scoring map, max over heads and question rows, per key.",
         ),
         "select": Graph(
             "select",
@@ -172,25 +212,11 @@ def graphs(g: Geometry) -> dict[str, Graph]:
         ),
         "decoder_late": Graph(
             "decoder_late",
-            (
-                Tensor("hidden_k", "float", ("seq", c)),
-                Tensor("keep_index", "int64", ("kept",)),
-                *_kv(past_names(early), "seq", g),
-            ),
-            (Tensor("logits", "float", (g.vocab,)), *_kv(present_names(every), "kept", g)),
-            "Gathers hidden states and the KV cache of layers 0..K, runs layers K+1.. at the kept positions.",
-        ),
-        "decode_step": Graph(
-            "decode_step",
-            (
-                Tensor("input_id", "int64", (1,)),
-                Tensor("position", "int64", (1,)),
-                *_kv(past_names(every), "past", g),
-            ),
-            (Tensor("logits", "float", (g.vocab,)), *_kv(present_names(every), "past_plus_one", g)),
-            "One token at position S + j over every layer's cache.",
+            _decoder_inputs(late, g),
+            (Tensor("logits", "float", (g.vocab,)), *_kv(present_names(late), "new", g)),
+            "Layers K+1..N-1 over the fixed caches at the given positions; logits of the last row.",
         ),
     }
 
 
-GRAPH_ORDER = ("encoder", "merger", "decoder_prefill", "select", "decoder_late", "decode_step")
+GRAPH_ORDER = ("encoder", "merger", "embed", "decoder_early", "score", "select", "decoder_late")

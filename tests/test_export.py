@@ -66,7 +66,8 @@ def test_manifest_records_hashes_shapes_settings_and_versions(tiny_export, tiny_
     manifest = json.loads((tiny_export / spec.MANIFEST).read_text())
     assert manifest["opset"] == 18 and manifest["dtype"] == "fp32"
     assert set(manifest["versions"]) == {"prunevid", "torch", "onnx"}
-    assert manifest["prune"] == PruneConfig().to_json()
+    assert manifest["prune"] == PruneConfig().to_json(exclude=("layer", "frames"))  # one stored value each
+    assert manifest["geometry"]["layer"] == PruneConfig().layer and manifest["geometry"]["frames"] == 16
     assert manifest["source"]["sha256"] == checkpoint_hash(tiny_model_dir)
     for name in spec.GRAPH_ORDER:
         entry = manifest["graphs"][name]
@@ -198,8 +199,8 @@ def test_interrupted_export_leaves_no_complete_looking_folder(tiny_model_dir, tm
 def test_missing_graph_or_changed_file_is_refused(tiny_export, tmp_path):
     broken = tmp_path / "missing"
     shutil.copytree(tiny_export, broken)
-    (broken / spec.GRAPH_DIR / "decode_step.onnx").unlink()
-    with pytest.raises(ArtifactError, match="missing graph decode_step"):
+    (broken / spec.GRAPH_DIR / "decoder_late.onnx").unlink()
+    with pytest.raises(ArtifactError, match="missing graph decoder_late"):
         RuntimePipeline(broken)
     changed = tmp_path / "changed"
     shutil.copytree(tiny_export, changed)
@@ -250,7 +251,7 @@ def test_large_weights_go_to_one_external_data_file(tiny_model_dir, tmp_path, sc
     out = export(tiny_model_dir, tmp_path / "ext", PruneConfig(), ExportOptions())
     manifest = json.loads((out / spec.MANIFEST).read_text())
     external = {n for n, g in manifest["graphs"].items() if g["external_data"]}
-    assert {"decoder_prefill", "decode_step"} <= external
+    assert {"decoder_early", "decoder_late"} <= external
     assert "select" not in external
     for name in external:
         assert set(manifest["graphs"][name]["sha256"]) == {f"{name}.onnx", f"{name}.onnx.data"}
@@ -299,7 +300,7 @@ def test_fp16_export_passes_the_checker_and_runs(tiny_model_dir, tmp_path, scene
     manifest = json.loads((out / spec.MANIFEST).read_text())
     assert manifest["dtype"] == "fp16"
     pixel = manifest["graphs"]["encoder"]["inputs"][0]
-    scores = manifest["graphs"]["decoder_prefill"]["outputs"][1]
+    scores = manifest["graphs"]["score"]["outputs"][0]
     assert pixel["dtype"] == "float16" and scores["dtype"] == "float32"
     for name in spec.GRAPH_ORDER:
         onnx.checker.check_model(str(out / spec.GRAPH_DIR / f"{name}.onnx"), full_check=True)

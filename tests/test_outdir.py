@@ -177,7 +177,7 @@ def test_folder_filled_during_the_export_is_kept(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
 
     def someone_else_writes(message: str) -> None:
-        if message.startswith("[2/6]"):
+        if message.startswith("[2/"):  # the second graph, whatever the graph count
             out.mkdir()
             (out / "theirs.txt").write_text("written while prunevid exported")
 

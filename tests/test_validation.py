@@ -334,7 +334,7 @@ MANIFEST_CASES = {
     "file path parent": (lambda m: m["files"].update({"../tokenizer.json": "0" * 64}), "files"),
     "dtype unknown": (setter("dtype", "int8"), "dtype"),
     "source missing": (deleter("source"), "source"),
-    "profile missing": (deleter("graphs", "decoder_prefill", "inputs", 0, "min"), "graphs.decoder_prefill.inputs[0].min"),
+    "profile missing": (deleter("graphs", "decoder_early", "inputs", 0, "min"), "graphs.decoder_early.inputs[0].min"),
     "model block missing": (deleter("model"), "model"),
     "image token string": (setter("model", "image_token_index", "512"), "model.image_token_index"),
     "prune mode unknown": (setter("prune", "mode", "fast"), "prune"),

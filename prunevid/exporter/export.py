@@ -40,7 +40,7 @@ Progress = Callable[[str], None]
 class ExportOptions:
     """What ``prunevid export`` was asked for."""
 
-    frames: int | None = None  # default: the checkpoint's num_frames
+    frames: int | None = None  # default: PruneConfig.frames, else the checkpoint's num_frames
     dtype: str = "fp32"
     opset: int = 18
     template: str = DEFAULT_TEMPLATE
@@ -65,7 +65,8 @@ def geometry(model, frames: int, cfg: PruneConfig) -> spec.Geometry:
         hidden=mc.text.hidden_size,
         image_size=mc.vision.image_size,
         num_layers=mc.text.num_hidden_layers,
-        select_layer=cfg.layer,
+        layer=cfg.layer,
+        heads=mc.text.num_attention_heads,
         kv_heads=mc.text.kv_heads,
         head_dim=mc.text.dim_per_head,
         vocab=mc.text.vocab_size,
@@ -82,9 +83,10 @@ def dim_ranges(g: spec.Geometry, max_positions: int) -> dict[str, dict[str, int]
         "visual_rows": {"min": 1, "opt": v, "max": v},
         "merged": {"min": 1, "opt": v // 2, "max": v},
         "seq": {"min": 2, "opt": opt_text + v // 2, "max": max_positions},
+        "question": {"min": 1, "opt": opt_text // 2, "max": max_positions},
         "kept": {"min": 2, "opt": opt_text + v // 8, "max": max_positions},
-        "past": {"min": 2, "opt": opt_text + v // 8, "max": max_positions},
-        "past_plus_one": {"min": 3, "opt": opt_text + v // 8 + 1, "max": max_positions},
+        "new": {"min": 1, "opt": opt_text + v // 8, "max": max_positions},
+        "cache": {"min": 1, "opt": opt_text + v // 8 + 64, "max": max_positions},
     }
 
 
@@ -102,7 +104,7 @@ class Exporter:
         Preprocess.from_json(self.checkpoint / spec.PREPROCESSOR_FILE, read_config(self.checkpoint).vision.image_size)
         self.external_data_bytes = EXTERNAL_DATA_BYTES
         self.model, self.model_cfg = load_model(self.checkpoint, cfg.lora_alpha)
-        frames = self.model_cfg.num_frames if options.frames is None else options.frames
+        frames = next(f for f in (options.frames, cfg.frames, self.model_cfg.num_frames) if f is not None)
         self.cfg = cfg.with_overrides(frames=frames)
         # every export carries the merger and the selection, whatever its default mode
         self.cfg.with_overrides(mode="prunevid").validate(self.model_cfg.text.num_hidden_layers)
@@ -117,32 +119,26 @@ class Exporter:
         self.prompt = build_prompt(tok, SAMPLE_QUESTION, options.template, self.model_cfg.image_token_index)
 
     def stages_and_inputs(self) -> dict[str, tuple[torch.nn.Module, tuple]]:
-        """Each graph's module and trace inputs, produced by running the stages eagerly in order."""
+        """Each graph's module and trace inputs: the chain runs once over the torch stages (with
+        selection and two decode steps) and each graph keeps the first feeds it received."""
+        import numpy as np
+
+        from prunevid.exporter.runners import RecordingRunner, TorchRunner
         from prunevid.exporter.stages import build_stages
+        from prunevid.runtime.chain import Chain
 
         g = self.geometry
         gen = torch.Generator().manual_seed(0)
-        pixels = torch.randn(g.frames, 3, g.image_size, g.image_size, generator=gen)
+        pixels = torch.randn(g.frames, 3, g.image_size, g.image_size, generator=gen).numpy()
         stages = build_stages(self.model, self.cfg, g)
-        ids = torch.tensor(self.prompt.ids)
-        pos = torch.tensor(self.prompt.image_pos)
-        with torch.inference_mode():
-            feats = stages["encoder"](pixels)
-            merged, num, groups = stages["merger"](feats)[:3]
-            pre = stages["decoder_prefill"](ids, pos, merged, num)
-            keep_index, num_kept = stages["select"](pre[1], groups, pos, ids)
-            keep = keep_index[: int(num_kept)]  # the runtime's slice by the count
-            late = stages["decoder_late"](pre[0], keep, *pre[2:])
-        token = torch.argmax(late[0]).reshape(1)
-        position = torch.tensor([ids.shape[0] - 1 + int(num)])
-        return {
-            "encoder": (stages["encoder"], (pixels,)),
-            "merger": (stages["merger"], (feats,)),
-            "decoder_prefill": (stages["decoder_prefill"], (ids, pos, merged, num)),
-            "select": (stages["select"], (pre[1], groups, pos, ids)),
-            "decoder_late": (stages["decoder_late"], (pre[0], keep, *pre[2:])),
-            "decode_step": (stages["decode_step"], (token, position, *late[1:])),
-        }
+        runner = RecordingRunner(TorchRunner(stages, self.graphs))
+        chain = Chain(runner, g)
+        visual = chain.visual(chain.encode(pixels), merge=True)
+        ids = np.asarray(self.prompt.ids, dtype=np.int64)
+        state = chain.prefill(ids, self.prompt.image_pos, visual, select=True, max_new_tokens=3)
+        list(chain.greedy(state, 3, None))
+        return {name: (stages[name], tuple(torch.from_numpy(runner.feeds[name][t.name]) for t in graph.inputs))
+                for name, graph in self.graphs.items()}
 
     def export_graph(self, name: str, module: torch.nn.Module, args: tuple, out: Path) -> dict[str, Any]:
         import onnx
@@ -210,7 +206,7 @@ class Exporter:
             "opset": self.options.opset,
             "dtype": self.options.dtype,
             "source": {"path": str(self.checkpoint.resolve()), "sha256": checkpoint_hash(self.checkpoint)},
-            "prune": self.cfg.to_json(),
+            "prune": self.cfg.to_json(exclude=spec.GEOMETRY_SETTINGS),  # K and frames: in "geometry" only
             "geometry": self.geometry.__dict__,
             "model": {
                 "image_token_index": mc.image_token_index,

@@ -14,7 +14,7 @@ from torch import nn
 from prunevid import spec
 from prunevid.config import PruneConfig
 from prunevid.exporter.merger import MergerStage
-from prunevid.model.llama import KV, causal_mask
+from prunevid.model.llama import KV
 from prunevid.model.pllava import PllavaModel
 from prunevid.pruning.select import keep_count
 
@@ -48,52 +48,57 @@ class EncoderStage(nn.Module):
         return self.model.encode(pixel_values)
 
 
-def question_scores_dynamic(q: torch.Tensor, k: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
-    """:func:`prunevid.reference.question_scores` with tensor bounds: ``[Nv]`` importance.
+class ScoreStage(nn.Module):
+    """PruneVid's scoring map at layer K: ``score_query [H, Q, d]`` (pre-RoPE queries of the rows
+    after the visual block) against ``score_key [H_kv, S, d]`` (pre-RoPE keys of every row), a
+    non-causal softmax over all ``S`` keys, max over heads and query rows -> ``key_scores [S]``.
+    The runtime reads the visual block's columns; no position enters the graph."""
 
-    Only the query rows after the visual block are computed; each is a softmax over all keys of
-    the pre-RoPE, non-causal logits, as PruneVid's scoring map.
-    """
-    rep = q.shape[0] // k.shape[0]
-    q, k = q.float(), k.repeat_interleave(rep, dim=0).float()  # [H, S, d]; scores in float32
-    rows = q.index_select(1, _range(end, _size(q, 1)))  # [H, Q, d]
-    attn = torch.softmax(rows @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # [H, Q, S]
-    block = attn.index_select(2, _range(start, end))  # [H, Q, Nv]
-    return block.amax(dim=0).amax(dim=0)  # [Nv]
+    def forward(self, score_query, score_key):
+        rep = score_query.shape[0] // score_key.shape[0]
+        q, k = score_query.float(), score_key.repeat_interleave(rep, dim=0).float()  # [H, Q|S, d]
+        attn = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # [H, Q, S]
+        return attn.amax(dim=0).amax(dim=0)  # [S]
 
 
-class PrefillStage(nn.Module):
-    """Layers 0..K on the whole prompt with the merged tokens spliced in at ``image_pos``.
+class EmbedStage(nn.Module):
+    """``input_ids [n] -> embeds [n, C]``: the token table, stored once."""
 
-    ``input_ids [P+1+Q]`` (the placeholder at ``image_pos``), ``merged_tokens [R, C]`` of which the
-    first ``num_merged`` rows are used -> ``hidden_k [S, C]``, ``visual_scores [M]``, and the KV
-    cache of layers 0..K, each ``[H_kv, S, d]``.
-    """
-
-    def __init__(self, model: PllavaModel, select_layer: int):
+    def __init__(self, model: PllavaModel):
         super().__init__()
-        self.model, self.k_layer = model, select_layer
+        self.model = model
 
-    def forward(self, input_ids, image_pos, merged_tokens, num_merged):
+    def forward(self, input_ids):
+        return self.model.embed(input_ids)
+
+
+class DecoderStage(nn.Module):
+    """A range of decoder layers serving both prefill (``n`` rows) and decode (one row).
+
+    ``hidden [n, C]`` at ``positions [n]`` attends to each layer's fixed cache
+    ``past_key_values.i.* [H_kv, R, d]`` (first ``cache_length`` rows valid) and to itself
+    (causal). Outputs: the hidden states (or, for the last range, the logits of the last row),
+    the pre-RoPE q/k of the first layer of the range when ``scoring`` (layer K of the early
+    range: the scoring map's inputs), and each layer's NEW key/value rows ``[H_kv, n, d]``; the
+    runtime writes them into its caches.
+    """
+
+    def __init__(self, model: PllavaModel, layers: range, scoring_layer: int | None, last: bool):
+        super().__init__()
+        self.model, self.layers, self.scoring_layer, self.last = model, layers, scoring_layer, last
+
+    def forward(self, hidden, positions, cache_length, *past):
         lm = self.model.language_model
-        text = self.model.embed(input_ids)  # [P+1+Q, C]
-        n_text = _size(input_ids, 0)
-        x = torch.cat(
-            [
-                text.index_select(0, _range(torch.tensor(0), image_pos)),  # [P, C]
-                merged_tokens.index_select(0, _range(torch.tensor(0), num_merged)),  # [M, C]
-                text.index_select(0, _range(image_pos + 1, n_text)),  # [Q, C]
-            ]
-        )  # [S, C]
-        s = x.shape[0]
-        rope, mask = lm.rope(torch.arange(s)), causal_mask(s, x.dtype)
-        caches: list[KV] = []
-        for i in range(self.k_layer + 1):
-            out = lm.model.layers[i](x, rope, mask, keep_pre_rope=i == self.k_layer)
+        rope = lm.rope(positions)
+        x, new, scoring = hidden, [], ()
+        for i, cache in zip(self.layers, _pairs(past)):
+            out = lm.model.layers[i].forward_cached(x, rope, cache, cache_length)
             x = out.hidden
-            caches.append(out.kv)
-        scores = question_scores_dynamic(out.q_pre_rope, out.k_pre_rope, image_pos, image_pos + num_merged)
-        return (x, scores, *_flatten(caches))
+            new.append(out.kv)
+            if i == self.scoring_layer:
+                scoring = (out.q_pre_rope, out.k_pre_rope)
+        head = (lm.logits(x[-1:])[0],) if self.last else (x,)  # [V] or [n, C]
+        return (*head, *scoring, *_flatten(new))
 
 
 class SelectStage(nn.Module):
@@ -127,44 +132,15 @@ class SelectStage(nn.Module):
         return torch.where(j < num_kept, out, s), num_kept
 
 
-class LateStage(nn.Module):
-    """Gather with ``keep_index`` (hidden states and the KV cache of layers 0..K), then layers
-    K+1.. at the original positions ``keep_index``; logits of the last kept position."""
-
-    def __init__(self, model: PllavaModel, select_layer: int):
-        super().__init__()
-        self.model, self.k_layer = model, select_layer
-
-    def forward(self, hidden_k, keep_index, *past):
-        lm = self.model.language_model
-        x = hidden_k.index_select(0, keep_index)  # [S', C]
-        early = [(k.index_select(1, keep_index), v.index_select(1, keep_index)) for k, v in _pairs(past)]
-        x, late = lm.run_layers(x, range(self.k_layer + 1, len(lm.model.layers)), keep_index, causal_mask(x.shape[0], x.dtype))
-        logits = lm.logits(x[-1:])[0]  # [V]
-        return (logits, *_flatten(early + late))
-
-
-class DecodeStepStage(nn.Module):
-    """One token at ``position`` over every layer's cache."""
-
-    def __init__(self, model: PllavaModel):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_id, position, *past):
-        lm = self.model.language_model
-        x = self.model.embed(input_id)  # [1, C]
-        x, caches = lm.run_layers(x, range(len(lm.model.layers)), position, None, past=_pairs(past))
-        return (lm.logits(x)[0], *_flatten(caches))
-
-
 def build_stages(model: PllavaModel, cfg: PruneConfig, g: spec.Geometry) -> dict[str, nn.Module]:
     """The module behind every graph of :data:`prunevid.spec.GRAPH_ORDER`, sharing ``model``'s weights."""
+    early, late = spec.early_layers(g), spec.late_layers(g)
     return {
         "encoder": EncoderStage(model),
         "merger": MergerStage(cfg, g.frames, g.tokens_per_frame),
-        "decoder_prefill": PrefillStage(model, g.select_layer),
+        "embed": EmbedStage(model),
+        "decoder_early": DecoderStage(model, early, g.layer, last=False),
+        "score": ScoreStage(),
         "select": SelectStage(cfg, g.tokens_per_frame),
-        "decoder_late": LateStage(model, g.select_layer),
-        "decode_step": DecodeStepStage(model),
+        "decoder_late": DecoderStage(model, late, None, last=True),
     }

@@ -52,6 +52,32 @@ def causal_mask(n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.full((n, n), float("-inf"), dtype=dtype).triu(1)
 
 
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KV,
+                      cache_length: torch.Tensor) -> torch.Tensor:
+    """``q [H, n, d]`` over ``cache`` (``[H_kv, R, d]`` each, first ``cache_length`` rows valid) and
+    the new ``k, v [H_kv, n, d]`` (causal); ``[H, n, d]``.
+
+    One softmax over both key blocks, without joining them: each block is exponentiated against the
+    common row maximum and the two weighted sums are added, so neither the cache nor the logits are
+    concatenated. Query head ``h`` uses key head ``h // (H / H_kv)``: the query heads of a key head
+    are folded into rows, so no key or value is repeated.
+    """
+    h, n, d = q.shape
+    kv_heads = k.shape[0]
+    rows = q.reshape(kv_heads, (h // kv_heads) * n, d)  # [H_kv, rep*n, d]
+    scale = 1.0 / (d ** 0.5)
+    ck, cv = cache
+    hidden = torch.arange(torch._shape_as_tensor(ck)[1]) >= cache_length  # [R], True past the valid prefix
+    old = ((rows @ ck.transpose(1, 2)) * scale).masked_fill(hidden, float("-inf"))  # [H_kv, rep*n, R]
+    new = ((rows @ k.transpose(1, 2)) * scale).reshape(kv_heads, h // kv_heads, n, n)  # [H_kv, rep, n, n]
+    new = (new + causal_mask(n, new.dtype)).reshape(kv_heads, (h // kv_heads) * n, n)  # [H_kv, rep*n, n]
+    top = torch.maximum(old.amax(-1, keepdim=True), new.amax(-1, keepdim=True))  # [H_kv, rep*n, 1], finite
+    old, new = torch.exp(old - top), torch.exp(new - top)
+    total = old.sum(-1, keepdim=True) + new.sum(-1, keepdim=True)  # [H_kv, rep*n, 1]
+    out = (old @ cv + new @ v) / total  # [H_kv, rep*n, d]
+    return out.reshape(h, n, d)
+
+
 @dataclass
 class LayerOutput:
     hidden: torch.Tensor  # [S, C]
@@ -100,6 +126,22 @@ class Attention(nn.Module):
         out = self.o_proj(out.transpose(0, 1).reshape(x.shape[0], -1))  # [S, C]
         return LayerOutput(out, (k_rot, v), q if keep_pre_rope else None, k if keep_pre_rope else None)
 
+    def forward_cached(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: KV,
+                       cache_length: torch.Tensor) -> LayerOutput:
+        """Attention of the ``n`` new rows ``x [n, C]`` over a fixed cache and themselves.
+
+        ``cache`` is ``(k, v)``, each ``[H_kv, R, d]`` of which the first ``cache_length`` rows are
+        valid; it is only read (no concatenation, no head repeat): the logits against the cache
+        (under a length mask) and against the new rows (causal) are joined before one softmax.
+        The returned ``kv`` holds only the new rows ``[H_kv, n, d]``; q/k pre-RoPE are returned too.
+        """
+        q, k, v = self.project(x)
+        cos, sin = rope
+        q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = grouped_attention(q_rot, k_rot, v, cache, cache_length)  # [H, n, d]
+        out = self.o_proj(out.transpose(0, 1).reshape(x.shape[0], -1))  # [n, C]
+        return LayerOutput(out, (k_rot, v), q, k)
+
 
 class MLP(nn.Module):
     def __init__(self, cfg: TextConfig):
@@ -123,6 +165,13 @@ class DecoderLayer(nn.Module):
     def forward(self, x, rope, mask=None, past=None, keep_pre_rope=False) -> LayerOutput:
         """One pre-norm block. ``mask`` is additive ``[S, P+S]`` or ``None`` (attend to all)."""
         attn = self.self_attn(self.input_layernorm(x), rope, mask, past, keep_pre_rope)
+        h = x + attn.hidden
+        attn.hidden = h + self.mlp(self.post_attention_layernorm(h))
+        return attn
+
+    def forward_cached(self, x, rope, cache: KV, cache_length: torch.Tensor) -> LayerOutput:
+        """The block over a fixed cache (see :meth:`Attention.forward_cached`); ``kv`` = new rows."""
+        attn = self.self_attn.forward_cached(self.input_layernorm(x), rope, cache, cache_length)
         h = x + attn.hidden
         attn.hidden = h + self.mlp(self.post_attention_layernorm(h))
         return attn

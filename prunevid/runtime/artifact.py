@@ -35,7 +35,9 @@ class Artifact:
 
     @property
     def prune(self) -> dict[str, Any]:
-        return self.manifest["prune"]
+        """The PruneVid settings, K and frames taken from the geometry (their one stored value)."""
+        g = self.manifest["geometry"]
+        return {**self.manifest["prune"], **{name: g[name] for name in spec.GEOMETRY_SETTINGS}}
 
     def graph_path(self, name: str) -> Path:
         return self.root / self.manifest["graphs"][name]["file"]
@@ -82,7 +84,7 @@ TENSOR_FIELDS: tuple[Field, ...] = (
     Field("dims", "list", required=True),
     *(Field(k, "list", item=_DIM, required=True) for k in ("min", "opt", "max")),
 )
-GEOMETRY_FIELDS = dataclass_fields(spec.Geometry, {"select_layer": (0, MAX_INDEX)}, (1, MAX_INDEX))
+GEOMETRY_FIELDS = dataclass_fields(spec.Geometry, {"layer": (0, MAX_INDEX)}, (1, MAX_INDEX))
 # Files of an export the runtime reads besides the graphs: each must be hashed in ``files``.
 REQUIRED_FILES = ("tokenizer.json", spec.PREPROCESSOR_FILE)
 SUPPORT_FILES = (*spec.TOKENIZER_FILES, spec.PREPROCESSOR_FILE, "config.json")
@@ -139,12 +141,12 @@ class _ManifestReader:
             spec.Geometry(**top["geometry"])
         except (TypeError, ValueError) as exc:
             self.fail("geometry", f"is invalid: {one_line(exc)}")
-        if geometry["select_layer"] >= geometry["num_layers"]:
-            self.fail("geometry.select_layer", f"{geometry['select_layer']} is not below geometry.num_layers {geometry['num_layers']}")
+        if geometry["layer"] >= geometry["num_layers"]:
+            self.fail("geometry.layer", f"{geometry['layer']} is not below geometry.num_layers {geometry['num_layers']}")
         model = check_fields(top["model"], MODEL_FIELDS, self.file, ArtifactError, "model.")
         if model["image_token_index"] >= geometry["vocab"]:
             self.fail("model.image_token_index", f"{model['image_token_index']} is outside the vocabulary ({geometry['vocab']})")
-        self.prune(top["prune"])
+        self.prune({**top["prune"], **{name: geometry[name] for name in spec.GEOMETRY_SETTINGS}})
         check_fields(top["source"], SOURCE_FIELDS, self.file, ArtifactError, "source.")
         files = self.graphs(top["graphs"])
         return files + self.support_files(top["files"])

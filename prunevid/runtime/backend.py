@@ -1,9 +1,9 @@
-"""ONNX Runtime as the runtime's one backend.
+"""ONNX Runtime as a runner of :mod:`prunevid.runtime.chain`: ``run(graph, feeds) -> outputs``.
 
-Graphs run through I/O binding: outputs stay as ``OrtValue``s on the session's device and are
-bound directly as the next graph's inputs, so on CUDA the visual tokens, hidden states and KV
-cache never leave the GPU between graphs. Only small values (token counts, group sizes, the keep
-index, the logits of one position) are read back to the host.
+Inputs and outputs are numpy arrays. On the CPU provider ONNX Runtime reads a C-contiguous numpy
+input in place (no copy), so the runtime's fixed KV buffers are bound as they are. On CUDA every
+graph input is copied to the device per call (the KV cache lives on the host): see the README's
+"Known limits".
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-Value = Any  # numpy array or onnxruntime.OrtValue
 
 
 class OrtBackend:
@@ -33,6 +31,9 @@ class OrtBackend:
         if name not in self.sessions:
             opts = self._ort.SessionOptions()
             opts.log_severity_level = 3
+            # no arena: activation memory (the prompt's attention logits) goes back to the OS after
+            # each call instead of staying reserved, so resident memory stays near weights + KV
+            opts.enable_cpu_mem_arena = False
             if self.threads:
                 opts.intra_op_num_threads = self.threads
             self.sessions[name] = self._ort.InferenceSession(str(self.paths[name]), opts, providers=self.providers)
@@ -43,22 +44,9 @@ class OrtBackend:
         for name in self.paths:
             self.session(name)
 
-    def run(self, name: str, feeds: dict[str, Value]) -> dict[str, Value]:
-        """Run graph ``name``; inputs may be numpy arrays or OrtValues; outputs are OrtValues."""
+    def run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run graph ``name`` on numpy inputs; numpy outputs keyed by name."""
         sess = self.session(name)
-        binding = sess.io_binding()
-        for key, value in feeds.items():
-            if isinstance(value, np.ndarray):
-                binding.bind_cpu_input(key, value if value.flags.c_contiguous else value.copy())  # keeps 0-d
-            else:
-                binding.bind_ortvalue_input(key, value)
+        feeds = {k: np.require(v, requirements="C") for k, v in feeds.items()}
         names = [o.name for o in sess.get_outputs()]
-        for key in names:
-            binding.bind_output(key, self.device)
-        sess.run_with_iobinding(binding)
-        return dict(zip(names, binding.get_outputs()))
-
-    @staticmethod
-    def host(value: Value) -> np.ndarray:
-        """A value as a numpy array (a device-to-host copy on CUDA)."""
-        return value if isinstance(value, np.ndarray) else value.numpy()
+        return dict(zip(names, sess.run(names, feeds)))

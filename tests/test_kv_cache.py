@@ -106,7 +106,9 @@ def test_selection_compacts_the_kept_rows_of_layers_0_to_k(tiny_export):
     pixels, ids, pos = prompt_inputs(g, 1)
     state = chain.prefill(ids, pos, chain.visual(chain.encode(pixels), merge=True), select=True, max_new_tokens=1)
     early = next(out for graph, _, out in spy.calls if graph == "decoder_early")
-    keep = next(out for graph, _, out in spy.calls if graph == "select")["keep_index"]
+    selected = next(out for graph, _, out in spy.calls if graph == "select")
+    keep = selected["keep_index"][: int(selected["num_kept"])]  # fixed size, padded past num_kept
+    assert (selected["keep_index"][len(keep):] == state.seq_len).all()  # the pad value is S
     late_feeds = next(feeds for graph, feeds, _ in spy.calls if graph == "decoder_late")
     np.testing.assert_array_equal(late_feeds["positions"], keep)  # original positions kept
     assert state.cache.buffers[spec.past_key(0)].shape[1] == len(keep) == state.kept

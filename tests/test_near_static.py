@@ -96,9 +96,10 @@ def test_exported_merger_equals_eager_on_near_static_features(merger_session, ep
         torch.set_num_threads(threads)
     assert all(margin < NEAR_TIE for _, margin in near_ties), near_ties
     assert layout_same >= 0.995 * CLIPS, f"segments or token counts differ on {CLIPS - layout_same} clips"
-    # measured: 2 of 200 at every eps (C = 32), all near-ties of 2e-6 or less, i.e. float32
-    # rounding of the distances; the official torch.cdist itself is no closer to exact arithmetic
-    assert all_same >= 0.985 * CLIPS, f"{CLIPS - all_same} of {CLIPS} clips differ: {near_ties}"
+    # measured (C = 32, |y_i|^2 from the GEMM's diagonal): 2, 1, 2 and 0 of 200 clips at eps 1e-4,
+    # 1e-3, 1e-2, 1e-1 (5 of 800, 99.4%), all near-ties of 2e-6 or less, i.e. float32 rounding of
+    # the distances; the official torch.cdist itself is no closer to exact arithmetic
+    assert all_same >= 0.99 * CLIPS, f"{CLIPS - all_same} of {CLIPS} clips differ: {near_ties}"
 
 
 def write_still_scene(path, sigma: float, frames: int = 32, seed: int = 0):

@@ -226,7 +226,8 @@ def merger_onnx(cfg: PruneConfig, frames: int, tokens_per_frame: int, hidden: in
     from prunevid.plugins.onnx_functions import attach_functions
     from prunevid.plugins.ops import DOMAIN, DOMAIN_VERSION
 
-    graph = spec.graphs(spec.Geometry(frames, tokens_per_frame, hidden, 1, 1, 0, 1, 1, 1))["merger"]
+    graph = spec.graphs(spec.Geometry(frames=frames, tokens_per_frame=tokens_per_frame, hidden=hidden, image_size=1,
+                                       num_layers=1, layer=0, heads=1, kv_heads=1, head_dim=1, vocab=1))["merger"]
     example = torch.randn(frames, tokens_per_frame, hidden, generator=torch.Generator().manual_seed(0))
     buf = io.BytesIO()
     with warnings.catch_warnings():

@@ -26,8 +26,9 @@ def _pairwise_distance(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     count = weight.sum(dim=1, keepdim=True).clamp(min=1)  # [B, 1, 1]
     mu = (x * weight).sum(dim=1, keepdim=True) / count  # [B, 1, C]
     y = x - mu  # [B, N, C]
-    sq = (y * y).sum(dim=-1)  # [B, N]
     gram = y @ y.transpose(1, 2)  # [B, N, N]
+    # |y_i|^2 from the same GEMM (its diagonal), so that duplicated rows are exactly at distance 0
+    sq = torch.diagonal(gram, dim1=1, dim2=2)  # [B, N]
     # a GEMM need not give y_i.y_j and y_j.y_i the same rounding: keep the upper triangle so that
     # d is exactly symmetric (mutual nearest neighbours then get exactly equal densities)
     idx = torch.arange(n, device=x.device)

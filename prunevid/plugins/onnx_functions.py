@@ -115,9 +115,10 @@ def _dpc_knn_body(b: _Body, spec: OpSpec) -> None:
     count = b.op("Max", b.reduce("ReduceSum", weight, [1], keepdims=1), b.const(1.0, f32, "one_f"))  # [B, 1, 1]
     mu = b.op("Div", b.reduce("ReduceSum", b.op("Mul", x, weight), [1], keepdims=1), count)  # [B, 1, C]
     y = b.op("Sub", x, mu)  # [B, N, C]
-    sq = b.reduce("ReduceSum", b.op("Mul", y, y), [-1], keepdims=0)  # [B, N]
     yt = b.op("Transpose", y, perm=[0, 2, 1])  # [B, C, N]
     gram = b.op("MatMul", y, yt)  # [B, N, N]
+    # |y_i|^2 is the GEMM's own diagonal (exact zeros elsewhere), so duplicated rows are at distance 0
+    sq = b.reduce("ReduceSum", b.op("Where", eye, gram, zero_f), [-1], keepdims=0)  # [B, N]
     gram = b.op("Where", upper, gram, b.op("Transpose", gram, perm=[0, 2, 1]))
     sq_sum = b.op("Add", b.unsqueeze(sq, [2]), b.unsqueeze(sq, [1]))  # [B, N, N]
     d2 = b.op("Sub", sq_sum, b.op("Mul", two_f, gram))

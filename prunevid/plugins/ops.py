@@ -85,6 +85,7 @@ DPC_KNN = OpSpec(
         "Batched, masked DPC-KNN (PruneVid's cluster_dpc_knn). For group b with n valid tokens and "
         "1 <= num_clusters[b] <= n, k <= n, over valid rows only: mu = mean of the valid rows (float32), "
         "y_i = x_i - mu; d2_ij = |y_i|^2 + |y_j|^2 - 2 y_i.y_j with y_i.y_j computed once per pair i < j "
+        "and |y_i|^2 = y_i.y_i computed by the same dot product (so duplicated rows are exactly 0 apart) "
         "and mirrored (d exactly symmetric), d_ii = 0, d_ij = sqrt(max(d2_ij, 0)) / sqrt(C) with sqrt(C) "
         "computed in float32. Centring is the hardening against catastrophic cancellation on "
         "near-identical tokens (a still scene): the expansion's rounding error then scales with the "

@@ -77,16 +77,20 @@ def head_flops(text: TextConfig) -> float:
     return float(2 * text.hidden_size * text.vocab_size)
 
 
-def prefill_flops(text: TextConfig, seq: int, kept: int | None = None, layer: int = PLLAVA_7B_LAYER) -> float:
+def prefill_flops(text: TextConfig, seq: int, kept: int | None = None, layer: int = PLLAVA_7B_LAYER,
+                  question_rows: int = 0) -> float:
     """Prefill of a ``seq``-token prompt; with ``kept``, layers after ``layer`` see only ``kept`` tokens.
 
     ``kept`` None is the plain baseline: every layer over ``seq`` tokens. PruneVid runs layers
-    ``0..layer`` over the merged prompt and the rest over the kept positions.
+    ``0..layer`` over the merged prompt and the rest over the kept positions; its scoring map at
+    layer K adds ``question_rows x seq`` query-key products (``QK^T`` only).
     """
     n = text.num_hidden_layers
     if kept is None:
         return n * llm_layer_flops(text, seq) + head_flops(text)
-    return (layer + 1) * llm_layer_flops(text, seq) + (n - layer - 1) * llm_layer_flops(text, kept) + head_flops(text)
+    scoring = 2 * question_rows * seq * text.num_attention_heads * text.dim_per_head
+    return ((layer + 1) * llm_layer_flops(text, seq) + scoring + (n - layer - 1) * llm_layer_flops(text, kept)
+            + head_flops(text))
 
 
 def merger_flops(frames: int, tokens_per_frame: int, width: int, windows: list[int] | None = None) -> float:

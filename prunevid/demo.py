@@ -102,30 +102,9 @@ def stages(answer, frames: int) -> list[Stage]:
     ]
 
 
-def prefill_flops(text, layer: int | None, seq: int, kept: int, question_rows: int) -> float:
-    """Analytic FLOPs (2 per multiply-add) of the prefill of ``seq`` prompt tokens.
-
-    Per layer and token: the q, k, v, o projections and the gated MLP; per layer, causal attention
-    (``QK^T`` and ``AV`` over ``n (n + 1) / 2`` pairs). With selection after ``layer`` K (not ``None``),
-    layers ``0..K`` see ``seq`` tokens, the scoring map adds ``question_rows x seq`` products at
-    layer K, and the later layers see the ``kept`` tokens. The LM head of the last row is counted once.
-    """
-    c, inner, kv = text.hidden_size, text.num_attention_heads * text.dim_per_head, text.kv_heads * text.dim_per_head
-    per_token = 2 * (2 * c * inner + 2 * c * kv + 3 * c * text.intermediate_size)
-
-    def layers(count: int, n: int) -> float:
-        return count * (per_token * n + 2 * 2 * inner * n * (n + 1) / 2)
-
-    head = 2 * c * text.vocab_size
-    if layer is None:
-        return layers(text.num_hidden_layers, seq) + head
-    scoring = 2 * question_rows * seq * inner
-    return layers(layer + 1, seq) + scoring + layers(text.num_hidden_layers - layer - 1, kept) + head
-
-
 def run_demo(geometry: str, clip: Path, question: str, cache: Path, progress: Progress) -> dict[str, Any]:
     """Everything the demo shows, as one JSON-ready object."""
-    from prunevid import explain
+    from prunevid import costs, explain
     from prunevid.model.config import read_config
     from prunevid.runtime.pipeline import RuntimePipeline
 
@@ -149,8 +128,9 @@ def run_demo(geometry: str, clip: Path, question: str, cache: Path, progress: Pr
     question_rows = len(prompt.ids) - 1 - prompt.image_pos  # prompt rows after the visual block
     text = read_config(model_dir).text
     layer = answers["prunevid"].settings["layer"]
-    flops = {mode: prefill_flops(text, layer if mode == "prunevid" else None, a.prompt_tokens["prefill"],
-                                 a.prompt_tokens["kept"], question_rows) for mode, a in answers.items()}
+    flops = {mode: costs.prefill_flops(text, a.prompt_tokens["prefill"], a.prompt_tokens["kept"], layer, question_rows)
+             if mode == "prunevid" else costs.prefill_flops(text, a.prompt_tokens["prefill"])
+             for mode, a in answers.items()}
     return {
         "weights": "random: the answers are noise; the demo shows cost and kept tokens, not accuracy",
         "geometry": geometry,

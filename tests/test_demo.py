@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from test_cli import _partials, assert_one_line_error, invoke
 
-from prunevid.demo import matches_spec, prefill_flops, stages
+from prunevid.costs import prefill_flops
+from prunevid.demo import matches_spec, stages
 from prunevid.model.config import TextConfig
 from prunevid.runtime.report import Answer
 
@@ -20,10 +21,10 @@ def test_prefill_flops_by_hand() -> None:
     text = TextConfig(vocab_size=10, hidden_size=4, intermediate_size=8, num_hidden_layers=3,
                       num_attention_heads=2, num_key_value_heads=1)
     # baseline, 5 tokens: 3 (288*5 + 16*15) + head 2*4*10 = 5040 + 80
-    assert prefill_flops(text, None, 5, 5, 2) == 5120
+    assert prefill_flops(text, 5) == 5120
     # K = 0: layer 0 on 5 tokens (1680), scoring 2*2 rows*5 keys*4 = 80, layers 1-2 on 3 tokens
     # 2 (288*3 + 16*6) = 1920, head 80
-    assert prefill_flops(text, 0, 5, 3, 2) == 3760
+    assert prefill_flops(text, 5, kept=3, layer=0, question_rows=2) == 3760
 
 
 def test_stage_rows_of_an_answer() -> None:

@@ -275,24 +275,9 @@ def test_cli_check_with_trt_compat_lists_parser_findings(tiny_export, scene_cut_
     assert "needs plugin prunevid::PvDpcKnn" in out  # the custom op is reported for TensorRT 11
     assert "plugin ignored before TensorRT 10.7" in out
     error_lines = [line for line in out.splitlines() if line.startswith("ERROR")]
-    pending = _pending_trt_errors(error_lines)
-    if error_lines and len(pending) == len(error_lines):
-        pytest.xfail(f"{len(pending)} TensorRT errors that issue 7 item 4 removes (op contract v2, shape-tensor "
-                     f"inputs): {pending[0]}")
     assert result.exit_code == 0, result.output
     assert "all checks passed" in out
     assert not error_lines, "\n".join(error_lines)
-
-
-def _pending_trt_errors(error_lines: list[str]) -> list[str]:
-    """The error lines this branch expects until the graphs are TensorRT-ready: plugin-boundary and
-    op-table errors while the op table predates contract v2 (a BOOL input), and graph inputs that
-    become shape tensors without values in the manifest."""
-    from prunevid.plugins.ops import OPS
-
-    pre_v2 = any(t.dtype == "bool" for op in OPS.values() for t in op.inputs)
-    kinds = (" shape-tensor: ",) + ((" plugin-dtype: ", " op-table: ", " plugin-outputs: ") if pre_v2 else ())
-    return [line for line in error_lines if any(k in line for k in kinds)]
 
 
 def test_fp16_export_passes_the_checker_and_runs(tiny_model_dir, tmp_path, scene_cut_clip):

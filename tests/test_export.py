@@ -84,7 +84,7 @@ def clips(real_clips, scene_cut_clip):
     return [*real_clips.values(), scene_cut_clip]
 
 
-@pytest.mark.parametrize("mode", ["prunevid", "none"])
+@pytest.mark.parametrize("mode", ["prunevid", "merge", "none"])
 def test_runtime_tokens_equal_eager_on_tiny(tiny_export, tiny_model_dir, real_clips, scene_cut_clip, mode):
     runtime = RuntimePipeline(tiny_export, mode=mode)
     eager = EagerPipeline(tiny_model_dir, PruneConfig(mode=Mode(mode)))
@@ -103,7 +103,7 @@ def test_runtime_tokens_equal_eager_on_tiny(tiny_export, tiny_model_dir, real_cl
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["prunevid", "none"])
+@pytest.mark.parametrize("mode", ["prunevid", "merge", "none"])
 def test_runtime_tokens_equal_eager_on_pllava_token_geometry(medium_export, medium_model_dir, real_clips,
                                                               scene_cut_clip, mode):
     runtime = RuntimePipeline(medium_export, mode=mode)

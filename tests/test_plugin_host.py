@@ -134,3 +134,12 @@ def test_host_rejects_bad_shapes(host):
         host.dpc_knn(np.zeros((2, 3, 4), np.float32), np.array([1], np.int32), np.array([1, 1], np.int32), 1)
     with pytest.raises(ValueError, match="keep_counts"):
         host.group_topk(np.zeros(4, np.float32), np.array([2, 2], np.int32), np.array([1], np.int32))
+
+
+def test_host_group_topk_groups_past_the_scores_stay_inside_them(host):
+    """Group sizes that add up past M (outside the contract) are clipped to the M scores: no read
+    past them (it was a heap overflow under ASan), and the result is the clipped group's top-k."""
+    keep, count = host.group_topk(np.array([0.0, 1.0, 2.0]), np.array([8]), np.array([2]))
+    assert keep.tolist() == [1, 2, 3] and count.tolist() == [2]
+    keep, count = host.group_topk(np.array([5.0, 1.0, 2.0]), np.array([1, 2**31 - 1, 4]), np.array([1, 1, 3]))
+    assert keep.tolist() == [0, 2, 3] and count.tolist() == [2]

@@ -56,29 +56,31 @@ def find_cxx() -> str | None:
 
 
 def find_cuda_home(explicit: str | Path | None = None) -> Path | None:
-    """A CUDA toolkit folder with ``bin/nvcc``: ``explicit``, ``$CUDA_HOME``, the pip package
-    ``nvidia-cuda-nvcc`` (``nvidia/cu13``), ``/usr/local/cuda``, or the folder above ``nvcc`` on
-    the PATH. ``explicit`` that has no nvcc raises :class:`ToolchainError`."""
+    """A CUDA toolkit folder with ``bin/nvcc``: ``explicit``, ``$CUDA_HOME``, the folder above
+    ``nvcc`` on the PATH, ``/usr/local/cuda``, or last the pip package ``nvidia-cuda-nvcc``
+    (``nvidia/cu13``). ``explicit`` that has no nvcc raises :class:`ToolchainError`."""
     if explicit is not None:
         home = Path(explicit)
         if not (home / "bin" / "nvcc").is_file():
             raise ToolchainError(f"no bin/nvcc under --cuda-home {home}")
         return home
+    # the machine's own toolkit first: its cudart matches its driver (a pip CUDA 13 toolchain builds
+    # binaries that need a CUDA 13 driver, so it is the fallback of CPU-only machines)
     candidates: list[Path] = []
     if os.environ.get("CUDA_HOME"):
         candidates.append(Path(os.environ["CUDA_HOME"]))
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(Path(nvcc).resolve().parent.parent)
+    candidates.append(Path("/usr/local/cuda"))
     try:
         import nvidia  # the namespace package of NVIDIA's pip wheels
 
         candidates += [Path(p) / "cu13" for p in nvidia.__path__]
     except ImportError:
         pass
-    candidates.append(Path("/usr/local/cuda"))
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        candidates.append(Path(nvcc).resolve().parent.parent)
-    for home in candidates:
-        if (home / "bin" / "nvcc").is_file():
+    for home in candidates:  # a toolkit: the compiler and the runtime headers (not a lone nvcc wrapper)
+        if (home / "bin" / "nvcc").is_file() and (home / "include" / "cuda_runtime_api.h").is_file():
             return home
     return None
 

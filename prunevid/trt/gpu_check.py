@@ -97,7 +97,10 @@ def _run_kernel_check(work: Path, arch: str, cuda_home, cases: int) -> list[Row]
     built = subprocess.run(cmd, capture_output=True, text=True)
     if built.returncode != 0:
         return [Row("kernels build", "FAIL", " | ".join(built.stderr.strip().splitlines()[-3:]))]
-    ran = subprocess.run([str(exe), str(cases)], capture_output=True, text=True, timeout=420)
+    try:
+        ran = subprocess.run([str(exe), str(cases)], capture_output=True, text=True, timeout=420)
+    except subprocess.TimeoutExpired:
+        return [Row("kernels run", "FAIL", "no result within 420 s")]
     try:
         report = json.loads(ran.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):

@@ -202,34 +202,36 @@ PV_HD int32_t label_of(float const* dist, int32_t stride, int32_t const* centers
 // PvGroupTopK
 // ---------------------------------------------------------------------------------------------
 
-// The group of token i: consecutive groups of group_sizes[g] tokens (negative sizes count as 0).
+// The group of token i: consecutive groups of group_sizes[g] tokens (negative sizes count as 0),
+// clipped to the M scores that exist (sizes adding up past M never make a group reach past them).
 // Sets [begin, end) and returns g, or G when i lies past the last group.
-PV_HD int32_t group_of(int32_t const* group_sizes, int32_t G, int32_t i, int32_t* begin, int32_t* end)
+PV_HD int32_t group_of(int32_t const* group_sizes, int32_t G, int32_t M, int32_t i, int32_t* begin, int32_t* end)
 {
-    int32_t start = 0;
-    for (int32_t g = 0; g < G; ++g)
+    int64_t start = 0; // int64: the sizes are data and may add up past int32
+    for (int32_t g = 0; g < G && start < M; ++g)
     {
-        int32_t size = group_sizes[g] > 0 ? group_sizes[g] : 0;
+        int64_t size = group_sizes[g] > 0 ? group_sizes[g] : 0;
         if (i < start + size)
         {
-            *begin = start;
-            *end = start + size;
+            *begin = (int32_t) start;
+            *end = (int32_t) (start + size < M ? start + size : M);
             return g;
         }
         start += size;
     }
-    *begin = start;
-    *end = start;
+    *begin = (int32_t) (start < M ? start : M);
+    *end = *begin;
     return G;
 }
 
-// Whether token i is kept: among the keep_counts[g] best scores of its group (ties to the lower
-// index); tokens past the last group are never kept.
-PV_HD bool kept(float const* scores, int32_t const* group_sizes, int32_t const* keep_counts, int32_t G, int32_t i)
+// Whether token i (< M) is kept: among the keep_counts[g] best scores of its group (ties to the
+// lower index); tokens past the last group are never kept.
+PV_HD bool kept(
+    float const* scores, int32_t const* group_sizes, int32_t const* keep_counts, int32_t G, int32_t M, int32_t i)
 {
     int32_t begin = 0;
     int32_t end = 0;
-    int32_t g = group_of(group_sizes, G, i, &begin, &end);
+    int32_t g = group_of(group_sizes, G, M, i, &begin, &end);
     if (g >= G)
     {
         return false;

@@ -26,7 +26,7 @@ namespace
         cudaError_t e_ = (call);                                                                                       \
         if (e_ != cudaSuccess)                                                                                         \
         {                                                                                                              \
-            std::printf("{\"error\": \"%s at line %d\"}\n", cudaGetErrorString(e_), __LINE__);                        \
+            std::printf("\n{\"error\": \"%s at line %d\"}\n", cudaGetErrorString(e_), __LINE__);                        \
             std::exit(1);                                                                                              \
         }                                                                                                              \
     } while (0)

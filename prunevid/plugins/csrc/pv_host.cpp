@@ -106,7 +106,7 @@ int pv_host_group_topk(float const* scores, int32_t M, int32_t const* group_size
     int32_t n = 0;
     for (int32_t i = 0; i < M; ++i)
     {
-        if (pv::kept(scores, group_sizes, keep_counts, G, i))
+        if (pv::kept(scores, group_sizes, keep_counts, G, M, i))
         {
             keep[n++] = i;
         }

@@ -253,7 +253,7 @@ __global__ void keep_flag_kernel(float const* scores, int32_t M, int32_t const* 
     int32_t const i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < M)
     {
-        flags[i] = kept(scores, group_sizes, keep_counts, G, i) ? 1 : 0;
+        flags[i] = kept(scores, group_sizes, keep_counts, G, M, i) ? 1 : 0;
     }
 }
 

@@ -84,13 +84,18 @@ def text_problem(text: str, allowed_controls: str = "\n\t") -> str | None:
     return None
 
 
+def _bound(value: float) -> str:
+    """A range bound as written: integers in full (4194304, not 4.1943e+06)."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def _range_words(f: Field) -> str:
     if f.lo is not None and f.hi is not None:
-        return f" in {'(' if f.lo_open else '['}{f.lo:g}, {f.hi:g}]"
+        return f" in {'(' if f.lo_open else '['}{_bound(f.lo)}, {_bound(f.hi)}]"
     if f.lo is not None:
-        return f" {'>' if f.lo_open else '>='} {f.lo:g}"
+        return f" {'>' if f.lo_open else '>='} {_bound(f.lo)}"
     if f.hi is not None:
-        return f" <= {f.hi:g}"
+        return f" <= {_bound(f.hi)}"
     return ""
 
 

@@ -429,3 +429,19 @@ def test_dataclass_tables_follow_their_dataclass():
     assert set(table) == {"width", "ratio", "name"}  # tuple is not a JSON scalar: left to the constructor
     assert (table["width"].kind, table["width"].lo, table["width"].hi, table["width"].required) == ("int", 1, 64, True)
     assert (table["ratio"].kind, table["ratio"].hi, table["ratio"].required) == ("float", 1, False)
+
+
+def test_config_without_architectures_names_the_file_and_field(tmp_path):
+    from prunevid.errors import ModelDirError
+    from prunevid.model.config import parse_config
+
+    for raw in ({}, {"architectures": []}):
+        with pytest.raises(ModelDirError, match=r"^config\.json: architectures is missing or empty \(supported: "):
+            parse_config(raw)
+
+
+def test_integer_bounds_are_written_in_full():
+    from prunevid.fields import Field, _range_words
+
+    assert _range_words(Field("x", "int", lo=0, hi=4194304)) == " in [0, 4194304]"
+    assert _range_words(Field("x", "float", lo=0, hi=0.5)) == " in [0, 0.5]"

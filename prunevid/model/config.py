@@ -208,7 +208,10 @@ def parse_config(raw: dict[str, Any], file: str = "config.json") -> ModelConfig:
     :class:`ModelDirError` naming ``file`` and the field.
     """
     top = check_fields(raw, TOP_FIELDS, file, ModelDirError)
-    fam = family_for(tuple(top.get("architectures", ())))
+    if not top.get("architectures"):
+        known = ", ".join(a for f in FAMILIES.values() for a in f.architectures)
+        fail(ModelDirError, file, "architectures", f"is missing or empty (supported: {known})")
+    fam = family_for(tuple(top["architectures"]))
     vision = VisionConfig(**check_fields(top.get("vision_config", {}), VISION_FIELDS, file, ModelDirError, "vision_config."))
     text = _text_config(top.get("text_config", {}), file)
     scalars = {k: v for k, v in top.items() if k not in _NOT_TOP_LEVEL and k not in ("vision_config", "text_config")}

@@ -62,14 +62,6 @@ def _resolve_id(tokenizer: Tokenizer, config: dict[str, Any], key: str, default:
     return token_id
 
 
-def _flag(config: dict[str, Any], key: str, default: bool) -> bool:
-    """A boolean of tokenizer_config.json (``add_bos_token``...); anything else is an error."""
-    value = config.get(key, default)
-    if not isinstance(value, bool):
-        raise ModelDirError(f"tokenizer_config.json: {key} must be true or false, got {value!r}")
-    return value
-
-
 class TextTokenizer:
     """A thin wrapper over a ``tokenizers.Tokenizer`` that knows BOS/EOS and the prompt layout.
 
@@ -102,8 +94,8 @@ class TextTokenizer:
             tokenizer,
             bos_id=_resolve_id(tokenizer, config, "bos_token", "<s>"),
             eos_id=_resolve_id(tokenizer, config, "eos_token", "</s>"),
-            add_bos_token=_flag(config, "add_bos_token", True),
-            add_eos_token=_flag(config, "add_eos_token", False),
+            add_bos_token=config.get("add_bos_token", True),  # a bool: checked on load
+            add_eos_token=config.get("add_eos_token", False),
         )
 
     def encode(self, text: str) -> list[int]:

@@ -7,7 +7,7 @@ architectures exist, and what they need, is data in :data:`FAMILIES`; nothing br
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -167,11 +167,6 @@ TOP_FIELDS: tuple[Field, ...] = (
     Field("vision_config", "object", nullable=True),
     Field("text_config", "object", nullable=True),
 )
-
-
-def _pick(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in raw.items() if k in names and v is not None}
 
 
 def _text_config(raw: dict[str, Any], file: str) -> TextConfig:

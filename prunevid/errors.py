@@ -55,3 +55,7 @@ def read_json_object(path: Path, error: type[PruneVidError], what: str | None = 
     if not isinstance(data, dict):
         raise error(f"{what} is not a JSON object")
     return data
+
+
+class QuantizationError(PruneVidError):
+    """A quantized export failed its accuracy gates (or could not be produced from the input)."""

@@ -41,9 +41,10 @@ class OutputCheck:
     max_abs: float
     max_rel: float
     ok: bool
+    tolerance: tuple[float, float] | None = None  # (atol, rtol) when not TOLERANCES[graph] (quantized graphs)
 
     def line(self) -> str:
-        atol, rtol = TOLERANCES[self.graph]
+        atol, rtol = self.tolerance or TOLERANCES[self.graph]
         verdict = "ok" if self.ok else "FAIL"
         return (f"{self.graph:16s} {self.output:28s} {str(self.shape):18s} max_abs {self.max_abs:.2e} "
                 f"max_rel {self.max_rel:.2e} (atol {atol:g}, rtol {rtol:g}) {verdict}")
@@ -54,10 +55,11 @@ class CheckReport:
     outputs: list[OutputCheck] = field(default_factory=list)
     end_to_end: list[tuple[str, str, bool]] = field(default_factory=list)  # (mode, question, equal)
     polygraphy: dict[str, bool] = field(default_factory=dict)  # graph -> Polygraphy's verdict
+    quantized: str | None = None  # the format of a quantized export: its end-to-end tokens are reported, not gated
 
     @property
     def ok(self) -> bool:
-        return (all(o.ok for o in self.outputs) and all(e[2] for e in self.end_to_end)
+        return (all(o.ok for o in self.outputs) and (self.quantized is not None or all(e[2] for e in self.end_to_end))
                 and all(self.polygraphy.values()))
 
     def summary(self) -> list[OutputCheck]:
@@ -71,23 +73,35 @@ class CheckReport:
                 rows.append(o)
         for graph, kv in folded.items():
             rows.append(OutputCheck(graph, f"present.* ({len(kv)} tensors)", kv[0].shape,
-                                    max(o.max_abs for o in kv), max(o.max_rel for o in kv), all(o.ok for o in kv)))
+                                    max(o.max_abs for o in kv), max(o.max_rel for o in kv), all(o.ok for o in kv),
+                                    kv[0].tolerance))
         order = {name: i for i, name in enumerate(spec.GRAPH_ORDER)}
         return sorted(rows, key=lambda o: order[o.graph])
 
 
-def compare(graph: str, name: str, got: np.ndarray, want: np.ndarray) -> OutputCheck:
-    atol, rtol = TOLERANCES[graph]
+def tolerance_of(manifest: dict, graph: str) -> tuple[float, float] | None:
+    """``(atol, rtol)`` of a graph that ``prunevid quantize`` quantized (its format's, recorded in the
+    manifest), else None (the float tolerances of :data:`TOLERANCES`)."""
+    quant = manifest.get("quantization")
+    if not quant or graph not in quant.get("graphs", {}):
+        return None
+    return (float(quant["tolerance"]["atol"]), float(quant["tolerance"]["rtol"]))
+
+
+def compare(graph: str, name: str, got: np.ndarray, want: np.ndarray,
+            tolerance: tuple[float, float] | None = None) -> OutputCheck:
+    atol, rtol = tolerance or TOLERANCES[graph]
     if got.shape != want.shape:
-        return OutputCheck(graph, name, tuple(got.shape), float("inf"), float("inf"), False)
+        return OutputCheck(graph, name, tuple(got.shape), float("inf"), float("inf"), False, tolerance)
     if not np.issubdtype(want.dtype, np.floating):
         equal = bool(np.array_equal(got, want))
-        return OutputCheck(graph, name, tuple(got.shape), 0.0 if equal else float("inf"), 0.0, equal)
+        return OutputCheck(graph, name, tuple(got.shape), 0.0 if equal else float("inf"), 0.0, equal, tolerance)
     diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
     scale = np.abs(want.astype(np.float64))
     rel = diff / np.maximum(scale, 1e-12)
     ok = bool(np.all(diff <= atol + rtol * scale))
-    return OutputCheck(graph, name, tuple(got.shape), float(diff.max(initial=0.0)), float(rel.max(initial=0.0)), ok)
+    return OutputCheck(graph, name, tuple(got.shape), float(diff.max(initial=0.0)), float(rel.max(initial=0.0)), ok,
+                       tolerance)
 
 
 def polygraphy_verdict(path: Path, graph: spec.Graph, feeds: dict[str, np.ndarray],
@@ -132,8 +146,9 @@ class GraphChecker:
         """Run graph ``name`` both ways, record the comparison, return the torch outputs."""
         want = self.torch.run(name, feeds)
         got = self.backend.run(name, feeds)
+        tolerance = tolerance_of(self.artifact.manifest, name)
         for t in self.graphs[name].outputs:
-            self.report.outputs.append(compare(name, t.name, got[t.name], want[t.name]))
+            self.report.outputs.append(compare(name, t.name, got[t.name], want[t.name], tolerance))
         if self.use_polygraphy:
             feeds = {k: np.require(v, requirements="C") for k, v in feeds.items()}
             verdict = polygraphy_verdict(self.artifact.graph_path(name), self.graphs[name], feeds, want)
@@ -199,6 +214,7 @@ def check_export(engine_dir: str | Path, checkpoint: str | Path | None = None, *
     progress("comparing each graph with its torch stage on fresh inputs")
     checker.run_all()
     report = checker.report
+    report.quantized = artifact.manifest.get("quantization", {}).get("format")
     if clip is not None:
         report.end_to_end = end_to_end(Path(engine_dir), source, cfg, clip, progress)
     return report

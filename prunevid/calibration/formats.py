@@ -1,0 +1,88 @@
+"""The quantization formats and the one declared list of what stays in high precision.
+
+Variation between formats is data (:data:`FORMATS`); the graph passes read it. Nothing here imports
+anything heavy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prunevid.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Format:
+    """One quantization format.
+
+    ``kind``: ``qdq`` (activations and weights through QuantizeLinear/DequantizeLinear, ONNX Runtime's
+    ``quantize_static``) or ``weight_only`` (block-wise integer weights, ONNX Runtime's
+    ``MatMulNBitsQuantizer``). ``element``: the ONNX element type of the quantized values.
+    ``smooth``: the scale search folded into the graph before quantizing (``smoothquant`` with
+    migration strength ``alpha``, ``awq`` with a grid of ``grid`` exponents, or ``none``).
+    ``tolerance``: ``(atol, rtol)`` of ``prunevid check`` for the quantized graphs' float outputs.
+    """
+
+    name: str
+    kind: str
+    element: str
+    bits: int
+    smooth: str
+    alpha: float = 0.5
+    grid: int = 11
+    block_size: int = 32
+    targets: tuple[str, ...] = ()
+    tolerance: tuple[float, float] = (0.0, 0.0)
+    doc: str = ""
+
+
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format("int8-sq", "qdq", "int8", 8, "smoothquant", alpha=0.5, targets=("orin", "thor", "hopper", "cpu"),
+               tolerance=(0.5, 0.5),
+               doc="W8A8 int8, SmoothQuant (alpha 0.5), symmetric per-channel weights, symmetric per-tensor activations"),
+        Format("fp8", "qdq", "float8e4m3fn", 8, "smoothquant", alpha=0.5, targets=("thor", "hopper"),
+               tolerance=(0.5, 0.5),
+               doc="W8A8 FP8 E4M3, SmoothQuant (alpha 0.5), per-tensor scales (TensorRT explicit quantization)"),
+        Format("int4-awq", "weight_only", "int4", 4, "awq", block_size=32, targets=("orin", "thor", "hopper", "cpu"),
+               tolerance=(0.5, 0.5),
+               doc="W4A16: int4 weights in blocks of 32 along the input dimension, AWQ scales, float activations"),
+    )
+}
+
+# Negative control of the tests and the benchmark: the int4 path made deliberately bad (2-bit weights,
+# no scale search, one block per 256 inputs). Never offered on the command line.
+NEGATIVE_CONTROL = Format("int2-rtn", "weight_only", "int2", 2, "none", block_size=256, targets=(),
+                          tolerance=(0.5, 0.5), doc="negative control: 2-bit round-to-nearest weights")
+
+# What is quantized at all: the two decoder graphs' MatMuls whose second input is a weight.
+QUANTIZED_GRAPHS = ("decoder_early", "decoder_late")
+
+# The declared list of what stays in high precision, with why. Graph entries: the whole graph is
+# copied unchanged. Role entries: inside a quantized graph, the weight MatMuls that feed the named
+# graph outputs (found by walking back from the output to the first weight MatMul on each path).
+FLOAT_GRAPHS: dict[str, str] = {
+    "encoder": "its output decides the merger's static test and DPC-KNN clusters; not measured harmless",
+    "merger": "PruneVid's decisions (static test, DPC-KNN) stay float32",
+    "embed": "a table lookup: quantizing it saves memory but no time; kept exact",
+    "score": "layer K's scoring map chooses the tokens that live; float32",
+    "select": "integer selection; nothing to quantize",
+}
+FLOAT_ROLES: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "layer_k_scoring": ("decoder_early", ("score_query", "score_key"),
+                        "layer K's q/k projections feed the scoring map (kept-token set)"),
+    "lm_head": ("decoder_late", ("logits",), "the LM head decides every token; float unless measured harmless"),
+}
+
+# Default gates (see the README's "Quantization"): the kept-token set at layer K must stay the float
+# model's (IoU), and teacher-forced next tokens must agree with the float model's.
+DEFAULT_MIN_IOU = 0.95
+DEFAULT_MIN_AGREEMENT = 0.9
+
+
+def get_format(name: str) -> Format:
+    """The format called ``name``; an unknown one is a one-line :class:`ConfigError`."""
+    if name not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {name!r}")
+    return FORMATS[name]

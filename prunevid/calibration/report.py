@@ -6,8 +6,9 @@ On held-out (clip, question) pairs, both exports answer with PruneVid on:
   chain's own feeds; cosine similarity and relative error ``||q - f|| / ||f||`` (the ``present.*``
   caches folded into one row);
 * end to end, teacher-forced on the float model's greedy tokens: next-token agreement (argmax
-  equal), top-5 overlap (shared tokens / 5), the kept-token set after layer K against the float
-  one (IoU), and whether the greedy answer is identical (every teacher-forced argmax agrees).
+  equal), top-5 overlap (shared tokens / 5), the kept visual-token set after layer K against the
+  float one (IoU; text rows are always kept and do not count), and whether the greedy answer is
+  identical (every teacher-forced argmax agrees).
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ def rel_err(got: np.ndarray, want: np.ndarray) -> float:
     diff = float(np.linalg.norm(got.astype(np.float64) - want))
     scale = float(np.linalg.norm(want))
     return diff / scale if scale > 0 else (0.0 if diff == 0 else 1.0)
+
+
+def visual_kept(keep: np.ndarray, start: int, end: int) -> np.ndarray:
+    """The kept prompt positions inside the visual block ``[start, end)``."""
+    keep = np.asarray(keep)
+    return keep[(keep >= start) & (keep < end)]
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -94,7 +101,8 @@ def evaluate(float_backend, quant_backend, geometry: spec.Geometry, pairs: list,
                 flogits.append(fchain.step(fstate, tokens[-1], fstate.seq_len + j))
         qvis = qchain.visual(qchain.encode(clip.pixels), merge=True)
         qstate = qchain.prefill(ids, prompt.image_pos, qvis, True, new_tokens)
-        ious.append(iou(fstate.keep, qstate.keep))
+        start, end = prompt.image_pos, prompt.image_pos + fvis.count  # the visual block (text is always kept)
+        ious.append(iou(visual_kept(fstate.keep, start, end), visual_kept(qstate.keep, start, end)))
         qlogits = _forced_logits(qchain, qstate, tokens)
         same = [int(np.argmax(q)) == int(np.argmax(f)) for q, f in zip(qlogits, flogits)]
         agree.extend(same)

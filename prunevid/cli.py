@@ -371,13 +371,17 @@ def trtexec(engine_dir, trt_major, fp16, plugin_libs):
 @click.option("--min-iou", type=float, default=0.95, show_default=True, help="Gate: kept-token IoU at layer K.")
 @click.option("--min-agreement", type=float, default=0.9, show_default=True,
               help="Gate: teacher-forced next-token agreement.")
+@click.option("--keep-float", multiple=True,
+              help="Leave this decoder graph float (repeatable): decoder_early keeps layers 0..K, so the kept tokens.")
 @click.option("--force", is_flag=True, help="Replace OUT if it is a previous prunevid export (never anything else).")
-def quantize(engine_dir, fmt, out, calib_videos, calib_questions, samples, eval_samples, min_iou, min_agreement, force):
+def quantize(engine_dir, fmt, out, calib_videos, calib_questions, samples, eval_samples, min_iou, min_agreement,
+             keep_float, force):
     """Quantize an export, calibrated on clips, refused unless it passes the accuracy gates."""
     from prunevid.calibration.quantize import QuantizeOptions, quantize_export
 
     options = QuantizeOptions(videos=tuple(calib_videos), questions=calib_questions, samples=samples,
-                              eval_samples=eval_samples, min_iou=min_iou, min_agreement=min_agreement, force=force)
+                              eval_samples=eval_samples, min_iou=min_iou, min_agreement=min_agreement,
+                              keep_float=tuple(keep_float), force=force)
     progress = Progress()
     _, report = quantize_export(engine_dir, out, fmt, options, progress=progress)
     progress.finish()

@@ -261,3 +261,19 @@ def test_kept_token_iou_counts_the_visual_block_only():
     assert a.tolist() == [5, 7] and b.tolist() == [5, 8]
     assert iou(a, b) == pytest.approx(1 / 3)
     assert iou(a, a) == 1.0
+
+
+def test_keep_float_decoder_early_keeps_the_kept_tokens_exactly(tiny_export, clip_dir, tmp_path):
+    """Layers 0..K float (decoder_early, score and select untouched): the kept visual tokens are the
+    float model's on every held-out pair, while decoder_late is quantized."""
+    options = QuantizeOptions(videos=(clip_dir,), **FAST, min_agreement=0.0, keep_float=("decoder_early",))
+    out, report = quantize_export(tiny_export, tmp_path / "q", "int8-sq", options)
+    assert report["kept_iou_mean"] == report["kept_iou_min"] == 1.0
+    assert set(report["graphs"]) == {"decoder_late"}
+    name = "decoder_early.onnx"
+    assert (out / spec.GRAPH_DIR / name).read_bytes() == (tiny_export / spec.GRAPH_DIR / name).read_bytes()
+    quant = json.loads((out / spec.MANIFEST).read_text())["quantization"]
+    assert "decoder_early" in quant["float_graphs"] and set(quant["graphs"]) == {"decoder_late"}
+    with pytest.raises(ConfigError, match="nothing would be quantized"):
+        quantize_export(tiny_export, tmp_path / "q2", "int8-sq",
+                        QuantizeOptions(keep_float=("decoder_early", "decoder_late")))

@@ -41,6 +41,7 @@ class QuantizeOptions:
     new_tokens: int = 8
     min_iou: float = DEFAULT_MIN_IOU
     min_agreement: float = DEFAULT_MIN_AGREEMENT
+    keep_float: tuple[str, ...] = ()  # quantizable graphs kept float anyway (e.g. decoder_early: layers 0..K)
     force: bool = False
 
 
@@ -147,8 +148,15 @@ def _copy_graph(artifact, name: str, dst_root: Path) -> None:
 
 
 def _check_options(fmt: Format, options: QuantizeOptions) -> None:
-    if options.samples < 1 or options.eval_samples < 1 or options.new_tokens < 1:
-        raise ConfigError("--samples, --eval-samples and --new-tokens must be >= 1")
+    for label, value in (("--samples", options.samples), ("--eval-samples", options.eval_samples),
+                         ("new_tokens", options.new_tokens)):
+        if value < 1:
+            raise ConfigError(f"{label} must be >= 1, got {value}")
+    unknown = [g for g in options.keep_float if g not in QUANTIZED_GRAPHS]
+    if unknown:
+        raise ConfigError(f"--keep-float takes {' or '.join(QUANTIZED_GRAPHS)}, got {unknown[0]!r}")
+    if set(QUANTIZED_GRAPHS) <= set(options.keep_float):
+        raise ConfigError("--keep-float names every quantizable graph; nothing would be quantized")
     for label, value in (("--min-iou", options.min_iou), ("--min-agreement", options.min_agreement)):
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{label} must be in [0, 1], got {value}")
@@ -177,6 +185,10 @@ def quantize_export(export_dir: str | Path, out: str | Path, fmt: Format | str, 
                             "quantize its float export")
     if artifact.manifest["dtype"] != "fp32":
         raise ConfigError(f"{export_dir} is a {artifact.manifest['dtype']} export; quantize an fp32 export")
+    large = [n for n in QUANTIZED_GRAPHS if artifact.manifest["graphs"][n].get("external_data")]
+    if large:
+        raise QuantizationError(f"graph {large[0]} of {export_dir} keeps its weights in an external data file "
+                                "(over 1.8 GB); quantizing such graphs is not supported yet")
     check_target(out, EXPORT, options.force, source=export_dir)
     videos = data.expand_videos(list(options.videos)) if options.videos else None
     questions = data.read_questions(options.questions)
@@ -195,12 +207,13 @@ def quantize_export(export_dir: str | Path, out: str | Path, fmt: Format | str, 
         cal, held = data.split(clips, questions, options.samples, options.eval_samples)
         paths = {n: artifact.graph_path(n) for n in spec.GRAPH_ORDER}
         float_backend = OrtBackend(paths, ["CPUExecutionProvider"])
+        quantized = tuple(n for n in QUANTIZED_GRAPHS if n not in options.keep_float)
         progress(f"recording decoder inputs on {len(cal)} calibration samples (float export, PruneVid on)")
-        feeds = data.record_feeds(float_backend, g, cal, prompt_of, QUANTIZED_GRAPHS)
+        feeds = data.record_feeds(float_backend, g, cal, prompt_of, quantized)
         graphs = dict(artifact.manifest["graphs"])
         done = {}
         for name in spec.GRAPH_ORDER:
-            if name not in QUANTIZED_GRAPHS:
+            if name not in quantized:
                 _copy_graph(artifact, name, tmp)
                 continue
             progress(f"quantizing {name} ({fmt.name})")
@@ -212,7 +225,7 @@ def quantize_export(export_dir: str | Path, out: str | Path, fmt: Format | str, 
         progress(f"accuracy report on {len(held)} held-out samples")
         quant_backend = OrtBackend({n: tmp / spec.GRAPH_DIR / f"{n}.onnx" for n in spec.GRAPH_ORDER},
                                    ["CPUExecutionProvider"])
-        report = evaluate(float_backend, quant_backend, g, held, prompt_of, QUANTIZED_GRAPHS, options.new_tokens)
+        report = evaluate(float_backend, quant_backend, g, held, prompt_of, quantized, options.new_tokens)
         gates = Gates(options.min_iou, options.min_agreement)
         failed = gate_failures(report, gates)
         if failed:
@@ -237,7 +250,7 @@ def quantize_export(export_dir: str | Path, out: str | Path, fmt: Format | str, 
                 "tolerance": {"atol": fmt.tolerance[0], "rtol": fmt.tolerance[1]},
                 "opsets": opsets,
                 "graphs": done,
-                "float_graphs": dict(FLOAT_GRAPHS),
+                "float_graphs": {**FLOAT_GRAPHS, **{n: "kept float by --keep-float" for n in options.keep_float}},
                 "float_roles": {role: {"graph": g_, "outputs": list(o), "why": why}
                                 for role, (g_, o, why) in FLOAT_ROLES.items()},
                 "calibration": {

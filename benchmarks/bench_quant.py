@@ -8,7 +8,8 @@ fresh process after warm-up, decode ms/token and TTFT (median of repeats, PruneV
 JSON + PNG. Speed is reported, never asserted.
 
 Usage: python benchmarks/bench_quant.py [--threads 1] [--repeats 3] [--samples 4] [--eval-samples 4]
-           [--model-dir DIR --export DIR] [--quick] [--out benchmarks/bench-quant.json]
+           [--model-dir DIR --export DIR] [--variants int8-sq int4-awq int4-awq:decoder_early] [--quick]
+           [--out benchmarks/bench-quant.json]
 """
 
 from __future__ import annotations
@@ -40,17 +41,19 @@ def decoder_fp16_bytes(export_dir: Path) -> int:
     return total
 
 
-def quantized(export_dir: Path, fmt: str, args) -> tuple[Path, dict]:
-    """The ``fmt`` export of ``export_dir`` in the cache (made on first use); its manifest's report."""
+def quantized(export_dir: Path, variant: str, args) -> tuple[Path, dict]:
+    """The ``variant`` export of ``export_dir`` in the cache (made on first use); its manifest's
+    quantization block. ``variant`` is a format, optionally ``:GRAPH`` kept float (``int4-awq:decoder_early``)."""
     import json
 
     from prunevid.calibration.quantize import QuantizeOptions, quantize_export
 
-    out = args.cache / f"{export_dir.name}-{fmt}"
+    fmt, _, keep = variant.partition(":")
+    out = args.cache / f"{export_dir.name}-{variant.replace(':', '-float-')}"
     if args.requantize or not (out / "manifest.json").is_file():
-        print(f"quantizing {fmt} into {out} ...", file=sys.stderr)
+        print(f"quantizing {variant} into {out} ...", file=sys.stderr)
         options = QuantizeOptions(samples=args.samples, eval_samples=args.eval_samples, min_iou=0.0,
-                                  min_agreement=0.0, force=True)
+                                  min_agreement=0.0, keep_float=(keep,) if keep else (), force=True)
         quantize_export(export_dir, out, fmt, options, progress=lambda m: print(m, file=sys.stderr))
     return out, json.loads((out / "manifest.json").read_text())["quantization"]
 
@@ -71,6 +74,7 @@ def plot(path: Path, rows: dict) -> None:
         vals = [value(rows[n]) for n in names]
         ax.bar(names, vals, color=[f"C{i}" for i in range(len(names))])
         ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
         for i, v in enumerate(vals):
             ax.text(i, v, f"{v:.0f}" if v >= 10 else f"{v:.2f}", ha="center", va="bottom", fontsize=8)
     fig.tight_layout()
@@ -83,13 +87,15 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4, help="calibration pairs")
     parser.add_argument("--eval-samples", type=int, default=4, help="held-out pairs of the accuracy report")
     parser.add_argument("--requantize", action="store_true", help="quantize again even if cached")
+    parser.add_argument("--variants", nargs="+", default=list(FORMATS),
+                        help="formats to measure beside float32; FORMAT:GRAPH keeps GRAPH float (int4-awq:decoder_early)")
     args = parser.parse_args()
     _, _, export_dir, clip = prepare(args, "bench")
     if args.quick:
         args.samples, args.eval_samples = 2, 2
     exports = {"float32": (Path(export_dir), None)}
-    for fmt in FORMATS:
-        exports[fmt] = quantized(Path(export_dir), fmt, args)
+    for variant in args.variants:
+        exports[variant] = quantized(Path(export_dir), variant, args)
     fp16 = decoder_fp16_bytes(Path(export_dir))
     rows, applied = {}, False
     for name, (folder, quant) in exports.items():
@@ -119,14 +125,14 @@ def main() -> None:
                "results": rows}
     write_json(args.out, summary)
     print(f"== quantization, {args.geometry} geometry ({summary['machine']['cpu']}, threads {args.threads or 'default'})")
-    print(f"{'format':9s} {'export MB':>9s} {'decoder/fp16':>12s} {'RSS MB':>7s} {'decode ms/tok':>13s} {'TTFT ms':>8s} "
+    print(f"{'format':26s} {'export MB':>9s} {'decoder/fp16':>12s} {'RSS MB':>7s} {'decode ms/tok':>13s} {'TTFT ms':>8s} "
           f"{'IoU':>6s} {'agree':>6s} {'top5':>6s} {'greedy same':>11s}")
     for name, r in rows.items():
         acc = r.get("accuracy")
         tail = (f"{acc['kept_iou_mean']:6.3f} {acc['next_token_agreement']:6.3f} {acc['top5_overlap']:6.3f} "
                 f"{acc['greedy_identical']:>5d}/{acc['greedy_answers']:<5d}") if acc else f"{'(float reference)':>32s}"
         rss = f"{r['rss_mb']:7.0f}" if r["rss_mb"] is not None else f"{'-':>7s}"
-        print(f"{name:9s} {r['export_bytes'] / 2**20:9.0f} {r['decoder_over_fp16']:12.3f} {rss} "
+        print(f"{name:26s} {r['export_bytes'] / 2**20:9.0f} {r['decoder_over_fp16']:12.3f} {rss} "
               f"{r['decode_ms_per_token']:13.2f} {r['ttft_ms']:8.0f} {tail}")
     if args.plot:
         plot(args.plot, rows)

@@ -355,6 +355,40 @@ def trtexec(engine_dir, trt_major, fp16, plugin_libs):
         click.echo(shlex.join(str(a) for a in cmd))
 
 
+@cli.command("build")
+@click.argument("engine_dir", type=click.Path(path_type=Path))
+@click.option("--target", required=True, help="Target machine: orin-nano-8, orin-nx-16, agx-orin-32, agx-orin-64, "
+                                                "thor, h100, h200, l4, a100.")
+@click.option("--precision", default=None, help="fp32, fp16, int8, ... [the export's dtype].")
+@click.option("--plugins", type=click.Choice(["auto", "library", "inline"]), default="auto", show_default=True,
+              help="library: the prunevid plugin library; inline: the ops' standard-op bodies; auto: library if given.")
+@click.option("--plugin-lib", "plugin_libs", multiple=True, help="Plugin library from prunevid build-plugins.")
+@click.option("--max-frames", type=int, default=None, help="Frames [the export's T, which is fixed].")
+@click.option("--max-prompt-tokens", type=int, default=256, show_default=True, help="Text tokens of the prompt.")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--workspace", "workspace_mib", type=click.IntRange(min=1), default=None,
+              help="TensorRT workspace pool, MiB [the target's default].")
+@click.option("--trt-version", default=None, help="TensorRT line to plan for [the installed one, else the target's newest].")
+@click.option("--dry-run", is_flag=True, help="Print the memory budget and the engine plan; build nothing.")
+def build(engine_dir, target, precision, plugins, plugin_libs, max_frames, max_prompt_tokens, max_new_tokens,
+          workspace_mib, trt_version, dry_run):
+    """Check the memory budget on a target and build one TensorRT engine per graph into ENGINE_DIR/engines/."""
+    from prunevid.trt import deploy
+
+    req = deploy.BuildRequest(engine_dir, target, precision, plugins, tuple(plugin_libs), max_frames,
+                              max_prompt_tokens, max_new_tokens, workspace_mib, trt_version)
+    budget, plan = deploy.prepare(req)
+    for line in budget.lines() + plan.lines():
+        click.echo(line)
+    if dry_run:
+        return
+    if deploy.installed_trt_version() is None:
+        raise click.ClickException("TensorRT is not installed here (pip install 'prunevid[trt]', or JetPack's "
+                                   "python3-libnvinfer); --dry-run prints the plan without it")
+    for path in deploy.build(req, plan, progress=lambda msg: click.echo(msg, err=True)):
+        click.echo(f"built {path}")
+
+
 @cli.command("build-plugins")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="The plugin library to write (LIB.so).")
 @click.option("--trt-include", type=click.Path(path_type=Path), default=None,

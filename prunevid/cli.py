@@ -389,6 +389,42 @@ def build(engine_dir, target, precision, plugins, plugin_libs, max_frames, max_p
         click.echo(f"built {path}")
 
 
+@cli.command("profile")
+@click.argument("engine_dir", type=click.Path(path_type=Path))
+@click.option("--video", required=True, type=click.Path(path_type=Path), help="Video file to answer about.")
+@click.option("--question", required=True, help="Question about the video.")
+@click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
+              help="ort: ONNX Runtime's profiler (any machine); trt: trtexec on the built engines.")
+@click.option("--compare-baseline", is_flag=True, help="Also profile the plain baseline (--mode none) on the same export.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("profile"), show_default=True,
+              help="Folder for the report, plot, --loadInputs files and trtexec outputs (must not exist or be empty).")
+@click.option("--runs", type=int, default=5, show_default=True, help="Measured answers per mode (after one warm-up).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--engines", type=click.Path(path_type=Path), default=None,
+              help="Engine folder for trtexec [the one under ENGINE_DIR/engines].")
+@click.option("--trt-major", type=click.Choice(["10", "11"]), default=None, help="trtexec's TensorRT line [installed, else 10].")
+@click.option("--plugin-lib", "plugin_libs", multiple=True, help="Plugin library for trtexec (--dynamicPlugins).")
+@click.option("--dry-run", is_flag=True, help="Capture the inputs and print the trtexec commands; run no trtexec.")
+def profile(engine_dir, video, question, backend, compare_baseline, out, runs, max_new_tokens, threads, engines,
+            trt_major, plugin_libs, dry_run):
+    """Per-stage times of one answer (median, p90, share of TTFT), PruneVid against the baseline, with trtexec commands on its real inputs."""
+    from prunevid.trt.profile import ProfileRequest
+    from prunevid.trt.profile import profile as run_profile
+
+    req = ProfileRequest(engine_dir, video, question, backend, compare_baseline, out, runs, max_new_tokens, threads,
+                         engines, int(trt_major) if trt_major else None, tuple(plugin_libs))
+    data = run_profile(req, dry_run=dry_run, progress=lambda msg: click.echo(msg, err=True))
+    if dry_run:
+        for mode, cmds in data["trtexec_commands"].items():
+            click.echo(f"# {mode}")
+            for cmd in cmds:
+                click.echo(cmd)
+    for line in data.get("table", []):
+        click.echo(line)
+    click.echo(f"report: {out / 'report.json'}" + (f", plot: {out / 'stages.png'}" if data.get("table") else ""))
+
+
 @cli.command("build-plugins")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="The plugin library to write (LIB.so).")
 @click.option("--trt-include", type=click.Path(path_type=Path), default=None,

@@ -17,7 +17,7 @@ import numpy as np
 
 from prunevid import spec
 from prunevid.runtime.artifact import open_artifact
-from prunevid.runtime.backend import OrtBackend
+from prunevid.runtime.backend import open_backend
 from prunevid.runtime.chain import Chain
 from prunevid.runtime.report import Answer, Stopwatch
 
@@ -28,9 +28,10 @@ class RuntimePipeline:
     """Answers questions about videos from an export folder alone. Load once, answer many times."""
 
     def __init__(self, engine_dir: str | Path, mode: str | None = None, providers: list[str] | None = None,
-                 verify: bool = True, threads: int = 0):
+                 verify: bool = True, threads: int = 0, backend="ort"):
         """``mode`` None takes the mode the folder was exported with; ``threads`` 0 is ONNX Runtime's
-        default intra-op pool."""
+        default intra-op pool; ``backend`` is a name of :data:`prunevid.runtime.backend.BACKENDS` or a
+        runner object (``run(graph, feeds)``, ``warm_up()``, ``device``)."""
         from prunevid.errors import ConfigError
         from prunevid.runtime.text import TextTokenizer
         from prunevid.runtime.video import Preprocess
@@ -45,7 +46,8 @@ class RuntimePipeline:
         self.preprocess = Preprocess.from_json(self.artifact.root / spec.PREPROCESSOR_FILE, self.geometry.image_size)
         self.float_type = np.float16 if self.artifact.manifest.get("dtype") == "fp16" else np.float32
         paths = {name: self.artifact.graph_path(name) for name in spec.GRAPH_ORDER}
-        self.backend = OrtBackend(paths, providers, threads)
+        self.backend = (open_backend(backend, paths, providers, threads, self.artifact.root)
+                        if isinstance(backend, str) else backend)
         self.backend.warm_up()
         self.chain = Chain(self.backend, self.geometry, self.float_type)
         self.last_trace: dict = {}  # hook for prunevid.explain: merger layout and keep index of the last run
@@ -91,7 +93,7 @@ class RuntimePipeline:
             timings_ms=clock.ms,
             prompt_tokens={"text": len(ids) - 1, "prefill": state.seq_len, "kept": state.kept},
             segments=self._segments(visual.groups, visual.windows),
-            settings={**self.artifact.prune, "mode": self.mode, "backend": f"onnxruntime-{self.backend.device}"},
+            settings={**self.artifact.prune, "mode": self.mode, "backend": getattr(self.backend, "name", f"onnxruntime-{self.backend.device}")},
         )
 
     @staticmethod

@@ -122,9 +122,11 @@ def print_answer(result, as_json: bool) -> None:
               help="Intra-op threads (ONNX Runtime, or torch for --model-dir); 0: the library's default.")
 @click.option("--warmup", type=click.IntRange(min=0), default=0, show_default=True,
               help="Unreported answers to the same question first, so the reported one is in steady state.")
+@click.option("--backend", type=click.Choice(["ort", "ort-trt", "trt"]), default="ort", show_default=True,
+              help="With --engine-dir: ort (ONNX Runtime), ort-trt (its TensorRT provider), trt (engines of prunevid build).")
 @prune_options
-def run(model_dir, engine_dir, video, question, template, max_new_tokens, as_json, threads, warmup, preset, mode,
-        no_prune, **overrides):
+def run(model_dir, engine_dir, video, question, template, max_new_tokens, as_json, threads, warmup, backend, preset,
+        mode, no_prune, **overrides):
     """Answer a question about a video, from a checkpoint (eager) or an export (runtime)."""
     from prunevid.errors import ConfigError
 
@@ -132,7 +134,9 @@ def run(model_dir, engine_dir, video, question, template, max_new_tokens, as_jso
         raise ConfigError("pass exactly one of --model-dir DIR (checkpoint) or --engine-dir DIR (export)")
     if engine_dir is not None:
         return run_runtime(engine_dir, video, question, template, max_new_tokens, as_json, mode, no_prune,
-                           {"preset": preset, **overrides}, threads, warmup)
+                           {"preset": preset, **overrides}, threads, warmup, backend)
+    if backend != "ort":
+        raise ConfigError("--backend applies to --engine-dir (the eager reference runs on torch)")
     cfg = build_config(preset, mode, no_prune, **overrides)
     import torch
 
@@ -150,7 +154,7 @@ def run(model_dir, engine_dir, video, question, template, max_new_tokens, as_jso
 
 
 def run_runtime(engine_dir, video, question, template, max_new_tokens, as_json, mode, no_prune, overrides,
-                threads=0, warmup=0):
+                threads=0, warmup=0, backend="ort"):
     """``run --engine-dir``: the settings were fixed at export; only the mode can change."""
     from prunevid.errors import ConfigError
     from prunevid.runtime.pipeline import RuntimePipeline
@@ -158,7 +162,7 @@ def run_runtime(engine_dir, video, question, template, max_new_tokens, as_json, 
     fixed = [name for name, value in overrides.items() if value is not None]
     if fixed:
         raise ConfigError(f"--{fixed[0].replace('_', '-')} is fixed at export; export again to change it")
-    pipeline = RuntimePipeline(engine_dir, mode=resolve_mode(mode, no_prune), threads=threads)
+    pipeline = RuntimePipeline(engine_dir, mode=resolve_mode(mode, no_prune), threads=threads, backend=backend)
     for _ in range(warmup):
         pipeline.run(video, question, max_new_tokens=max_new_tokens, template=template)
     streamer = None if as_json else TokenPrinter(pipeline.tokenizer)

@@ -70,10 +70,22 @@ def open_backend(kind: str, paths: dict[str, Path], providers: list[str] | None 
     if kind == "ort":
         return OrtBackend(paths, providers, threads)
     if kind == "ort-trt":
+        import onnxruntime as ort
+
         from prunevid.trt.runner import ort_trt_providers
+
+        if "TensorrtExecutionProvider" not in ort.get_available_providers():
+            raise ConfigError("--backend ort-trt needs ONNX Runtime with its TensorRT provider "
+                              "(onnxruntime-gpu and TensorRT's libraries); this one has "
+                              f"{', '.join(ort.get_available_providers())}")
 
         return OrtBackend(paths, ort_trt_providers(engine_dir), threads)
     if kind == "trt":
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            raise ConfigError("--backend trt needs TensorRT's Python package (pip install 'prunevid[trt]', or "
+                              "JetPack's python3-libnvinfer) and engines from prunevid build") from None
         from prunevid.trt.runner import TrtRunner
 
         return TrtRunner.from_export(engine_dir)

@@ -129,7 +129,8 @@ def prepare(req: BuildRequest) -> tuple[Budget, EnginePlan]:
             return path.with_name(f"{path.stem}.plugins{path.suffix}")
         return path
 
-    return budget, make_plan(artifact.root, artifact.manifest, target, settings, onnx_for)
+    library = str(Path(req.plugin_libs[0]).resolve()) if mode == "library" else None
+    return budget, make_plan(artifact.root, artifact.manifest, target, settings, onnx_for, library)
 
 
 def build(req: BuildRequest, plan: EnginePlan, progress=None) -> list[Path]:

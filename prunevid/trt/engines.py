@@ -136,6 +136,7 @@ class EnginePlan:
     settings: Settings
     folder: Path
     engines: tuple[EngineSpec, ...] = field(default_factory=tuple)
+    plugin_library: str | None = None  # the library the engines load (its sha256 is in the settings)
 
     @property
     def timing_cache(self) -> Path:
@@ -158,7 +159,8 @@ class EnginePlan:
 
     def to_json(self) -> dict[str, Any]:
         return {"target": self.target.name, "settings": {**asdict(self.settings), "limits": asdict(self.settings.limits)},
-                "folder": str(self.folder), "engines": [e.to_json() for e in self.engines]}
+                "folder": str(self.folder), "plugin_library": self.plugin_library,
+                "engines": [e.to_json() for e in self.engines]}
 
 
 def _grouped(prof: Mapping[str, ShapeRange]) -> list[str]:
@@ -202,7 +204,7 @@ def stored_key(engine: Path) -> str | None:
 
 
 def make_plan(export_dir: Path, manifest: Mapping[str, Any], target: Target, settings: Settings,
-              onnx_for: Callable[[str, Path], Path] | None = None) -> EnginePlan:
+              onnx_for: Callable[[str, Path], Path] | None = None, plugin_library: str | None = None) -> EnginePlan:
     """The plan for every graph of ``manifest`` (in :data:`spec.GRAPH_ORDER`); ``onnx_for(graph, path)``
     may swap a graph file for the one TensorRT should parse (the plugin copy on TensorRT < 10.7)."""
     export_dir = Path(export_dir)
@@ -221,7 +223,7 @@ def make_plan(export_dir: Path, manifest: Mapping[str, Any], target: Target, set
         onnx_path = export_dir / entry["file"]
         engines.append(EngineSpec(name, onnx_for(name, onnx_path) if onnx_for else onnx_path, engine, profiles,
                                   key, stored_key(engine) == key))
-    return EnginePlan(target, settings, folder, tuple(engines))
+    return EnginePlan(target, settings, folder, tuple(engines), plugin_library)
 
 
 def resolve_precision(requested: str | None, export_dtype: str, target: Target, trt_major: int) -> str:

@@ -9,7 +9,12 @@
    and compared with the torch kernels (CPU);
 3. with ``--export DIR``: every graph of an export with prunevid nodes is **parsed with the plugin
    loaded** (functions stripped for TensorRT < 10.7) and the network must hold a plugin layer for
-   every prunevid node (the plugin, not the function body, was chosen).
+   every prunevid node (the plugin, not the function body, was chosen);
+4. **the whole path on the tiny PLLaVA** (built and exported into the work folder): ONNX Runtime's
+   CUDA provider token-identical to the eager reference; ``prunevid build`` for the target of this
+   GPU's architecture (with the plugin library of step 2 when it built) and the TensorRT runner
+   token-identical to the eager reference, PruneVid and baseline; ``prunevid profile`` (trtexec when
+   it is on ``PATH``, else ONNX Runtime's profiler) with its table, report and plot.
 
 Rows that cannot run (no TensorRT, no torch with CUDA) say so and count as skipped, not passed.
 Exit status: 0 when no row failed, 1 otherwise, 2 without a CUDA device.
@@ -173,6 +178,7 @@ def _trt_rows(work: Path, arch: str, args) -> list[Row]:
     if registry.load_library(str(lib)) is None:
         return rows + [Row("plugin library load", "FAIL", "IPluginRegistry.load_library returned None")]
     rows.append(Row("plugin library load", "PASS", "getCreators/setLoggerFinder through loadLibrary"))
+    args.built_plugin_lib = str(lib)
     rows += _one_node_rows(trt, logger)
     if args.export:
         rows += _export_rows(trt, logger, Path(args.export))
@@ -287,6 +293,98 @@ def _export_rows(trt, logger, export: Path) -> list[Row]:
     return rows
 
 
+QUESTION = "What are the people in the video riding, and where are they going?"
+
+
+def _pipeline_rows(work: Path, arch: str, args) -> list[Row]:
+    """Step 4 of the module docstring: eager vs ONNX Runtime CUDA vs TensorRT engines on the tiny
+    PLLaVA, then a profile report."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return [Row("tiny pipeline", "SKIP", "torch is not installed: no eager reference or export")]
+    import onnxruntime as ort
+
+    from prunevid.config import PruneConfig
+    from prunevid.errors import PruneVidError
+    from prunevid.exporter.export import ExportOptions, export
+    from prunevid.model.tiny import make_tiny
+    from prunevid.reference import EagerPipeline
+    from prunevid.runtime.pipeline import RuntimePipeline
+    from prunevid.runtime.video import bundled_clips, write_synthetic_clip
+
+    clip = bundled_clips().get("bikes") or write_synthetic_clip(work / "scene_cut.mp4")
+    model = make_tiny(work / "tiny-pllava")
+    out = export(model, work / "tiny-export", PruneConfig(), ExportOptions())
+    rows = []
+    eager = {mode: EagerPipeline(model, PruneConfig().with_overrides(mode=mode)).run(clip, QUESTION, max_new_tokens=16).token_ids
+             for mode in ("prunevid", "none")}
+
+    def compare(label: str, make) -> None:
+        try:
+            got = {mode: make(mode).run(clip, QUESTION, max_new_tokens=16).token_ids for mode in eager}
+        except PruneVidError as exc:
+            rows.append(Row(label, "FAIL", str(exc)[:200]))
+            return
+        same = all(got[m] == eager[m] for m in eager)
+        rows.append(Row(label, "PASS" if same else "FAIL",
+                        f"token ids {'equal' if same else 'DIFFER'} to eager, PruneVid and baseline (16 tokens)"))
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        compare("ORT CUDA vs eager (tiny)",
+                lambda mode: RuntimePipeline(out, mode=mode, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]))
+    else:
+        rows.append(Row("ORT CUDA vs eager (tiny)", "SKIP", "onnxruntime has no CUDAExecutionProvider (onnxruntime-gpu)"))
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        rows.append(Row("TensorRT engines (tiny)", "SKIP", "tensorrt is not installed"))
+    else:
+        rows += _engine_rows(out, arch, args, compare)
+    rows += _profile_rows(out, clip, work)
+    return rows
+
+
+def _engine_rows(export_dir: Path, arch: str, args, compare) -> list[Row]:
+    from prunevid.errors import PruneVidError
+    from prunevid.runtime.pipeline import RuntimePipeline
+    from prunevid.trt.deploy import BuildRequest, build, prepare
+    from prunevid.trt.targets import TARGETS
+
+    target = next((t.name for t in TARGETS.values() if t.sm == arch), None)
+    if target is None:
+        return [Row("TensorRT engines (tiny)", "SKIP", f"no target with {arch} in prunevid.trt.targets")]
+    lib = getattr(args, "built_plugin_lib", None)
+    req = BuildRequest(export_dir, target, plugins="library" if lib else "inline", plugin_libs=(lib,) if lib else (),
+                       max_prompt_tokens=128, max_new_tokens=16)
+    start = time.monotonic()
+    try:
+        budget, plan = prepare(req)
+        built = build(req, plan)
+    except PruneVidError as exc:
+        return [Row("TensorRT engines (tiny)", "FAIL", str(exc)[:200])]
+    rows = [Row("TensorRT engines (tiny)", "PASS", f"{len(built)} engines for {target} ({plan.settings.plugins} plugins) "
+                f"in {time.monotonic() - start:.0f}s; budget {budget.total / 2**30:.2f} GiB")]
+    compare("TensorRT runner vs eager (tiny)", lambda mode: RuntimePipeline(export_dir, mode=mode, backend="trt"))
+    return rows
+
+
+def _profile_rows(export_dir: Path, clip: Path, work: Path) -> list[Row]:
+    import shutil
+
+    from prunevid.errors import PruneVidError
+    from prunevid.trt.profile import ProfileRequest, profile
+
+    backend = "trt" if shutil.which("trtexec") and (export_dir / "engines").is_dir() else "ort"
+    out = work / "profile"
+    try:
+        data = profile(ProfileRequest(export_dir, clip, QUESTION, backend=backend, compare_baseline=True, out=out, runs=3))
+    except PruneVidError as exc:
+        return [Row(f"profile ({backend})", "FAIL", str(exc)[:200])]
+    print("\n".join(data.get("table", [])))
+    return [Row(f"profile ({backend})", "PASS" if data.get("table") else "FAIL", f"report {out / 'report.json'}")]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the check and print the table; returns the exit status."""
     args = parse_args(argv)
@@ -302,6 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = [Row("cuda device", "PASS", arch)]
         rows += _run_kernel_check(work, arch, args.cuda_home, args.cases)
         rows += _trt_rows(work, arch, args)
+        rows += _pipeline_rows(work, arch, args)
     print(format_table(rows))
     return 1 if any(r.status == "FAIL" for r in rows) else 0
 

@@ -127,3 +127,30 @@ def test_build_dry_run_cli(tiny_export):
     ):
         res = runner.invoke(cli, ["build", str(tiny_export), "--dry-run", *args])
         assert res.exit_code == 1 and res.output.count("\n") == 1 and msg in res.output, res.output
+
+
+def test_plugin_library_mode_checks_the_record_and_strips_for_10_3(tiny_export, tmp_path):
+    import hashlib
+
+    lib = tmp_path / "libpv.so"
+    lib.write_bytes(b"not really a library")
+    sha = hashlib.sha256(lib.read_bytes()).hexdigest()
+    (tmp_path / "libpv.json").write_text(json.dumps({"tensorrt": "10.3.0", "archs": ["sm_87"], "sha256": sha}))
+    req = BuildRequest(tiny_export, "agx-orin-64", plugins="library", plugin_libs=(str(lib),), trt_version="10.3")
+    _, plan = prepare(req)
+    assert plan.settings.plugins == "library" and plan.settings.plugin_sha256 == sha
+    assert plan.plugin_library == str(lib.resolve())
+    parsed = {e.graph: e.onnx.name for e in plan.engines}
+    # TensorRT 10.3 prefers a function body over a loaded plugin: the graphs with prunevid ops parse a copy
+    assert parsed["merger"] == "merger.plugins.onnx" and parsed["select"] == "select.plugins.onnx"
+    assert parsed["encoder"] == "encoder.onnx" and parsed["decoder_late"] == "decoder_late.onnx"
+    assert not (tiny_export / "graphs" / "merger.plugins.onnx").exists()  # a plan writes nothing
+    _, inline = prepare(replace(req, plugins="inline", plugin_libs=()))
+    assert all(a.key != b.key for a, b in zip(plan.engines, inline.engines))
+    _, auto = prepare(replace(req, plugins="auto"))
+    assert auto.settings.plugins == "library"
+    with pytest.raises(ConfigError, match="built against TensorRT 10.3.0, running 10.16"):
+        prepare(replace(req, trt_version="10.16"))
+    (tmp_path / "libpv.json").write_text(json.dumps({"tensorrt": "10.16.1", "archs": ["sm_87"], "sha256": sha}))
+    with pytest.raises(ConfigError, match="has code for sm_87, this GPU is sm_90: rebuild it with --arch sm_90"):
+        prepare(replace(req, target="h100", trt_version="10.16"))

@@ -220,7 +220,8 @@ class TrtRunner:
                     kv_capacity = max(kv_capacity, int(np.prod(hi)) * np.dtype(trt.nptype(engine.get_tensor_dtype(t))).itemsize)
         self.kv = KVMirror(self.dev, kv_capacity)
         self.resident = Resident()
-        self.inputs: dict[tuple[str, str], tuple[int, int]] = {}  # (graph, input) -> (ptr, capacity)
+        self.inputs: dict[tuple[str, str], tuple[int, int]] = {}  # (graph, tensor) -> (ptr, capacity)
+        self.profile_ranges: dict[str, list] = {}
 
     @staticmethod
     def _io(engine, mode) -> list[str]:
@@ -248,6 +249,9 @@ class TrtRunner:
         """Engines are loaded in the constructor."""
 
     def _ranges(self, graph: str) -> list[dict[str, tuple[tuple[int, ...], tuple[int, ...]]]]:
+        """``[{input: (min, max)}]`` per optimisation profile of ``graph``'s engine (read once)."""
+        if graph in self.profile_ranges:
+            return self.profile_ranges[graph]
         engine = self.engines[graph]
         out = []
         for p in range(engine.num_optimization_profiles):
@@ -257,6 +261,7 @@ class TrtRunner:
                 if len(lo):
                     prof[t] = (tuple(lo), tuple(hi))
             out.append(prof)
+        self.profile_ranges[graph] = out
         return out
 
     def _input_ptr(self, graph: str, name: str, host: np.ndarray) -> int:

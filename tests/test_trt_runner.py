@@ -141,3 +141,16 @@ def test_trt_runner_token_identical_on_tiny(tiny_export, real_clips, tmp_path):
     ort = RuntimePipeline(export).run(clip, "What are they riding?", max_new_tokens=8)
     trt = RuntimePipeline(export, backend="trt").run(clip, "What are they riding?", max_new_tokens=8)
     assert trt.token_ids == ort.token_ids and trt.visual_tokens == ort.visual_tokens
+
+
+def test_graph_plan_runs_then_captures_then_replays():
+    from prunevid.trt.runner import GraphPlan
+
+    plan = GraphPlan()
+    assert plan.action("ctx", ("shape", 1)) == "run"  # first launch of a shape: uncaptured
+    assert plan.action("ctx", ("shape", 1)) == "capture"
+    plan.stored("ctx", ("shape", 1))
+    assert [plan.action("ctx", ("shape", 1)) for _ in range(3)] == ["replay"] * 3
+    assert plan.action("ctx", ("shape", 2)) == "run"  # next answer: another R
+    assert plan.action("other", ("shape", 1)) == "run"  # per context
+    assert plan.action("ctx", ("shape", 2)) == "capture"

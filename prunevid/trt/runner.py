@@ -18,8 +18,10 @@ What stays on the device:
   the largest engine's size (the graphs run one after another on one stream).
 
 Decoder graphs (and ``embed``) have two optimisation profiles (:mod:`prunevid.trt.engines`): 0
-for the prompt, 1 for one decode row; each has its own execution context. The decode step is not
-captured in a CUDA graph yet (see the README's list of what ran where).
+for the prompt, 1 for one decode row; each has its own execution context. Decode-profile launches
+are captured into a CUDA graph once they repeat with the same shapes and addresses (every step of
+one answer) and replayed (:class:`GraphPlan`); a failed capture falls back to plain launches, as
+Edge-LLM's runtime does. None of this has run on a GPU yet.
 """
 
 from __future__ import annotations
@@ -134,6 +136,29 @@ class Resident:
         self.host_of.clear()
 
 
+class GraphPlan:
+    """When to capture and replay a CUDA graph of one execution context: a graph replays only the
+    exact launch it captured (same shapes and tensor addresses). After a change the context first runs
+    once uncaptured (TensorRT sets up shape-dependent state on the first enqueue), is captured on the
+    next identical call, and replays from then on."""
+
+    def __init__(self):
+        self.captured: dict[Any, Any] = {}  # context id -> key of its captured launch
+        self.seen: dict[Any, Any] = {}  # context id -> key of its last uncaptured launch
+
+    def action(self, context: Any, key: Any) -> str:
+        """``"replay"``, ``"capture"`` or ``"run"`` for this launch."""
+        if self.captured.get(context) == key:
+            return "replay"
+        if self.seen.get(context) == key:
+            return "capture"
+        self.seen[context] = key
+        return "run"
+
+    def stored(self, context: Any, key: Any) -> None:
+        self.captured[context] = key
+
+
 # --------------------------------------------------------------------------------------------
 # the TensorRT runner (needs TensorRT and a GPU)
 # --------------------------------------------------------------------------------------------
@@ -173,6 +198,26 @@ class PolygraphyDevice:
     def sync(self) -> None:
         self.stream.synchronize()
 
+    def capture(self, launch) -> int:
+        """Capture what ``launch()`` enqueues on the stream into an instantiated CUDA graph (its handle)."""
+        import ctypes
+
+        h, vp = self.lib.handle, ctypes.c_void_p
+        self.lib.check(h.cudaStreamBeginCapture(vp(self.stream.ptr), 0))  # cudaStreamCaptureModeGlobal
+        ok = launch()
+        graph, exe = vp(), vp()
+        self.lib.check(h.cudaStreamEndCapture(vp(self.stream.ptr), ctypes.byref(graph)))
+        if not ok:
+            raise RuntimeError("enqueue failed during capture")
+        self.lib.check(h.cudaGraphInstantiate(ctypes.byref(exe), graph, ctypes.c_ulonglong(0)))
+        self.lib.check(h.cudaGraphDestroy(graph))
+        return exe.value
+
+    def replay(self, exe: int) -> None:
+        import ctypes
+
+        self.lib.check(self.lib.handle.cudaGraphLaunch(ctypes.c_void_p(exe), ctypes.c_void_p(self.stream.ptr)))
+
     def free(self) -> None:
         for ptr in self.allocations:
             self.lib.free(ptr)
@@ -185,7 +230,7 @@ class TrtRunner:
     name = "tensorrt"
     device = "cuda"
 
-    def __init__(self, engines: Mapping[str, Path], plugin_libs: Sequence[str] = ()):
+    def __init__(self, engines: Mapping[str, Path], plugin_libs: Sequence[str] = (), cuda_graph: bool = True):
         import tensorrt as trt
 
         from prunevid.trt.plugins import load_plugins
@@ -222,6 +267,7 @@ class TrtRunner:
         self.resident = Resident()
         self.inputs: dict[tuple[str, str], tuple[int, int]] = {}  # (graph, tensor) -> (ptr, capacity)
         self.profile_ranges: dict[str, list] = {}
+        self.cuda_graph, self.graph_plan, self.graph_exec = cuda_graph, GraphPlan(), {}
 
     @staticmethod
     def _io(engine, mode) -> list[str]:
@@ -280,6 +326,7 @@ class TrtRunner:
         feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
         profile = choose_profile(self._ranges(graph), {k: v.shape for k, v in feeds.items()})
         ctx = self.contexts[graph][profile]
+        bound: dict[str, int] = {}  # input -> device address it is bound to
         length = int(feeds["cache_length"]) if "cache_length" in feeds else 0
         for name, host in feeds.items():
             ctx.set_input_shape(name, host.shape)
@@ -288,6 +335,7 @@ class TrtRunner:
             else:
                 ptr = resident[name] if resident[name] is not None else self._input_ptr(graph, name, host)
             ctx.set_tensor_address(name, ptr)
+            bound[name] = ptr
         outs = {}
         for name in self._io(engine, trt.TensorIOMode.OUTPUT):
             shape = tuple(ctx.get_tensor_shape(name))
@@ -299,13 +347,37 @@ class TrtRunner:
                 self.inputs[key] = (ptr, cap)
             ctx.set_tensor_address(name, ptr)
             outs[name] = (host, ptr)
-        if not ctx.execute_async_v3(self.dev.stream.ptr):
-            raise ArtifactError(f"TensorRT failed to run {graph}")
+        self._launch(ctx, profile, feeds, bound, outs, graph)
         for host, ptr in outs.values():
             self.dev.d2h(host, ptr)
             self.resident.remember(host, ptr)
         self.dev.sync()
         return {name: host for name, (host, _) in outs.items()}
+
+    def _launch(self, ctx, profile: int, feeds, bound: dict[str, int], outs, graph: str) -> None:
+        """Enqueue ``ctx``; decode-profile launches (profile >= 1) go through a CUDA graph when the same
+        launch repeats (:class:`GraphPlan`). Any capture failure turns CUDA graphs off for the runner."""
+        def enqueue() -> bool:
+            return bool(ctx.execute_async_v3(self.dev.stream.ptr))
+
+        action = "run"
+        if self.cuda_graph and profile >= 1:
+            key = (tuple((n, v.shape) for n, v in feeds.items()), tuple(sorted(bound.items())),
+                   tuple(ptr for _, ptr in outs.values()))
+            action = self.graph_plan.action(id(ctx), key)
+        if action == "replay":
+            self.dev.replay(self.graph_exec[id(ctx)])
+            return
+        if action == "capture":
+            try:
+                self.graph_exec[id(ctx)] = self.dev.capture(enqueue)
+                self.graph_plan.stored(id(ctx), key)
+                self.dev.replay(self.graph_exec[id(ctx)])
+                return
+            except Exception:  # noqa: BLE001 - capture not allowed here: plain launches from now on
+                self.cuda_graph = False
+        if not enqueue():
+            raise ArtifactError(f"TensorRT failed to run {graph}")
 
 
 def ort_trt_providers(engine_dir: Path | None, plugin_libs: Sequence[str] = (), fp16: bool = False) -> list:

@@ -154,3 +154,19 @@ def test_plugin_library_mode_checks_the_record_and_strips_for_10_3(tiny_export, 
     (tmp_path / "libpv.json").write_text(json.dumps({"tensorrt": "10.16.1", "archs": ["sm_87"], "sha256": sha}))
     with pytest.raises(ConfigError, match="has code for sm_87, this GPU is sm_90: rebuild it with --arch sm_90"):
         prepare(replace(req, target="h100", trt_version="10.16"))
+
+
+def test_build_dry_run_needs_no_heavy_package(tiny_export):
+    """The base install (no torch, onnx, onnxruntime, TensorRT, matplotlib) plans and budgets."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "for m in ('torch', 'onnx', 'onnxruntime', 'tensorrt', 'matplotlib', 'polygraphy'):\n"
+            "    sys.modules[m] = None  # any import of it raises ImportError\n"
+            "from prunevid.cli import main\n"
+            f"sys.argv = ['prunevid', 'build', {str(tiny_export)!r}, '--target', 'orin-nano-8', '--dry-run']\n"
+            "main()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "TensorRT 10.16 on sm_87" in done.stdout and "fits" in done.stdout

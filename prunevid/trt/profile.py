@@ -148,6 +148,21 @@ class ModeReport:
     def graphs_ttft(self) -> float:
         return sum(self.stages[s].median for s in PROMPT_STAGES if s in self.stages)
 
+    @property
+    def host(self) -> StageStats:
+        """Wall-clock TTFT less the graphs' time, answer by answer (every prompt stage has one sample per
+        answer, in the same order as the TTFT samples)."""
+        prompt = [self.stages[s].samples for s in PROMPT_STAGES if s in self.stages]
+        if any(len(p) != len(self.ttft_wall.samples) for p in prompt):
+            return StageStats([self.ttft_wall.median - self.graphs_ttft()])
+        return StageStats([t - sum(p[i] for p in prompt) for i, t in enumerate(self.ttft_wall.samples)])
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModeReport:
+        """A mode of ``report.json`` back (to redraw or compare reports)."""
+        return cls(data["mode"], {k: StageStats(list(v["samples_ms"])) for k, v in data["stages"].items()},
+                   StageStats(list(data["ttft_wall"]["samples_ms"])), data["tokens"])
+
     def to_json(self) -> dict[str, Any]:
         return {"mode": self.mode, "tokens": self.tokens,
                 "stages": {k: {"median_ms": v.median, "p90_ms": v.p90, "samples_ms": v.samples} for k, v in self.stages.items()},
@@ -174,8 +189,7 @@ def table(reports: Sequence[ModeReport]) -> list[str]:
         lines.append(row(stage, [(r.stages.get(stage, StageStats()).median, r.stages.get(stage, StageStats()).p90,
                                   r.stages[stage].median / r.ttft_wall.median if stage in r.stages else None)
                                  for r in reports]))
-    lines.append(row("host (splice, gather, I/O)", [(r.ttft_wall.median - r.graphs_ttft(), float("nan"),
-                                                    (r.ttft_wall.median - r.graphs_ttft()) / r.ttft_wall.median)
+    lines.append(row("host (splice, gather, I/O)", [(r.host.median, r.host.p90, r.host.median / r.ttft_wall.median)
                                                    for r in reports]))
     lines.append(row("TTFT (wall)", [(r.ttft_wall.median, r.ttft_wall.p90, 1.0) for r in reports]))
     lines.append(row(f"{DECODE_STAGE} (per token)", [(r.stages.get(DECODE_STAGE, StageStats()).median,
@@ -198,7 +212,7 @@ def plot(reports: Sequence[ModeReport], path: Path, title: str) -> Path:
     for i, r in enumerate(reports):
         start = 0.0
         for j, stage in enumerate(names):
-            ms = r.ttft_wall.median - r.graphs_ttft() if stage == "host" else r.stages.get(stage, StageStats([0.0])).median
+            ms = max(r.host.median, 0.0) if stage == "host" else r.stages.get(stage, StageStats([0.0])).median
             left.barh(i, ms, left=start, color=f"C{j}", label=stage if i == 0 else None)
             start += ms
         left.errorbar(r.ttft_wall.median, i, xerr=[[0], [max(r.ttft_wall.p90 - r.ttft_wall.median, 0)]], fmt="none",
@@ -213,7 +227,7 @@ def plot(reports: Sequence[ModeReport], path: Path, title: str) -> Path:
     right.errorbar([d.median for d in decode], range(len(reports)),
                    xerr=[[0] * len(decode), [max(d.p90 - d.median, 0) for d in decode]], fmt="none", ecolor="black", capsize=4)
     right.set_yticks(range(len(reports)), [r.mode for r in reports])
-    right.set_xlabel("decode ms / token (median, p90)")
+    right.set_xlabel("decode ms / token\n(median, p90 whisker)")
     right.invert_yaxis()
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -389,6 +403,7 @@ def _profile_into(req: ProfileRequest, out: Path, dry_run: bool, trt_major: int,
             report = trt_report(mode, results, answers)
         if report is not None:
             reports.append(report)
+        del rec, answers  # one mode's sessions and captured inputs in memory at a time
     power = jetson_power()
     data = {"export": str(req.export_dir), "video": str(req.video), "question": req.question, "backend": req.backend,
             "runs": req.runs, "trt_major": trt_major, "trtexec_commands": commands, "jetson": power,

@@ -194,3 +194,20 @@ def test_profile_trt_needs_trtexec(tiny_export, real_clips, tmp_path, monkeypatc
     res = CliRunner().invoke(cli, ["profile", str(tiny_export), "--video", str(real_clips["bikes"]), "--question", "q",
                                    "--backend", "trt", "--out", str(tmp_path / "p")])
     assert res.exit_code == 1 and "trtexec is not on PATH" in res.output and not (tmp_path / "p").exists()
+
+
+def test_mode_report_host_per_answer_table_and_round_trip():
+    from prunevid.trt.profile import ModeReport, table
+
+    r = ModeReport("prunevid", {"encoder": StageStats([1.0, 2.0, 3.0]), "decoder_early": StageStats([10.0, 10.0, 30.0]),
+                                DECODE_STAGE: StageStats([5.0, 4.0, 6.0])}, StageStats([12.0, 15.0, 40.0]),
+                   {"kept": 3, "prefill": 5})
+    assert r.host.samples == [1.0, 3.0, 7.0]  # TTFT less the graphs, answer by answer
+    back = ModeReport.from_json(json.loads(json.dumps(r.to_json())))
+    assert back.host.samples == r.host.samples and back.tokens == r.tokens
+    lines = table([r])
+    row = {line.split("|")[0].strip(): line.split("|")[1].split() for line in lines[2:]}
+    assert row["encoder"] == ["2.000", "ms", "2.800", "13.3%"]  # median 2, p90 of 1..3, 2/15 of TTFT
+    assert row["host (splice, gather, I/O)"] == ["3.000", "ms", "6.200", "20.0%"]
+    assert row["TTFT (wall)"] == ["15.000", "ms", "35.000", "100.0%"]
+    assert row["merger"] == ["-", "-"] and row["decode step (per token)"] == ["5.000", "ms", "5.800"]

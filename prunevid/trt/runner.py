@@ -26,6 +26,7 @@ Edge-LLM's runtime does. None of this has run on a GPU yet.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,12 +93,15 @@ class Device(Protocol):
 
 
 class KVMirror:
-    """Device copies of the chain's host KV buffers, allocated once at ``capacity`` bytes each."""
+    """Device copies of the chain's host KV buffers, allocated once at ``capacity`` bytes each.
+
+    Which rows are already on the device is tracked per input against the host array object (a weak
+    reference, so a new buffer that numpy happens to place at a freed one's address is still new)."""
 
     def __init__(self, device: Device, capacity: int):
         self.device, self.capacity = device, capacity
         self.ptr: dict[str, int] = {}
-        self.state: dict[str, tuple[int, tuple[int, ...], int]] = {}  # name -> (host address, shape, rows synced)
+        self.state: dict[str, tuple[weakref.ref, int]] = {}  # name -> (host array, rows synced)
 
     def bind(self, name: str, host: np.ndarray, length: int) -> int:
         """The device pointer of ``name`` holding the host buffer's valid rows ``0..length-1``."""
@@ -107,14 +111,14 @@ class KVMirror:
         if name not in self.ptr:
             self.ptr[name] = self.device.malloc(self.capacity)
         host = np.ascontiguousarray(host)
-        address = host.__array_interface__["data"][0]
         heads, rows, d = host.shape  # [H_kv, R, d]
         prev = self.state.get(name)
-        synced = prev[2] if prev is not None and prev[:2] == (address, host.shape) and prev[2] <= length else 0
+        same = prev is not None and prev[0]() is host and prev[1] <= length
+        synced = prev[1] if same else 0
         copy = kv_rows_copy(synced, length, heads, rows, d * host.itemsize)
         if copy is not None:
             self.device.h2d_2d(self.ptr[name], host, copy)
-        self.state[name] = (address, host.shape, max(length, synced))
+        self.state[name] = (weakref.ref(host), max(length, synced))
         return self.ptr[name]
 
 

@@ -382,13 +382,13 @@ def build(engine_dir, target, precision, plugins, plugin_libs, max_frames, max_p
     req = deploy.BuildRequest(engine_dir, target, precision, plugins, tuple(plugin_libs), max_frames,
                               max_prompt_tokens, max_new_tokens, workspace_mib, trt_version)
     budget, plan = deploy.prepare(req)
+    if not dry_run and deploy.installed_trt_version() is None:
+        raise click.ClickException("TensorRT is not installed here (pip install 'prunevid[trt]', or JetPack's "
+                                   "python3-libnvinfer); --dry-run prints the budget and plan without it")
     for line in budget.lines() + plan.lines():
         click.echo(line)
     if dry_run:
         return
-    if deploy.installed_trt_version() is None:
-        raise click.ClickException("TensorRT is not installed here (pip install 'prunevid[trt]', or JetPack's "
-                                   "python3-libnvinfer); --dry-run prints the plan without it")
     for path in deploy.build(req, plan, progress=lambda msg: click.echo(msg, err=True)):
         click.echo(f"built {path}")
 

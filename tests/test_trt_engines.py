@@ -170,3 +170,15 @@ def test_build_dry_run_needs_no_heavy_package(tiny_export):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "TensorRT 10.16 on sm_87" in done.stdout and "fits" in done.stdout
+
+
+def test_build_without_tensorrt_is_one_line(tiny_export):
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("TensorRT is installed: the build would run")
+    res = CliRunner().invoke(cli, ["build", str(tiny_export), "--target", "h100"])
+    assert res.exit_code == 1 and res.output.startswith("Error: TensorRT is not installed here")
+    assert res.output.count("\n") == 1 and not (tiny_export / "engines").exists()

@@ -54,7 +54,8 @@ def test_toy_rows_kv_and_activations_by_hand():
     b = budget(d, toy_target(4 * GIB), workspace_mib=1)
     assert b.kv_cache == 2 * 2 * 2 * 4 * 22 * 2 == 1408  # layers x K,V x H_kv x d x rows x 2 B
     assert (b.weights, b.activations, b.activation_graph, b.engine_load) == (8500, 6012, "decoder_early", 4000)
-    assert b.total == 8500 + (1 << 20) + RUNTIME_OVERHEAD_BYTES + max(1408 + 6012, 4000)
+    assert b.host_kv == 1408  # shared memory: the chain's host cache beside the device copy
+    assert b.total == 8500 + (1 << 20) + RUNTIME_OVERHEAD_BYTES + max(2 * 1408 + 6012, 4000)
 
 
 def test_engine_load_only_on_shared_memory_and_counted_as_a_maximum():
@@ -63,7 +64,7 @@ def test_engine_load_only_on_shared_memory_and_counted_as_a_maximum():
     assert shared.engine_load == 100_000
     assert shared.total == shared.weights + (1 << 20) + RUNTIME_OVERHEAD_BYTES + 100_000  # the load peak wins
     discrete = budget(big_plan, toy_target(4 * GIB, shared=False), workspace_mib=1)
-    assert discrete.engine_load == 0
+    assert discrete.engine_load == 0 and discrete.host_kv == 0  # host copies are not in GPU memory
     assert discrete.total == discrete.weights + (1 << 20) + RUNTIME_OVERHEAD_BYTES + 1408 + 6012
 
 
@@ -75,7 +76,7 @@ def test_fits_at_the_byte_and_refusal_names_numbers_and_the_fix():
     msg = str(exc.value)
     assert "\n" not in msg and msg.startswith("toy does not fit toy:")
     assert "22 rows" in msg
-    # one row fewer saves 64 B of KV (2 layers x 2 x 2 heads x 4 x 2 B), enough for the missing byte;
+    # one row fewer saves 2 x 64 B of KV (2 layers x 2 x 2 heads x 4 x 2 B, host and device), enough for the missing byte;
     # one frame fewer or one prompt token fewer also fits
     assert "--max-new-tokens 4" in msg
     assert "--frames 1 (export again)" in msg

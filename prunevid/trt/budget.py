@@ -2,7 +2,9 @@
 
     weights                    every engine's weights, once (bytes per parameter of the precision)
   + KV cache                   every layer's K and V at the configured capacity
-                               (max prompt rows + max new tokens - 1, rows of [H_kv, d])
+                               (max prompt rows + max new tokens - 1, rows of [H_kv, d]); on a
+                               shared-memory target twice: the chain's host cache and the TensorRT
+                               runner's device copy live in the same DRAM
   + activations                the largest graph's scratch and I/O at its profile maximum (the
                                TensorRT runner shares one scratch block between its contexts)
   + workspace                  TensorRT's workspace pool (the target's default, or --workspace)
@@ -97,10 +99,15 @@ class Budget:
     runtime: int
     engine_load: int
     cache_rows: int
+    host_kv: int = 0  # the chain's host KV cache, where it shares the DRAM with the device copy
+
+    @property
+    def kv_total(self) -> int:
+        return self.kv_cache + self.host_kv
 
     @property
     def total(self) -> int:
-        return self.weights + self.workspace + self.runtime + max(self.kv_cache + self.activations, self.engine_load)
+        return self.weights + self.workspace + self.runtime + max(self.kv_total + self.activations, self.engine_load)
 
     @property
     def usable(self) -> int:
@@ -113,7 +120,7 @@ class Budget:
     def lines(self) -> list[str]:
         """The budget as a small table (GiB)."""
         rows = [("weights", self.weights, ""),
-                ("KV cache", self.kv_cache, f"{self.cache_rows} rows"),
+                ("KV cache", self.kv_total, f"{self.cache_rows} rows" + (", host and device copies" if self.host_kv else "")),
                 ("activations", self.activations, f"largest graph: {self.activation_graph}"),
                 ("workspace", self.workspace, "TensorRT pool"),
                 ("runtime", self.runtime, "CUDA context, TensorRT, process (estimate)"),
@@ -126,7 +133,8 @@ class Budget:
 
     def summary(self) -> str:
         """One line: the sum and its parts."""
-        kv_act = f"KV {gib(self.kv_cache)} ({self.cache_rows} rows) + activations {gib(self.activations)}"
+        copies = " x 2 copies" if self.host_kv else ""
+        kv_act = f"KV {gib(self.kv_cache)}{copies} ({self.cache_rows} rows) + activations {gib(self.activations)}"
         if self.engine_load:
             kv_act = f"max({kv_act}, engine load {gib(self.engine_load)})"
         return (f"weights {gib(self.weights)} + {kv_act} + workspace {gib(self.workspace)} + runtime "
@@ -180,6 +188,7 @@ def budget(d: Deployment, target: Target, workspace_mib: int | None = None) -> B
         workspace=(workspace_mib if workspace_mib is not None else target.workspace_mib) << 20,
         runtime=RUNTIME_OVERHEAD_BYTES,
         engine_load=max(weights.values()) if target.shared_memory else 0,
+        host_kv=round(kv * d.activation_bytes_per_value) if target.shared_memory else 0,
         cache_rows=d.cache_rows,
     )
 

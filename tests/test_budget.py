@@ -125,3 +125,12 @@ def test_targets_have_sources_for_every_figure_and_orin_has_no_fp8():
         assert t.sm == "sm_87" and "fp8" not in t.precisions and t.tensorrt[0] == "10.3"
     assert "fp8" in get_target("thor").precisions and get_target("thor").sm == "sm_110"
     assert get_target("h100").shared_memory is False and get_target("h100").memory_gib == 80
+
+
+def test_check_free_before_running():
+    from prunevid.trt.budget import check_free
+
+    b = budget(TOY_DEPLOYMENT, toy_target(4 * GIB), workspace_mib=1)
+    check_free(b, b.total)
+    with pytest.raises(ConfigError, match=r"the engines need 1\.00 GiB .* but the device has 0\.50 GiB free now"):
+        check_free(b, 512 << 20)

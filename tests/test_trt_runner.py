@@ -180,3 +180,16 @@ def test_gpu_check_logits_parity_parts(tiny_export, real_clips):
     far = a.copy()
     far[int(np.argmin(a))] += 3 * scale  # another top token
     assert logits_row("x", far, a).status == "FAIL"
+
+
+def test_plan_budget_from_a_plan_json(tiny_export):
+    """The run-time check recomputes the build's budget from plan.json alone."""
+    from prunevid.trt.deploy import BuildRequest, prepare
+    from prunevid.trt.runner import plan_budget
+
+    budget, plan = prepare(BuildRequest(tiny_export, "agx-orin-32", max_prompt_tokens=64, max_new_tokens=4,
+                                        trt_version="10.3"))
+    import json
+
+    again = plan_budget(tiny_export, json.loads(json.dumps(plan.to_json(), default=str)))
+    assert again == budget

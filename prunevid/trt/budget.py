@@ -248,3 +248,12 @@ def check_budget(d: Deployment, target: Target, workspace_mib: int | None = None
     ways = suggestions(d, target, workspace_mib)
     hint = ("; it would fit with " + " or ".join(ways)) if ways else "; no single option makes it fit"
     raise ConfigError(f"{what} does not fit {target.name}: {b.summary()}{hint}")
+
+
+def check_free(b: Budget, free_bytes: int, what: str = "the engines") -> None:
+    """Before running: the budget's run-time part (everything but the weights already in the
+    engines' plans on disk, i.e. the whole total) against the memory the device reports free now;
+    :class:`ConfigError` with both numbers when it is short."""
+    if b.total > free_bytes:
+        raise ConfigError(f"{what} need {gib(b.total)} ({b.summary()}) but the device has {gib(free_bytes)} free now; "
+                          f"close other GPU processes or build for fewer tokens")

@@ -292,6 +292,7 @@ class TrtRunner:
         if found is None or not (found / "plan.json").is_file():
             raise ArtifactError(f"no engines for TensorRT {version} under {root}; run prunevid build {export_dir} --target ...")
         plan = json.loads((found / "plan.json").read_text())
+        preflight(Path(export_dir), plan)
         libs = [plan["plugin_library"]] if plan.get("plugin_library") else []
         return cls({n: found / f"{n}.engine" for n in spec.GRAPH_ORDER}, libs)
 
@@ -382,6 +383,33 @@ class TrtRunner:
                 self.cuda_graph = False
         if not enqueue():
             raise ArtifactError(f"TensorRT failed to run {graph}")
+
+
+def plan_budget(export_dir: Path, plan: Mapping[str, Any]):
+    """The memory budget of the deployment a ``plan.json`` was built for, on its target."""
+    from prunevid.runtime.artifact import open_artifact
+    from prunevid.trt.budget import budget
+    from prunevid.trt.deploy import deployment_of
+    from prunevid.trt.engines import Limits
+    from prunevid.trt.targets import get_target
+
+    settings = plan["settings"]
+    d = deployment_of(open_artifact(export_dir, verify=False), settings["precision"], Limits(**settings["limits"]))
+    return budget(d, get_target(plan["target"]), settings["workspace_mib"])
+
+
+def preflight(export_dir: Path, plan: Mapping[str, Any]) -> None:
+    """Before loading any engine: the plan's budget against the device's free memory (cudaMemGetInfo)."""
+    import ctypes
+
+    from polygraphy import cuda
+
+    from prunevid.trt.budget import check_free
+
+    free, total = ctypes.c_size_t(), ctypes.c_size_t()
+    lib = cuda.wrapper()
+    lib.check(lib.handle.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total)))
+    check_free(plan_budget(export_dir, plan), free.value, what=f"the engines of {export_dir}")
 
 
 def ort_trt_providers(engine_dir: Path | None, plugin_libs: Sequence[str] = (), fp16: bool = False) -> list:

@@ -136,10 +136,11 @@ class Verdict:
 
 
 def classify_call(x: np.ndarray, k: int, num_clusters: int, op_labels: np.ndarray, op_centers: np.ndarray,
-                  call: str, input_err: np.ndarray | None = None) -> Verdict | None:
+                  call: str, input_err: np.ndarray | None = None, x_op: np.ndarray | None = None) -> Verdict | None:
     """``None`` when the op's labels and centres equal eager :func:`prunevid.pruning.dpc_knn` on ``x``;
-    else the first differing decision, the two quantities it compared and their bound (the op may
-    have run on inputs within ``input_err`` of ``x``, see :func:`error_bounds`)."""
+    else the first differing decision, the two quantities it compared and their bound. The op ran
+    on ``x_op`` (default ``x``), which must lie within ``input_err`` of ``x`` row by row (else the
+    verdict is "unexplained": the input bound itself failed)."""
     import torch
 
     from prunevid.pruning.dpc_knn import dpc_knn, pairwise_distance
@@ -149,6 +150,12 @@ def classify_call(x: np.ndarray, k: int, num_clusters: int, op_labels: np.ndarra
     e_centers, e_labels = ref.centers.numpy(), ref.labels.numpy()
     if np.array_equal(e_centers, op_centers) and np.array_equal(e_labels, op_labels):
         return None
+    if x_op is not None:
+        moved = np.linalg.norm(x_op.astype(np.float64) - x.astype(np.float64), axis=1)  # [n]
+        limit = np.zeros(len(moved)) if input_err is None else input_err
+        if (moved > limit).any():
+            i = int(np.argmax(moved - limit))
+            return Verdict(call, "unexplained", float(moved[i]), float(limit[i]), f"input row {i} moved past its bound")
     dist = pairwise_distance(xt).double().numpy()
     rho, delta, score = (t.double().numpy() for t in (ref.density, ref.delta, ref.score))
     bd = error_bounds(x, rho, delta, k, input_err)
@@ -183,79 +190,42 @@ def classify_call(x: np.ndarray, k: int, num_clusters: int, op_labels: np.ndarra
     return Verdict(call, "centre distance", gap / dist[p, i], bound / dist[p, i], f"token {i}: centre {p} vs {q}")
 
 
-class OpSession:
-    """The PvDpcKnn function body alone, run by ONNX Runtime (as inside the exported merger)."""
+class TracedMerger:
+    """The exported merger with the inputs and outputs of its two PvDpcKnn nodes (the temporal one,
+    then the batched spatial one) as extra graph outputs, run by ONNX Runtime: what the op itself
+    received and decided inside the merger, with no re-computation."""
 
-    def __init__(self, k: int):
+    def __init__(self, cfg, frames: int, tokens: int, hidden: int):
+        import onnx
         import onnxruntime as ort
-        from onnx import TensorProto, helper
 
-        from prunevid.plugins.onnx_functions import attach_functions
+        from prunevid.exporter.merger import merger_onnx
         from prunevid.plugins.ops import DOMAIN, DPC_KNN
 
-        io = [helper.make_tensor_value_info(t.name, {"float32": TensorProto.FLOAT, "int32": TensorProto.INT32}[t.dtype],
-                                            list(t.shape)) for t in (*DPC_KNN.inputs, *DPC_KNN.outputs)]
-        node = helper.make_node(DPC_KNN.name, [t.name for t in DPC_KNN.inputs], [t.name for t in DPC_KNN.outputs],
-                                domain=DOMAIN, **DPC_KNN.node_attributes(k=k))
-        model = helper.make_model(helper.make_graph([node], "dpc", io[:3], io[3:]),
-                                  opset_imports=[helper.make_opsetid("", 18)])
-        attach_functions(model)
+        model = onnx.load_from_string(merger_onnx(cfg, frames, tokens, hidden))
+        self.outputs = [o.name for o in model.graph.output]
+        nodes = [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == DPC_KNN.name]
+        assert len(nodes) == 2, "expected the temporal and the spatial PvDpcKnn node"
+        self.traced = [[*n.input, *n.output] for n in nodes]  # x, num_valid, num_clusters, labels, centers
+        for names in self.traced:
+            for name in names:
+                model.graph.output.append(onnx.ValueInfoProto(name=name))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
-    def __call__(self, x: np.ndarray, num_clusters: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """Labels ``[n]`` and centres ``[num_clusters]`` of ``x [n, C]`` padded to ``rows`` rows."""
-        n = x.shape[0]
-        padded = np.zeros((1, max(rows, n), x.shape[1]), dtype=np.float32)
-        padded[0, :n] = x
-        labels, centers = self.session.run(None, {"x": padded, "num_valid": np.array([n], np.int32),
-                                                  "num_clusters": np.array([num_clusters], np.int32)})
-        return labels[0, :n].astype(np.int64), centers[0, :num_clusters].astype(np.int64)
+    def __call__(self, video: np.ndarray):
+        """``(merger outputs, [temporal (x, num_valid, num_clusters, labels, centers), spatial (...)])``."""
+        out = self.session.run(None, {"visual_features": video})
+        n = len(self.outputs)
+        return out[:n], [out[n:n + 5], out[n + 5:n + 10]]
 
 
-class MergerMeans:
-    """The merger's own means (ONNX Runtime, the same ops as :class:`MergerStage`): frame means
-    ``[T, C]`` and the per-segment means ``[S, L, C]`` from the segment membership ``[S, T]``."""
-
-    def __init__(self, frames: int, tokens: int, hidden: int):
-        import io
-        import warnings
-
-        import onnxruntime as ort
-        import torch
-
-        class Means(torch.nn.Module):
-            def forward(self, video, member):  # [T, L, C], [S, T] 0/1
-                t, l, c = video.shape
-                sums = (member @ video.reshape(t, l * c)).reshape(t, l, c)  # as MergerStage.static_split
-                return video.mean(dim=1), sums / member.sum(1).clamp(min=1)[:, None, None]
-
-        buf = io.BytesIO()
-        example = (torch.zeros(frames, tokens, hidden), torch.eye(frames))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(Means(), example, buf, dynamo=False, opset_version=18,
-                              input_names=["video", "member"], output_names=["frames", "means"])
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        self.session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
-
-    def __call__(self, video: np.ndarray, windows: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        t = video.shape[0]
-        member = np.zeros((t, t), dtype=np.float32)
-        start = 0
-        for s, w in enumerate(windows):
-            member[s, start: start + w] = 1
-            start += w
-        return tuple(self.session.run(None, {"video": video, "member": member}))
-
-
-def classify_clip(video, cfg, op: OpSession, means: MergerMeans) -> Verdict:
-    """Trace a clip on which the merger and the eager reference differ to its first DPC-KNN call
-    (in the eager reference's order and groups) whose op result differs from eager: first with
-    the eager inputs, then with the merger's own means as inputs (their rounding bounded by
-    :func:`mean_error`); if none differs, the static test closest to tau."""
+def classify_clip(video, cfg, merger: TracedMerger) -> Verdict:
+    """Trace a clip on which the merger and the eager reference differ to the first DPC-KNN call
+    whose result inside the merger differs from eager's on eager's input (inputs: frame means or
+    static means, that each backend averages itself, within :func:`mean_error`); if every call
+    agrees, the static test closest to tau (the groups themselves differ)."""
     import torch
     import torch.nn.functional as F
 
@@ -263,36 +233,23 @@ def classify_clip(video, cfg, op: OpSession, means: MergerMeans) -> Verdict:
 
     t, l, c = video.shape
     v = video.numpy()
-    windows = merge_video_tokens(video).window_sizes
-    m_frames, m_means = means(v, windows)
-    frames = video.mean(dim=1).numpy()  # [T, C]
+    _, (temporal, spatial) = merger(v)
+    frames = video.mean(dim=1).numpy()  # [T, C], as the eager reference
     nc = int(t * cfg.temporal_segment_ratio)
-    verdict = (classify_call(frames, cfg.temporal_k, nc, *op(frames, nc, t), "temporal")
-               or classify_call(frames, cfg.temporal_k, nc, *op(m_frames, nc, t), "temporal (merger's frame means)",
-                                mean_error(v.transpose(1, 0, 2))))
+    verdict = classify_call(frames, cfg.temporal_k, nc, temporal[3][0], temporal[4][0, :nc], "temporal",
+                            mean_error(v.transpose(1, 0, 2)), temporal[0][0])
     if verdict is not None:
         return verdict
+    # the eager groups in the merger's batch order: static groups by segment, then frames in order
+    statics, dynamics = [], []
     start = 0
     closest = (np.inf, 0.0)
-    for s, w in enumerate(windows):
+    for s, w in enumerate(merge_video_tokens(video).window_sizes):
         window = video[start: start + w]  # [w, L, C]
         static = static_mask(window, cfg.tau)  # [L]
-        group = window[:, static].mean(dim=0).numpy()  # [n_s, C]
-        if group.shape[0] >= MERGE_MIN_GROUP:
-            nc = int(group.shape[0] * cfg.cluster_ratio)
-            own = m_means[s][static.numpy()]  # the merger's static means [n_s, C]
-            verdict = (classify_call(group, cfg.spatial_k, nc, *op(group, nc, l), f"static s={s}")
-                       or classify_call(group, cfg.spatial_k, nc, *op(own, nc, l), f"static s={s} (merger's means)",
-                                        mean_error(window[:, static].numpy())))
-            if verdict is not None:
-                return verdict
-        for i, frame in enumerate(window[:, ~static]):  # [n_d, C] each, the raw tokens
-            if frame.shape[0] >= MERGE_MIN_GROUP:
-                g = frame.numpy()
-                nc = int(g.shape[0] * cfg.cluster_ratio)
-                verdict = classify_call(g, cfg.spatial_k, nc, *op(g, nc, l), f"dynamic t={start + i}")
-                if verdict is not None:
-                    return verdict
+        statics.append((f"static s={s}", window[:, static].mean(dim=0).numpy(), mean_error(window[:, static].numpy())))
+        dynamics += [(f"dynamic t={start + i}", frame.numpy(), np.zeros(frame.shape[0]))
+                     for i, frame in enumerate(window[:, ~static])]
         if w > 1:  # the static test sim_l > tau: how close any location came, against its bound
             normed = F.normalize(window, p=2, dim=-1)  # [w, L, C]
             sim = torch.einsum("wlc,tlc->wtl", normed, normed)  # [w, w, L]
@@ -303,16 +260,24 @@ def classify_clip(video, cfg, op: OpSession, means: MergerMeans) -> Verdict:
             if gap / bound < closest[0] / max(closest[1], 1e-300):
                 closest = (gap, bound)
         start += w
+    groups = [g for g in statics + dynamics if g[1].shape[0] >= MERGE_MIN_GROUP]
+    x_op, n_op, _, labels, centers = spatial
+    sizes = [int(n) for n in n_op[: len(groups)]] if groups else []
+    if sizes == [g[1].shape[0] for g in groups]:  # same groups: compare each clustering
+        for (name, x, err), lab, cen, xo in zip(groups, labels, centers, x_op, strict=False):
+            n = x.shape[0]
+            nc = int(n * cfg.cluster_ratio)
+            verdict = classify_call(x, cfg.spatial_k, nc, lab[:n], cen[:nc], name, err, xo[:n])
+            if verdict is not None:
+                return verdict
     return Verdict("static test", "static test" if closest[1] > 0 else "unexplained", closest[0], closest[1],
-                   "no DPC-KNN call differs")
+                   "no DPC-KNN call differs" if sizes == [g[1].shape[0] for g in groups] else "groups differ")
 
 
 def main() -> None:
-    import onnxruntime as ort
     import torch
 
     from prunevid.config import PruneConfig
-    from prunevid.exporter.merger import merger_onnx
     from prunevid.pruning import merge_video_tokens
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -322,27 +287,21 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = PruneConfig()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    session = ort.InferenceSession(merger_onnx(cfg, FRAMES, TOKENS, args.hidden), opts,
-                                   providers=["CPUExecutionProvider"])
-    op = OpSession(cfg.spatial_k)
-    means = MergerMeans(FRAMES, TOKENS, args.hidden)
-    assert cfg.spatial_k == cfg.temporal_k
+    merger = TracedMerger(cfg, FRAMES, TOKENS, args.hidden)
     for eps in args.eps:
         layout = same = 0
         verdicts = []
         for seed in range(args.clips):
             video = near_static_clip(seed, eps, args.hidden)
             ref = merge_video_tokens(video)
-            merged, num, _, windows, cells = session.run(None, {"visual_features": video.numpy()})
+            (merged, num, _, windows, cells), _ = merger(video.numpy())
             ok = int(num) == ref.num_tokens and [int(w) for w in windows if w > 0] == ref.window_sizes
             layout += ok
             agree = ok and np.array_equal(cells, ref.token_of_cell.numpy()) and np.allclose(
                 merged[: ref.num_tokens], ref.tokens.numpy(), atol=1e-5, rtol=0)
             same += agree
             if not agree:
-                verdicts.append((seed, classify_clip(video, cfg, op, means)))
+                verdicts.append((seed, classify_clip(video, cfg, merger)))
         print(f"C={args.hidden} eps={eps:g}: segments+counts identical {layout}/{args.clips}, "
               f"all tokens identical {same}/{args.clips}", flush=True)
         for seed, v in verdicts:

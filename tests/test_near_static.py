@@ -36,15 +36,8 @@ def near_static():
 
 
 @pytest.fixture(scope="module")
-def merger_session():
-    import onnxruntime as ort
-
-    from prunevid.exporter.merger import merger_onnx
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    return ort.InferenceSession(merger_onnx(PruneConfig(), FRAMES, TOKENS, HIDDEN), opts,
-                                providers=["CPUExecutionProvider"])
+def merger(near_static):
+    return near_static.TracedMerger(PruneConfig(), FRAMES, TOKENS, HIDDEN)
 
 
 def test_bounds_hold_on_a_float32_implementation(near_static):
@@ -66,9 +59,8 @@ def test_bounds_hold_on_a_float32_implementation(near_static):
 
 
 @pytest.mark.parametrize("eps", EPSILONS)
-def test_exported_merger_equals_eager_on_near_static_features(near_static, merger_session, eps):
+def test_exported_merger_equals_eager_on_near_static_features(near_static, merger, eps):
     cfg = PruneConfig()
-    op, means = near_static.OpSession(cfg.spatial_k), near_static.MergerMeans(FRAMES, TOKENS, HIDDEN)
     layout_same = all_same = 0
     verdicts = []
     threads = torch.get_num_threads()
@@ -77,14 +69,14 @@ def test_exported_merger_equals_eager_on_near_static_features(near_static, merge
         for seed in range(CLIPS):
             video = near_static.near_static_clip(seed, eps, HIDDEN)
             ref = merge_video_tokens(video)
-            merged, num, _, windows, cells = merger_session.run(None, {"visual_features": video.numpy()})
+            (merged, num, _, windows, cells), _ = merger(video.numpy())
             layout = int(num) == ref.num_tokens and [int(w) for w in windows if w > 0] == ref.window_sizes
             same = (layout and np.array_equal(cells, ref.token_of_cell.numpy())
                     and np.allclose(merged[: ref.num_tokens], ref.tokens.numpy(), atol=1e-5, rtol=0))
             layout_same += layout
             all_same += same
             if not same:
-                verdicts.append((seed, near_static.classify_clip(video, cfg, op, means)))
+                verdicts.append((seed, near_static.classify_clip(video, cfg, merger)))
     finally:
         torch.set_num_threads(threads)
     # every disagreement is a decision of float32 rounding: two quantities within their bounds

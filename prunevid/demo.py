@@ -52,6 +52,11 @@ def model_problem(model_dir: Path) -> str | None:
     return None
 
 
+def _damaged(folder: Path, what: str, problem: str) -> str:
+    return (f"the demo's cached {what} {folder} is damaged ({problem}) and holds files prunevid did not write, "
+            "so the demo leaves it alone: move it away, or set PRUNEVID_CACHE to another folder")
+
+
 def cached_model(cache: Path, geometry: str, progress: Progress) -> Path:
     """The random ``geometry`` PLLaVA in ``cache``, built on first use and rebuilt when damaged.
 
@@ -71,9 +76,7 @@ def cached_model(cache: Path, geometry: str, progress: Progress) -> Path:
         try:
             check_target(model_dir, TINY, force=True)
         except ArtifactError:
-            raise ArtifactError(f"the demo's model folder {model_dir} is damaged ({problem}) and holds files "
-                                "prunevid did not write, so the demo leaves it alone: move it away, or set "
-                                "PRUNEVID_CACHE to another folder") from None
+            raise ArtifactError(_damaged(model_dir, "model", problem)) from None
     verb = "rebuilding the damaged" if exists else "building the"
     with progress.step(f"{verb} random {geometry} PLLaVA in {model_dir} (once)"):
         make_tiny(model_dir, geometry=geometry, force=exists)
@@ -114,10 +117,17 @@ def cached_export(model_dir: Path, cache: Path, progress: Progress) -> tuple[Pat
     from prunevid.config import PruneConfig
     from prunevid.exporter.export import ExportOptions, export
 
+    from prunevid.errors import ArtifactError
+    from prunevid.outdir import EXPORT, check_target
+
     cfg, options = PruneConfig(), ExportOptions()
     out = cache / "exports" / f"{model_dir.name}-{export_key(model_dir, cfg, options)}"
     if matches_spec(out):
         return out, True
+    try:
+        check_target(out, EXPORT, force=True)  # only prunevid's own export is exported again in place
+    except ArtifactError:
+        raise ArtifactError(_damaged(out, "export", "it does not verify")) from None
     export(model_dir, out, cfg, options, force=out.exists(), progress=progress)
     progress.finish()
     return out, False

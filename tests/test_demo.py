@@ -121,3 +121,21 @@ def test_damaged_cached_model_is_rebuilt_only_if_prunevid_built_it(tiny_model_di
         cached_model(other, "tiny", Progress(enabled=False))
     assert "--force" not in str(info.value)
     assert (other / "tiny-pllava" / "weights.bin").read_text() == "a user's"
+
+
+def test_damaged_cached_export_not_written_by_prunevid_is_left_alone(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from prunevid.config import PruneConfig
+    from prunevid.demo import cached_export, export_key
+    from prunevid.errors import ArtifactError
+    from prunevid.exporter.export import ExportOptions
+    from prunevid.progress import Progress
+
+    out = tmp_path / "exports" / f"{tiny_model_dir.name}-{export_key(tiny_model_dir, PruneConfig(), ExportOptions())}"
+    out.mkdir(parents=True)
+    (out / "manifest.json").write_text("{not json")  # not a prunevid export: it must survive
+    (out / "plan.txt").write_text("mine")
+    with pytest.raises(ArtifactError, match="PRUNEVID_CACHE") as info:
+        cached_export(tiny_model_dir, tmp_path, Progress(enabled=False))
+    assert "--force" not in str(info.value)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "plan.txt"]
+    assert (out / "plan.txt").read_text() == "mine"

@@ -1,7 +1,7 @@
 """Exported merger (ONNX Runtime) vs the eager reference on near-static features, with every
 disagreement traced to the decision that differs and tested against float32 error bounds.
 
-    python benchmarks/near_static.py [--hidden 768] [--clips 200] [--eps 1e-4 1e-3 1e-2 1e-1]
+    python benchmarks/near_static.py [--hidden 768] [--clips 200] [--eps 1e-4 1e-3 1e-2 1e-1] [--floor]
 
 Features are ``base + eps * noise`` (one still scene ``[1, 144, C]``, per-frame noise
 ``[16, 144, C]``), as ``tests/test_near_static.py`` checks at a small width. Per eps it prints how
@@ -10,13 +10,22 @@ many clips have identical segments and token counts, and how many are identical 
 differs (temporal, or the static / dynamic group of a segment), the quantity whose comparison
 flipped (score, density, nearest-centre distance, or the static test) and its gap against the bound.
 
+``--floor`` measures instead how often the eager reference disagrees with itself when only its
+distances are rounded differently: correctly rounded (float64, then float32) and ``torch.cdist``'s
+direct-difference path at every size. No float32 implementation of the formula can be expected to
+agree with the eager reference more often than that.
+
 The bound (see :func:`error_bounds`) is an a-priori bound of float32 rounding, evaluated with the
 clip's norms: the distances of two implementations of the formula (``torch.cdist`` of the eager
 reference, the centred expansion of the op) may differ by at most the sum of their worst-case
 errors, ``gamma_m = m u / (1 - m u)`` (u = 2^-24) times the sum of the magnitudes each one adds
 up, propagated through the density (exp of the mean of the k smallest squares), delta (a min) and
-the score (a product). A *near-tie* is a pair of competing quantities closer than the sum of their
-two bounds: rounding alone may order them either way, in any implementation.
+the score (a product). Where each backend computes a DPC-KNN input itself (the frame means of the
+temporal clustering, a segment's static means), the merger's own input is read from the graph
+(:class:`TracedMerger`), checked to lie within the a-priori bound of a float32 mean
+(:func:`mean_error`), and its actual distance from the eager input enters the distances' bound.
+A *near-tie* is a pair of competing quantities closer than the sum of their two bounds: rounding
+alone may order them either way, in any implementation.
 """
 
 from __future__ import annotations
@@ -156,6 +165,9 @@ def classify_call(x: np.ndarray, k: int, num_clusters: int, op_labels: np.ndarra
         if (moved > limit).any():
             i = int(np.argmax(moved - limit))
             return Verdict(call, "unexplained", float(moved[i]), float(limit[i]), f"input row {i} moved past its bound")
+        # the a-priori bound of a mean (gamma_{m-1}) is far above its typical rounding; what the op
+        # was actually given is known here, so the distances' bound starts from that
+        input_err = moved
     dist = pairwise_distance(xt).double().numpy()
     rho, delta, score = (t.double().numpy() for t in (ref.density, ref.delta, ref.score))
     bd = error_bounds(x, rho, delta, k, input_err)
@@ -274,6 +286,46 @@ def classify_clip(video, cfg, merger: TracedMerger) -> Verdict:
                    "no DPC-KNN call differs" if sizes == [g[1].shape[0] for g in groups] else "groups differ")
 
 
+def floor(hidden: int, clips: int, epsilons) -> None:
+    """Print per eps how many clips the eager reference merges identically when its distances are
+    correctly rounded, or taken from cdist's direct path, instead of cdist's default."""
+    import importlib
+
+    import torch
+
+    from prunevid.pruning import merge_video_tokens
+
+    dpc = importlib.import_module("prunevid.pruning.dpc_knn")  # the module, not the function
+    official = dpc.pairwise_distance
+
+    def rounded(x):  # exact enough in float64, then rounded once to float32
+        xd = x.double()
+        return (torch.cdist(xd, xd) / (x.shape[-1] ** 0.5)).float()
+
+    def direct(x):
+        xf = x.float()
+        return torch.cdist(xf, xf, compute_mode="donot_use_mm_for_euclid_dist") / (x.shape[-1] ** 0.5)
+
+    def same(a, b) -> bool:
+        return (a.window_sizes == b.window_sizes and a.num_tokens == b.num_tokens
+                and torch.equal(a.token_of_cell, b.token_of_cell) and torch.allclose(a.tokens, b.tokens, atol=1e-5, rtol=0))
+
+    try:
+        for eps in epsilons:
+            counts = {"correctly rounded": 0, "cdist direct path": 0}
+            for seed in range(clips):
+                video = near_static_clip(seed, eps, hidden)
+                dpc.pairwise_distance = official
+                ref = merge_video_tokens(video)
+                for name, fn in zip(counts, (rounded, direct), strict=True):
+                    dpc.pairwise_distance = fn
+                    counts[name] += same(ref, merge_video_tokens(video))
+            print(f"C={hidden} eps={eps:g}: eager vs eager with distances " + ", ".join(
+                f"{name}: identical {n}/{clips}" for name, n in counts.items()), flush=True)
+    finally:
+        dpc.pairwise_distance = official
+
+
 def main() -> None:
     import torch
 
@@ -284,8 +336,12 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--clips", type=int, default=200)
     parser.add_argument("--eps", type=float, nargs="+", default=list(EPSILONS))
+    parser.add_argument("--floor", action="store_true", help="eager reference against itself, distances rounded otherwise")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.floor:
+        floor(args.hidden, args.clips, args.eps)
+        return
     cfg = PruneConfig()
     merger = TracedMerger(cfg, FRAMES, TOKENS, args.hidden)
     for eps in args.eps:

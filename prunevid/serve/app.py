@@ -1,0 +1,279 @@
+"""The HTTP routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``/health``, ``/health/ready``,
+``/metrics``, ``/version``.
+
+One chat request, in order: 503 if not ready or draining; a ticket (429 when ``1 + queue`` are in);
+the body read under ``max_request_bytes`` (413); parsed (400); the video obtained and decoded (400,
+413, 415, 422, 504); the generation slot (429 after ``queue_timeout_s``); only then a 200, streamed
+(SSE) or whole. Every refusal is the OpenAI envelope ``{"error": {...}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from prunevid.serve import protocol
+from prunevid.serve.admission import Admission, Ticket
+from prunevid.serve.engine import Engine
+from prunevid.serve.media import DecodeJob, UrlPolicy, decode, obtain
+from prunevid.serve.metrics import Metrics
+from prunevid.serve.protocol import ApiError
+from prunevid.serve.settings import ServeSettings
+
+
+@dataclass
+class ServerState:
+    """What the routes share: the engine, the limits, the queue and whether the server takes requests."""
+
+    engine: Engine
+    settings: ServeSettings
+    policy: UrlPolicy = field(default_factory=UrlPolicy)
+    ready: bool = False
+    draining: bool = False
+    workdir: Path | None = None
+
+    def __post_init__(self) -> None:
+        from prunevid import __version__
+
+        s, pipe = self.settings, self.engine.pipeline
+        self.model = s.served_model_name or Path(pipe.artifact.root).name
+        self.modes = tuple(s.allow_modes) or (self.engine.mode,)
+        self.admission = Admission(s.queue)
+        self.metrics = Metrics(self.admission, {"version": __version__, "mode": self.engine.mode,
+                                                "backend": f"onnxruntime-{pipe.backend.device}"})
+        self.metrics.load_seconds.set(self.engine.load_seconds)
+        g = pipe.geometry
+        self.job = DecodeJob(pipe.artifact.root / _preprocessor_file(), g.image_size, g.frames)
+
+
+def _preprocessor_file() -> str:
+    from prunevid import spec
+
+    return spec.PREPROCESSOR_FILE
+
+
+def json_response(status: int, body: dict, headers: dict | None = None):
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def error_response(err: ApiError):
+    return json_response(err.status, err.body(), err.headers)
+
+
+async def read_body(request, cap: int) -> bytes:
+    """The request body, refused (413) as soon as it passes ``cap`` bytes, header or not."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap:
+        raise ApiError(413, f"the request body is over the {cap}-byte limit", "request_too_large",
+                       outcome="too_large")
+    chunks, size = [], 0
+    async for piece in request.stream():
+        size += len(piece)
+        if size > cap:
+            raise ApiError(413, f"the request body is over the {cap}-byte limit", "request_too_large",
+                           outcome="too_large")
+        chunks.append(piece)
+    return b"".join(chunks)
+
+
+async def prepare_pixels(state: ServerState, url: str) -> np.ndarray:
+    """Fetch/locate and decode the video; every temporary file is removed before returning."""
+    path, owned = await obtain(url, state.workdir, state.settings, state.policy)
+    out = path.with_suffix(".npy") if owned else Path(tempfile.mkstemp(suffix=".npy", dir=state.workdir)[1])
+    try:
+        await decode(path, out, state.job, state.settings)
+        return np.load(out)  # [T, 3, S, S] float32
+    finally:
+        out.unlink(missing_ok=True)
+        if owned:
+            path.unlink(missing_ok=True)
+
+
+def build_app(state: ServerState):
+    """The ASGI app (FastAPI, so Ray Serve can mount it as an ingress)."""
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        state.workdir = Path(tempfile.mkdtemp(prefix="prunevid-serve-"))
+        try:
+            t0 = time.perf_counter()
+            await asyncio.get_running_loop().run_in_executor(state.engine.executor, state.engine.warm_up)
+            state.metrics.load_seconds.set(state.engine.load_seconds + time.perf_counter() - t0)
+            state.ready = True
+            yield
+        finally:
+            state.ready = False
+            shutil.rmtree(state.workdir, ignore_errors=True)  # our own folder: every request's temp files
+
+    app = FastAPI(title="prunevid", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/health/ready")
+    async def ready():
+        if state.ready and not state.draining:
+            return {"status": "ready"}
+        reason = "draining" if state.draining else "starting"
+        return json_response(503, protocol.error_body(503, f"not ready: {reason}", "server_unavailable"))
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/version")
+    async def version():
+        from prunevid import __version__
+
+        return {"version": __version__}
+
+    @app.get("/v1/models")
+    async def models():
+        pipe = state.engine.pipeline
+        card = {"id": state.model, "object": "model", "created": 0, "owned_by": "prunevid",
+                "max_model_len": pipe.model["max_position_embeddings"],
+                "prunevid": {"frames": pipe.geometry.frames, "export_mode": state.engine.mode,
+                             "allowed_modes": list(state.modes), "backend": f"onnxruntime-{pipe.backend.device}",
+                             "queue": state.settings.queue}}
+        return {"object": "list", "data": [card]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        arrival = time.perf_counter()
+        if not state.ready or state.draining:
+            state.metrics.outcome("rejected_draining")
+            err = ApiError(503, "the server is " + ("draining" if state.draining else "starting"),
+                           "server_unavailable", headers={"Retry-After": "1"})
+            return error_response(err)
+        ticket: Ticket | None = None
+        handed_over = False
+        try:
+            ticket = state.admission.enter()
+            raw = await read_body(request, state.settings.max_request_bytes)
+            req = protocol.parse_chat(protocol.parse_json(raw), frames=state.engine.frames,
+                                      max_new_tokens=state.settings.max_new_tokens, allowed_modes=state.modes,
+                                      model=state.model)
+            _check_prompt(state, req)
+            t_media = time.perf_counter()
+            pixels = await prepare_pixels(state, req.video)
+            media_s = time.perf_counter() - t_media
+            state.metrics.media_time.observe(media_s)
+            await ticket.run(state.settings.queue_timeout_s)
+            queue_s = time.perf_counter() - arrival - media_s
+            state.metrics.queue_time.observe(queue_s)
+            timing = {"arrival": arrival, "queue_ms": round(queue_s * 1e3, 3), "media_ms": round(media_s * 1e3, 3)}
+            gen = state.engine.start(pixels, req.question, req.mode, req.max_tokens, on_done=ticket.done)
+            handed_over = True  # the generation thread gives the slot back when it stops
+            if req.stream:
+                return StreamingResponse(_sse(state, req, gen, timing), media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache"})
+            return await _whole(state, request, gen, timing)
+        except ApiError as err:
+            state.metrics.outcome(err.outcome)
+            return error_response(err)
+        except asyncio.CancelledError:
+            state.metrics.outcome("cancelled")
+            raise
+        finally:
+            if ticket is not None and not handed_over:
+                ticket.done()
+
+    return app
+
+
+def _check_prompt(state: ServerState, req: protocol.ChatRequest) -> None:
+    from prunevid.errors import PruneVidError
+
+    try:
+        state.engine.check(req.question, req.max_tokens, req.mode)
+    except PruneVidError as exc:
+        raise ApiError(400, str(exc), param="max_tokens") from None
+
+
+def _finish(state: ServerState, answer: dict, first_at: float | None, timing: dict) -> dict:
+    """Record the outcome and metrics of a finished answer; return the server timings."""
+    reason = answer["finish_reason"]
+    state.metrics.outcome({"stop": "ok", "length": "length"}.get(reason, "cancelled"))
+    end = time.perf_counter()
+    ttft = None if first_at is None else first_at - timing["arrival"]
+    state.metrics.answered(answer, ttft, end - timing["arrival"])
+    return {"queue_ms": timing["queue_ms"], "media_ms": timing["media_ms"],
+            "ttft_ms": None if ttft is None else round(ttft * 1e3, 3),
+            "e2e_ms": round((end - timing["arrival"]) * 1e3, 3)}
+
+
+async def _whole(state, request, gen, timing):
+    """Non-streaming: generate while watching for the client leaving (then cancel within one step)."""
+    cancel = gen.cancel
+    texts, first_at, answer = [], None, None
+    events = gen.events()
+
+    async def watch():
+        while not cancel.is_set():
+            if await request.is_disconnected():
+                cancel.set()
+                return
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        async for event in events:
+            if event.error is not None:
+                state.metrics.outcome("error")
+                return error_response(ApiError(500, f"engine error: {event.error}", "engine_error", outcome="error"))
+            if event.token is not None and first_at is None:
+                first_at = event.at
+            texts.append(event.text)
+            answer = event.answer
+    finally:
+        watcher.cancel()
+        await events.aclose()
+    extra = _finish(state, answer, first_at, timing)
+    finish = "length" if answer["finish_reason"] == "cancelled" else answer["finish_reason"]
+    body = protocol.completion(protocol.new_id(), state.model, "".join(texts), finish, answer, extra)
+    return json_response(200, body)
+
+
+async def _sse(state, req, gen, timing):
+    """Streaming: role chunk, one chunk per text delta, the final chunk (finish_reason and the prunevid
+    facts), the usage chunk when asked, ``[DONE]``. Leaving early cancels the answer."""
+    cid, model = protocol.new_id(), state.model
+    first_at = None
+    events = gen.events()
+    finished = False
+    try:
+        yield protocol.sse(protocol.chunk(cid, model, {"role": "assistant", "content": ""}))
+        async for event in events:
+            if event.error is not None:
+                finished = True
+                state.metrics.outcome("error")
+                yield protocol.sse(protocol.error_body(500, f"engine error: {event.error}", "engine_error"))
+                break
+            if event.token is not None and first_at is None:
+                first_at = event.at
+            if event.text:
+                yield protocol.sse(protocol.chunk(cid, model, {"content": event.text}))
+            if event.answer is not None:
+                finished = True
+                answer = event.answer
+                extra = _finish(state, answer, first_at, timing)
+                yield protocol.sse(protocol.chunk(cid, model, {}, answer["finish_reason"],
+                                                  prunevid=protocol.facts(answer, extra)))
+                if req.include_usage:
+                    yield protocol.sse(protocol.usage_chunk(cid, model, answer))
+        yield protocol.sse("[DONE]")
+    finally:
+        gen.cancel.set()
+        await events.aclose()
+        if not finished:
+            state.metrics.outcome("cancelled")

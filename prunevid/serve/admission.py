@@ -52,6 +52,7 @@ class Admission:
         self.capacity = 1 + queue
         self.waiting = 0
         self.running = 0
+        self.peak = 0  # most requests ever in at once (never above capacity)
         self.slot = asyncio.Semaphore(1)
 
     def enter(self) -> Ticket:
@@ -59,6 +60,7 @@ class Admission:
         if self.waiting + self.running >= self.capacity:
             raise overloaded(f"the server is busy ({self.running} running, {self.waiting} waiting); retry later")
         self.waiting += 1
+        self.peak = max(self.peak, self.waiting + self.running)
         return Ticket(self)
 
     @property

@@ -216,11 +216,13 @@ def local_file(url: str, media_dir: Path | None, cap: int) -> Path:
     root = Path(media_dir).resolve()
     raw = Path(urllib.parse.unquote(parts.path))
     try:
-        path = (raw if raw.is_absolute() else root / raw).resolve(strict=True)
+        path = (raw if raw.is_absolute() else root / raw).resolve()  # links and .. resolved
     except (OSError, RuntimeError, ValueError):
-        raise ApiError(404, f"no such media file: {raw}", "not_found_error", "video", outcome="bad_media") from None
-    if not path.is_relative_to(root):
+        raise refused(f"cannot resolve {raw}") from None
+    if not path.is_relative_to(root):  # checked before existence: nothing is revealed outside the root
         raise refused(f"{raw} is outside the media folder")
+    if not path.exists():
+        raise ApiError(404, f"no such media file: {raw}", "not_found_error", "video", outcome="bad_media")
     if not path.is_file():
         raise refused(f"{raw} is not a regular file")
     if path.stat().st_size > cap:

@@ -175,19 +175,18 @@ class TokenPrinter:
     """Streams the answer: prints whatever new text each generated token adds."""
 
     def __init__(self, tokenizer):
-        self.tokenizer, self.ids, self.shown = tokenizer, [], ""
+        from prunevid.runtime.text import TextDeltas
+
+        self.deltas = TextDeltas(tokenizer)
 
     def __call__(self, token: int) -> None:
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
-        if text.startswith(self.shown) and not text.endswith("\ufffd"):
-            click.echo(text[len(self.shown):], nl=False)
+        text = self.deltas.add(token)
+        if text:
+            click.echo(text, nl=False)
             sys.stdout.flush()
-            self.shown = text
 
     def finish(self) -> None:
-        text = self.tokenizer.decode(self.ids)
-        click.echo(text[len(self.shown):] if text.startswith(self.shown) else "")
+        click.echo(self.deltas.flush())
 
 
 @cli.command()

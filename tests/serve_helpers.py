@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 # Names the guard resolves without DNS; anything else fails the test.
 FAKE_DNS = {"localhost": ["127.0.0.1", "::1"], "metadata.google.internal": ["169.254.169.254"],
             "intranet.test": ["10.1.2.3"], "mixed.test": ["93.184.216.34", "192.168.0.7"],
@@ -74,6 +76,16 @@ def _literal(name: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+@pytest.fixture(autouse=True)
+def guard(monkeypatch):
+    """Fail the test if anything connects to a non-loopback address or asks real DNS (import this
+    fixture into a test module to make it autouse there)."""
+    g = NetGuard()
+    g.install(monkeypatch)
+    yield g
+    assert g.violations == [], g.violations
 
 
 class LiveServer:

@@ -20,19 +20,10 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from serve_helpers import Canary, LiveServer, NetGuard, chat, data_url  # noqa: E402
+from serve_helpers import Canary, LiveServer, chat, data_url, guard  # noqa: E402,F401
 
 QUESTION = "What is it?"
 MODES = ("prunevid", "merge", "none")
-
-
-@pytest.fixture(autouse=True)
-def guard(monkeypatch):
-    """Fail the test if anything connects to a non-loopback address or asks real DNS."""
-    g = NetGuard()
-    g.install(monkeypatch)
-    yield g
-    assert g.violations == [], g.violations
 
 
 @pytest.fixture(scope="module")

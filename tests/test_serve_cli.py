@@ -19,17 +19,9 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from serve_helpers import NetGuard, chat  # noqa: E402
+from serve_helpers import chat, guard  # noqa: E402,F401
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def guard(monkeypatch):
-    g = NetGuard()
-    g.install(monkeypatch)
-    yield g
-    assert g.violations == [], g.violations
 
 
 def _free_port() -> int:

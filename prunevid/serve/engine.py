@@ -19,28 +19,6 @@ from pathlib import Path
 import numpy as np
 
 
-class TextDeltas:
-    """Incremental detokenization: the new text each token adds (held back while a multi-byte
-    character is incomplete); :meth:`flush` gives the rest."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer, self.ids, self.shown = tokenizer, [], ""
-
-    def add(self, token: int) -> str:
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
-        if text.startswith(self.shown) and not text.endswith("\ufffd"):
-            delta, self.shown = text[len(self.shown):], text
-            return delta
-        return ""
-
-    def flush(self) -> str:
-        text = self.tokenizer.decode(self.ids)
-        delta = text[len(self.shown):] if text.startswith(self.shown) else ""
-        self.shown = text
-        return delta
-
-
 @dataclass
 class Event:
     """One item of :meth:`Engine.stream`: a token (``token``, ``text``) or the end (``answer`` or ``error``)."""
@@ -122,6 +100,8 @@ class Generation:
         loop = asyncio.get_running_loop()
         self.cancel = threading.Event()
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        from prunevid.runtime.text import TextDeltas
+
         deltas = TextDeltas(engine.pipeline.tokenizer)
 
         def on_token(token: int) -> None:

@@ -408,11 +408,15 @@ def make_tiny(model, geometry, seed, force, out):
 @click.option("--decode-timeout", type=float, default=None, help="Kill a video decode after this many seconds [60].")
 @click.option("--served-model-name", default=None, help="Model id in the API [the export folder's name].")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="ONNX Runtime intra-op threads.")
+@click.option("--ray", "use_ray", is_flag=True, help="Scale out on Ray Serve: an ingress and --replicas engine replicas.")
+@click.option("--replicas", type=click.IntRange(min=1), default=2, show_default=True, help="With --ray: engine replicas.")
+@click.option("--gpus-per-replica", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="With --ray: GPUs each engine replica reserves (fractions share a GPU).")
 @click.option("--step-delay", type=float, default=0.0, hidden=True, help="Test only: sleep per generated token.")
 @click.option("--decode-delay", type=float, default=0.0, hidden=True, help="Test only: decode worker sleeps first.")
 def serve(engine_dir, host, port, profile, queue, queue_timeout, allow_modes, media_dir, allow_remote_media,
           allowed_media_domains, max_video_bytes, max_video_seconds, max_new_tokens, decode_timeout,
-          served_model_name, threads, step_delay, decode_delay):
+          served_model_name, threads, use_ray, replicas, gpus_per_replica, step_delay, decode_delay):
     """Serve an export over an OpenAI-compatible HTTP API (POST /v1/chat/completions with a video)."""
     from prunevid.serve.server import serve as run_server
     from prunevid.serve.settings import ServeSettings
@@ -426,7 +430,12 @@ def serve(engine_dir, host, port, profile, queue, queue_timeout, allow_modes, me
         max_video_bytes=max_video_bytes, max_video_seconds=max_video_seconds, max_new_tokens=max_new_tokens,
         decode_timeout_s=decode_timeout, served_model_name=served_model_name, threads=threads,
         step_delay_s=step_delay, decode_delay_s=decode_delay)
-    run_server(engine_dir, settings, echo=lambda line: click.echo(line, err=True))
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    if use_ray:
+        from prunevid.serve.ray_app import run as run_ray
+
+        return run_ray(engine_dir, settings, replicas, gpus_per_replica, echo=echo)
+    run_server(engine_dir, settings, echo=echo)
 
 
 @cli.command()

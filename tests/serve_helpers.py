@@ -97,8 +97,9 @@ class LiveServer:
         from prunevid.serve.app import build_app
 
         self.state = state
+        # the asyncio loop, not uvloop: uvloop dials through libuv, past the guard's socket.connect
         config = uvicorn.Config(build_app(state), host="127.0.0.1", port=0, log_level="warning", lifespan="on",
-                                access_log=False)
+                                access_log=False, loop="asyncio")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

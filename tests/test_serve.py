@@ -198,17 +198,23 @@ def test_stream_disconnect_frees_the_slot_within_one_step(live, media, tuned):
     step = 0.25
     tuned(step_delay_s=step)
     cancelled = metric(live, "prunevid_requests_total", outcome="cancelled")
+    generated = metric(live, "prunevid_generation_tokens_total")
     body = chat(file_url(media), max_tokens=200, stream=True)
+    received = 0
     with httpx.stream("POST", live.url + "/v1/chat/completions", json=body, timeout=60) as r:
         assert r.status_code == 200
         for line in r.iter_lines():
             if '"content": "' in line and '"role"' not in line:
+                received += 1
                 break
-    t_close = time.monotonic()
-    freed = idle(live, within=5)
-    assert freed < 2 * step + 0.5, f"slot freed {freed:.2f} s after the disconnect"
+    freed = idle(live, within=10)
+    assert freed < 3.0, f"slot freed {freed:.2f} s after the disconnect"
+    # counted, not timed (the machine may be loaded): once the client left, at most the step in
+    # flight and the one that noticed ran (+1: the first delta may wait for a second token to complete
+    # a character)
+    extra = metric(live, "prunevid_generation_tokens_total") - generated - received
+    assert 0 <= extra <= 4, extra
     assert metric(live, "prunevid_requests_total", outcome="cancelled") == cancelled + 1
-    assert time.monotonic() - t_close < 5
 
 
 def test_non_streaming_disconnect_cancels(live, media, tuned):
@@ -218,8 +224,8 @@ def test_non_streaming_disconnect_cancels(live, media, tuned):
     gen_before = metric(live, "prunevid_generation_tokens_total")
     with pytest.raises(httpx.ReadTimeout):
         post(live, chat(file_url(media), max_tokens=200), timeout=2.5)
-    freed = idle(live, within=5)
-    assert freed < 2 * step + 0.5
+    freed = idle(live, within=10)
+    assert freed < 3.0, f"slot freed {freed:.2f} s after the client left"
     assert metric(live, "prunevid_requests_total", outcome="cancelled") == cancelled + 1
     assert metric(live, "prunevid_generation_tokens_total") - gen_before < 200
 

@@ -46,14 +46,15 @@ class Ticket:
 
 
 class Admission:
-    """Ticket counter and the single generation slot (event-loop side only; not thread-safe)."""
+    """Ticket counter and the generation slots, one unless several engines answer (event-loop side
+    only; not thread-safe)."""
 
-    def __init__(self, queue: int):
-        self.capacity = 1 + queue
+    def __init__(self, queue: int, slots: int = 1):
+        self.capacity = slots + queue
         self.waiting = 0
         self.running = 0
         self.peak = 0  # most requests ever in at once (never above capacity)
-        self.slot = asyncio.Semaphore(1)
+        self.slot = asyncio.Semaphore(slots)
 
     def enter(self) -> Ticket:
         """A ticket, or 429 with Retry-After when ``1 + queue`` requests are already in."""

@@ -41,25 +41,22 @@ class ServerState:
     ready: bool = False
     draining: bool = False
     workdir: Path | None = None
+    slots: int = 1  # answers generated at once (Ray: one per engine replica)
 
     def __post_init__(self) -> None:
         from prunevid import __version__
 
-        s, pipe = self.settings, self.engine.pipeline
-        self.model = s.served_model_name or Path(pipe.artifact.root).name
-        self.modes = tuple(s.allow_modes) or (self.engine.mode,)
-        self.admission = Admission(s.queue)
-        self.metrics = Metrics(self.admission, {"version": __version__, "mode": self.engine.mode,
-                                                "backend": f"onnxruntime-{pipe.backend.device}"})
+        from prunevid import spec
+
+        s, facts = self.settings, self.engine.facts
+        self.facts = facts
+        self.model = s.served_model_name or facts.name
+        self.modes = tuple(s.allow_modes) or (facts.mode,)
+        self.admission = Admission(s.queue, self.slots)
+        self.metrics = Metrics(self.admission, {"version": __version__, "mode": facts.mode,
+                                                "backend": facts.backend})
         self.metrics.load_seconds.set(self.engine.load_seconds)
-        g = pipe.geometry
-        self.job = DecodeJob(pipe.artifact.root / _preprocessor_file(), g.image_size, g.frames)
-
-
-def _preprocessor_file() -> str:
-    from prunevid import spec
-
-    return spec.PREPROCESSOR_FILE
+        self.job = DecodeJob(Path(facts.root) / spec.PREPROCESSOR_FILE, facts.image_size, facts.frames)
 
 
 def json_response(status: int, body: dict, headers: dict | None = None):
@@ -106,7 +103,7 @@ def build_app(state: ServerState):
         state.workdir = Path(tempfile.mkdtemp(prefix="prunevid-serve-"))
         try:
             t0 = time.perf_counter()
-            await asyncio.get_running_loop().run_in_executor(state.engine.executor, state.engine.warm_up)
+            await state.engine.ready()
             state.metrics.load_seconds.set(state.engine.load_seconds + time.perf_counter() - t0)
             state.ready = True
             yield
@@ -139,11 +136,11 @@ def build_app(state: ServerState):
 
     @app.get("/v1/models")
     async def models():
-        pipe = state.engine.pipeline
+        facts = state.facts
         card = {"id": state.model, "object": "model", "created": 0, "owned_by": "prunevid",
-                "max_model_len": pipe.model["max_position_embeddings"],
-                "prunevid": {"frames": pipe.geometry.frames, "export_mode": state.engine.mode,
-                             "allowed_modes": list(state.modes), "backend": f"onnxruntime-{pipe.backend.device}",
+                "max_model_len": facts.max_positions,
+                "prunevid": {"frames": facts.frames, "export_mode": facts.mode,
+                             "allowed_modes": list(state.modes), "backend": facts.backend,
                              "queue": state.settings.queue}}
         return {"object": "list", "data": [card]}
 
@@ -160,7 +157,7 @@ def build_app(state: ServerState):
         try:
             ticket = state.admission.enter()
             raw = await read_body(request, state.settings.max_request_bytes)
-            req = protocol.parse_chat(protocol.parse_json(raw), frames=state.engine.frames,
+            req = protocol.parse_chat(protocol.parse_json(raw), frames=state.facts.frames,
                                       max_new_tokens=state.settings.max_new_tokens, allowed_modes=state.modes,
                                       model=state.model)
             _check_prompt(state, req)
@@ -200,6 +197,13 @@ def _check_prompt(state: ServerState, req: protocol.ChatRequest) -> None:
         raise ApiError(400, str(exc), param="max_tokens") from None
 
 
+def _as_api_error(error: BaseException) -> ApiError:
+    """An engine failure as an HTTP error: typed ones keep their status, anything else is a 500."""
+    if isinstance(error, ApiError):
+        return error
+    return ApiError(500, f"engine error: {type(error).__name__}: {error}", "engine_error", outcome="error")
+
+
 def _finish(state: ServerState, answer: dict, first_at: float | None, timing: dict) -> dict:
     """Record the outcome and metrics of a finished answer; return the server timings."""
     reason = answer["finish_reason"]
@@ -229,8 +233,9 @@ async def _whole(state, request, gen, timing):
     try:
         async for event in events:
             if event.error is not None:
-                state.metrics.outcome("error")
-                return error_response(ApiError(500, f"engine error: {event.error}", "engine_error", outcome="error"))
+                err = _as_api_error(event.error)
+                state.metrics.outcome(err.outcome)
+                return error_response(err)
             if event.token is not None and first_at is None:
                 first_at = event.at
             texts.append(event.text)
@@ -256,8 +261,9 @@ async def _sse(state, req, gen, timing):
         async for event in events:
             if event.error is not None:
                 finished = True
-                state.metrics.outcome("error")
-                yield protocol.sse(protocol.error_body(500, f"engine error: {event.error}", "engine_error"))
+                err = _as_api_error(event.error)
+                state.metrics.outcome(err.outcome)
+                yield protocol.sse(err.body())
                 break
             if event.token is not None and first_at is None:
                 first_at = event.at

@@ -19,6 +19,26 @@ from pathlib import Path
 import numpy as np
 
 
+@dataclass(frozen=True)
+class ExportFacts:
+    """What the HTTP side needs to know of an export (plain data: crosses to a Ray ingress)."""
+
+    name: str
+    root: str  # the export folder (the decode worker reads its preprocessor config)
+    frames: int
+    image_size: int
+    mode: str
+    max_positions: int
+    backend: str
+
+
+def facts_of(artifact, backend: str) -> ExportFacts:
+    """The :class:`ExportFacts` of an opened export (``prunevid.runtime.artifact.open_artifact``)."""
+    g = artifact.geometry
+    return ExportFacts(Path(artifact.root).name, str(artifact.root), g.frames, g.image_size, artifact.prune["mode"],
+                       artifact.manifest["model"]["max_position_embeddings"], backend)
+
+
 @dataclass
 class Event:
     """One item of :meth:`Engine.stream`: a token (``token``, ``text``) or the end (``answer`` or ``error``)."""
@@ -41,14 +61,19 @@ class Engine:
         self.load_seconds = time.perf_counter() - t0
         self.step_delay_s = step_delay_s
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="prunevid-generate")
+        self.closed = False
 
     @property
-    def frames(self) -> int:
-        return self.pipeline.geometry.frames
+    def facts(self) -> ExportFacts:
+        return facts_of(self.pipeline.artifact, f"onnxruntime-{self.pipeline.backend.device}")
 
     @property
     def mode(self) -> str:
         return self.pipeline.mode
+
+    async def ready(self) -> None:
+        """Warm up in the generation thread (the server is ready after this)."""
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.warm_up)
 
     def warm_up(self) -> None:
         """One short answer on blank pixels, so the first request does not pay first-run costs."""
@@ -89,6 +114,7 @@ class Engine:
         return Generation(self, pixels, question, mode, max_tokens, on_done)
 
     def close(self) -> None:
+        self.closed = True
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 

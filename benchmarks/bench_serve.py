@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import threading
@@ -80,6 +81,7 @@ async def one(client, url: str, body: dict) -> dict:
                     final = json.loads(line[len("data: "):])
         return {"e2e_s": time.perf_counter() - t0, "ttft_s": (first or time.perf_counter()) - t0,
                 "rejected": rejected, "kept": final["prunevid"]["visual_tokens"]["kept"],
+                "media_ms": final["prunevid"]["server_ms"]["media_ms"], "engine_ttft_ms": final["prunevid"]["ttft_ms"],
                 "tokens": len(final["prunevid"]["token_ids"])}
 
 
@@ -106,6 +108,8 @@ def summary(results: list[dict], wall: float) -> dict:
     return {"requests": len(results), "wall_s": round(wall, 3), "requests_per_s": round(len(results) / wall, 3),
             "e2e_ms": {"p50": round(statistics.median(e2e), 1), "p99": round(percentile(e2e, 99), 1)},
             "ttft_ms": {"p50": round(statistics.median(ttft), 1), "p99": round(percentile(ttft, 99), 1)},
+            "server_media_ms_p50": round(statistics.median(r["media_ms"] for r in results), 1),
+            "engine_ttft_ms_p50": round(statistics.median(r["engine_ttft_ms"] for r in results), 1),
             "rejected_429": sum(r["rejected"] for r in results), "visual_tokens_kept": results[0]["kept"],
             "tokens_per_answer": results[0]["tokens"]}
 
@@ -126,7 +130,7 @@ def main() -> None:
     server, url, state = start_server(export_dir, clip.parent, args.queue, args.threads)
     try:
         out = {"benchmark": "bench_serve", "geometry": args.geometry, "clip": clip.name,
-               "machine": machine(args.threads, bool(args.threads)),
+               "machine": {**machine(args.threads, bool(args.threads)), "load_average_1m_at_start": os.getloadavg()[0]},
                "settings": {"requests": args.requests, "concurrency": args.concurrency, "queue": args.queue,
                             "new_tokens": args.new_tokens}, "modes": {}}
         for mode in ("prunevid", "none"):
@@ -140,9 +144,11 @@ def main() -> None:
             m = out["modes"][mode]
             print(f"{mode:9s} {m['requests_per_s']:7.2f} req/s  e2e p50 {m['e2e_ms']['p50']:8.1f} ms "
                   f"p99 {m['e2e_ms']['p99']:8.1f} ms  TTFT p50 {m['ttft_ms']['p50']:8.1f} ms "
-                  f"p99 {m['ttft_ms']['p99']:8.1f} ms  429s {m['rejected_429']}  kept {m['visual_tokens_kept']}")
+                  f"p99 {m['ttft_ms']['p99']:8.1f} ms  (video {m['server_media_ms_p50']:.0f} ms, engine TTFT "
+                  f"{m['engine_ttft_ms_p50']:.0f} ms)  429s {m['rejected_429']}  kept {m['visual_tokens_kept']}")
         pv, base = out["modes"]["prunevid"], out["modes"]["none"]
         out["throughput_ratio"] = round(pv["requests_per_s"] / base["requests_per_s"], 3)
+        out["machine"]["load_average_1m_at_end"] = os.getloadavg()[0]
         print(f"PruneVid / baseline throughput: {out['throughput_ratio']:.2f}x "
               f"({args.geometry} geometry, {args.concurrency} clients, queue {args.queue})")
         write_json(args.out or ROOT / "benchmarks" / f"bench-serve-{args.geometry}.json", out)

@@ -149,6 +149,9 @@ def test_models_health_and_metrics(live):
     assert httpx.get(live.url + "/health/ready", timeout=10).status_code == 200
     assert metric(live, "prunevid_requests_running") == 0
     assert metric(live, "prunevid_model_load_seconds") > 0
+    for method, path, status in (("GET", "/v1/chat/completions", 405), ("GET", "/v2/nothing", 404)):
+        r = httpx.request(method, live.url + path, timeout=10)
+        assert r.status_code == status and r.json()["error"]["code"] == status
 
 
 def test_answer_updates_token_metrics(live, media):

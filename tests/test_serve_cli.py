@@ -193,3 +193,21 @@ def test_parse_chat_accepts_every_video_part_spelling():
                          frames=16, max_new_tokens=64, allowed_modes=("prunevid", "merge"), model="m")
         assert (req.video, req.question, req.max_tokens, req.mode, req.stream, req.include_usage) == \
             (url, "What?", 7, "merge", True, True)
+
+
+def test_serve_profiles_and_setting_errors(tmp_path):
+    from click.testing import CliRunner
+
+    from prunevid.cli import cli
+    from prunevid.serve.settings import MiB, ServeSettings
+
+    jetson = ServeSettings.profile("jetson", queue=2, max_video_bytes=None)
+    assert (jetson.queue, jetson.max_video_bytes, jetson.max_new_tokens) == (2, 64 * MiB, 256)
+    assert jetson.max_request_bytes == 64 * MiB * 4 // 3 + 64 * 1024
+    assert ServeSettings.profile("default").max_video_bytes == 256 * MiB
+    for args, message in ((["--allow-modes", "prunevid,fast"], "Error: --allow-modes: fast is not one of"),
+                          (["--media-dir", str(tmp_path / "nope")], "is not a folder"),
+                          (["--max-video-seconds", "0"], "--max-video-seconds must be > 0")):
+        result = CliRunner().invoke(cli, ["serve", "--engine-dir", str(tmp_path), *args])
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert result.output.count("\n") == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import tempfile
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -113,6 +115,12 @@ def build_app(state: ServerState):
 
     app = FastAPI(title="prunevid", lifespan=lifespan, docs_url=None, redoc_url=None)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request, exc):  # unknown route, wrong method: the same envelope
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return json_response(exc.status_code, protocol.error_body(exc.status_code, str(exc.detail), kind),
+                             getattr(exc, "headers", None))
+
     @app.get("/health")
     async def health():
         return {"status": "ok"}
@@ -181,6 +189,10 @@ def build_app(state: ServerState):
         except asyncio.CancelledError:
             state.metrics.outcome("cancelled")
             raise
+        except Exception as exc:  # a bug: logged with its traceback, answered in the envelope
+            logging.getLogger("prunevid.serve").exception("request failed")
+            state.metrics.outcome("error")
+            return error_response(_as_api_error(exc))
         finally:
             if ticket is not None and not handed_over:
                 ticket.done()

@@ -41,7 +41,7 @@ def facts_of(artifact, backend: str) -> ExportFacts:
 
 @dataclass
 class Event:
-    """One item of :meth:`Engine.stream`: a token (``token``, ``text``) or the end (``answer`` or ``error``)."""
+    """One item of :meth:`Generation.events`: a token (``token``, ``text``) or the end (``answer`` or ``error``)."""
 
     token: int | None = None
     text: str = ""

@@ -257,6 +257,16 @@ def test_a_decode_that_never_ends_is_killed_at_the_time_cap(live, media, tuned):
     assert httpx.get(live.url + "/health/ready", timeout=10).status_code == 200
 
 
+def test_duration_and_frame_size_caps_refuse_before_decoding(live, media, tuned):
+    tuned(max_video_seconds=0.5)
+    r = post(live, chat(file_url(media), max_tokens=2))
+    assert r.status_code == 413 and "s limit" in r.json()["error"]["message"], r.text
+    tuned(max_frame_pixels=32 * 32)
+    r = post(live, chat(file_url(media), max_tokens=2))
+    assert r.status_code == 413 and "pixel limit" in r.json()["error"]["message"], r.text
+    idle(live)
+
+
 # --- malformed requests ------------------------------------------------------------------------------
 
 def _cases(media: Path, tmp: Path) -> list[tuple[str, object, int]]:

@@ -177,7 +177,8 @@ def build_app(state: ServerState):
             queue_s = time.perf_counter() - arrival - media_s
             state.metrics.queue_time.observe(queue_s)
             timing = {"arrival": arrival, "queue_ms": round(queue_s * 1e3, 3), "media_ms": round(media_s * 1e3, 3)}
-            gen = state.engine.start(pixels, req.question, req.mode, req.max_tokens, on_done=ticket.done)
+            gen = state.engine.start(pixels, req.question, req.mode, req.max_tokens,
+                                     on_done=lambda result: _done(state, ticket, gen, result, timing))
             handed_over = True  # the generation thread gives the slot back when it stops
             if req.stream:
                 return StreamingResponse(_sse(state, req, gen, timing), media_type="text/event-stream",
@@ -187,7 +188,8 @@ def build_app(state: ServerState):
             state.metrics.outcome(err.outcome)
             return error_response(err)
         except asyncio.CancelledError:
-            state.metrics.outcome("cancelled")
+            if not handed_over:  # after the hand-over, _done records the outcome
+                state.metrics.outcome("cancelled")
             raise
         except Exception as exc:  # a bug: logged with its traceback, answered in the envelope
             logging.getLogger("prunevid.serve").exception("request failed")
@@ -216,22 +218,29 @@ def _as_api_error(error: BaseException) -> ApiError:
     return ApiError(500, f"engine error: {type(error).__name__}: {error}", "engine_error", outcome="error")
 
 
-def _finish(state: ServerState, answer: dict, first_at: float | None, timing: dict) -> dict:
-    """Record the outcome and metrics of a finished answer; return the server timings."""
-    reason = answer["finish_reason"]
-    state.metrics.outcome({"stop": "ok", "length": "length"}.get(reason, "cancelled"))
-    end = time.perf_counter()
-    ttft = None if first_at is None else first_at - timing["arrival"]
-    state.metrics.answered(answer, ttft, end - timing["arrival"])
-    return {"queue_ms": timing["queue_ms"], "media_ms": timing["media_ms"],
-            "ttft_ms": None if ttft is None else round(ttft * 1e3, 3),
-            "e2e_ms": round((end - timing["arrival"]) * 1e3, 3)}
+def _done(state: ServerState, ticket: Ticket, gen, result, timing: dict) -> None:
+    """The generation stopped (whether or not its client still reads): free the slot, record the
+    outcome and the metrics."""
+    ticket.done()
+    if isinstance(result, BaseException):
+        state.metrics.outcome(_as_api_error(result).outcome)
+        return
+    state.metrics.outcome({"stop": "ok", "length": "length"}.get(result["finish_reason"], "cancelled"))
+    ttft = None if gen.first_at is None else gen.first_at - timing["arrival"]
+    state.metrics.answered(result, ttft, time.perf_counter() - timing["arrival"])
+
+
+def _server_ms(gen, timing: dict) -> dict:
+    """The server's own timings of one answer, in milliseconds."""
+    ttft = None if gen.first_at is None else round((gen.first_at - timing["arrival"]) * 1e3, 3)
+    return {"queue_ms": timing["queue_ms"], "media_ms": timing["media_ms"], "ttft_ms": ttft,
+            "e2e_ms": round((time.perf_counter() - timing["arrival"]) * 1e3, 3)}
 
 
 async def _whole(state, request, gen, timing):
     """Non-streaming: generate while watching for the client leaving (then cancel within one step)."""
     cancel = gen.cancel
-    texts, first_at, answer = [], None, None
+    texts, answer = [], None
     events = gen.events()
 
     async def watch():
@@ -245,19 +254,15 @@ async def _whole(state, request, gen, timing):
     try:
         async for event in events:
             if event.error is not None:
-                err = _as_api_error(event.error)
-                state.metrics.outcome(err.outcome)
-                return error_response(err)
-            if event.token is not None and first_at is None:
-                first_at = event.at
+                return error_response(_as_api_error(event.error))
             texts.append(event.text)
             answer = event.answer
     finally:
         watcher.cancel()
         await events.aclose()
-    extra = _finish(state, answer, first_at, timing)
     finish = "length" if answer["finish_reason"] == "cancelled" else answer["finish_reason"]
-    body = protocol.completion(protocol.new_id(), state.model, "".join(texts), finish, answer, extra)
+    body = protocol.completion(protocol.new_id(), state.model, "".join(texts), finish, answer,
+                               _server_ms(gen, timing))
     return json_response(200, body)
 
 
@@ -265,33 +270,22 @@ async def _sse(state, req, gen, timing):
     """Streaming: role chunk, one chunk per text delta, the final chunk (finish_reason and the prunevid
     facts), the usage chunk when asked, ``[DONE]``. Leaving early cancels the answer."""
     cid, model = protocol.new_id(), state.model
-    first_at = None
     events = gen.events()
-    finished = False
     try:
         yield protocol.sse(protocol.chunk(cid, model, {"role": "assistant", "content": ""}))
         async for event in events:
             if event.error is not None:
-                finished = True
-                err = _as_api_error(event.error)
-                state.metrics.outcome(err.outcome)
-                yield protocol.sse(err.body())
+                yield protocol.sse(_as_api_error(event.error).body())
                 break
-            if event.token is not None and first_at is None:
-                first_at = event.at
             if event.text:
                 yield protocol.sse(protocol.chunk(cid, model, {"content": event.text}))
             if event.answer is not None:
-                finished = True
                 answer = event.answer
-                extra = _finish(state, answer, first_at, timing)
                 yield protocol.sse(protocol.chunk(cid, model, {}, answer["finish_reason"],
-                                                  prunevid=protocol.facts(answer, extra)))
+                                                  prunevid=protocol.facts(answer, _server_ms(gen, timing))))
                 if req.include_usage:
                     yield protocol.sse(protocol.usage_chunk(cid, model, answer))
         yield protocol.sse("[DONE]")
     finally:
-        gen.cancel.set()
+        gen.cancel.set()  # the client left (or all was sent): stop generating within one step
         await events.aclose()
-        if not finished:
-            state.metrics.outcome("cancelled")

@@ -110,7 +110,8 @@ class Engine:
     def start(self, pixels: np.ndarray, question: str, mode: str | None, max_tokens: int,
               on_done=None) -> Generation:
         """Submit one answer to the generation thread now; read it with :meth:`Generation.events`.
-        ``on_done`` runs on the event loop once the thread has stopped, whether or not anyone reads."""
+        ``on_done(answer dict or exception)`` runs on the event loop once the thread has stopped, whether
+        or not anyone reads."""
         return Generation(self, pixels, question, mode, max_tokens, on_done)
 
     def close(self) -> None:
@@ -123,21 +124,23 @@ class Generation:
 
     def __init__(self, engine: Engine, pixels: np.ndarray, question: str, mode: str | None, max_tokens: int,
                  on_done=None):
+        from prunevid.runtime.text import TextDeltas
+
         loop = asyncio.get_running_loop()
         self.cancel = threading.Event()
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
-        from prunevid.runtime.text import TextDeltas
-
+        self.first_at: float | None = None  # perf_counter of the first token
         deltas = TextDeltas(engine.pipeline.tokenizer)
 
         def on_token(token: int) -> None:
-            text = deltas.add(token)
-            loop.call_soon_threadsafe(self.queue.put_nowait, Event(token=token, text=text, at=time.perf_counter()))
+            now = time.perf_counter()
+            self.first_at = self.first_at or now
+            loop.call_soon_threadsafe(self.queue.put_nowait, Event(token=token, text=deltas.add(token), at=now))
 
         def finished(future) -> None:
-            if on_done is not None:
-                on_done()
             error = future.exception()
+            if on_done is not None:
+                on_done(error if error is not None else future.result())
             if error is not None:
                 self.queue.put_nowait(Event(error=error, at=time.perf_counter()))
             else:

@@ -50,21 +50,27 @@ class RemoteGeneration:
 
     def __init__(self, handle, pixels, question, mode, max_tokens, on_done):
         self.cancel = threading.Event()
+        self.first_at: float | None = None
         self._response = handle.options(stream=True).generate.remote(pixels, question, mode, max_tokens)
         self._on_done = on_done
 
     async def events(self):
+        result: dict | BaseException = ApiError(499, "the client left", outcome="cancelled")
         try:
             async for item in self._response:
-                yield Event(token=item["token"], text=item["text"], answer=item["answer"], at=time.perf_counter())
+                now = time.perf_counter()
+                self.first_at = self.first_at or now
+                yield Event(token=item["token"], text=item["text"], answer=item["answer"], at=now)
                 if item["answer"] is not None:
+                    result = item["answer"]
                     return
         except Exception as exc:  # noqa: BLE001 - Ray's error types differ by version: classified by name
-            yield Event(error=classify(exc), at=time.perf_counter())
+            result = classify(exc)
+            yield Event(error=result, at=time.perf_counter())
         finally:
             self._response.cancel()  # a no-op once finished; otherwise the replica's generator is cancelled
             if self._on_done is not None:
-                self._on_done()
+                self._on_done(result)
                 self._on_done = None
 
 

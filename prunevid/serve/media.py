@@ -126,7 +126,7 @@ async def fetch_remote(url: str, dest: Path, settings: ServeSettings, policy: Ur
     timeout = httpx.Timeout(settings.fetch_timeout_s)
     async with httpx.AsyncClient(follow_redirects=False, timeout=timeout, trust_env=False) as client:
         for _hop in range(settings.max_redirects + 1):
-            parts, address = policy.check(url)
+            parts, address = await asyncio.to_thread(policy.check, url)  # the lookup blocks: not on the loop
             netloc = f"[{address}]" if ":" in address else address
             if parts.port:
                 netloc += f":{parts.port}"

@@ -179,19 +179,18 @@ class TokenPrinter:
     """Streams the answer: prints whatever new text each generated token adds."""
 
     def __init__(self, tokenizer):
-        self.tokenizer, self.ids, self.shown = tokenizer, [], ""
+        from prunevid.runtime.text import TextDeltas
+
+        self.deltas = TextDeltas(tokenizer)
 
     def __call__(self, token: int) -> None:
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
-        if text.startswith(self.shown) and not text.endswith("\ufffd"):
-            click.echo(text[len(self.shown):], nl=False)
+        text = self.deltas.add(token)
+        if text:
+            click.echo(text, nl=False)
             sys.stdout.flush()
-            self.shown = text
 
     def finish(self) -> None:
-        text = self.tokenizer.decode(self.ids)
-        click.echo(text[len(self.shown):] if text.startswith(self.shown) else "")
+        click.echo(self.deltas.flush())
 
 
 @cli.command()
@@ -463,6 +462,71 @@ def make_tiny(model, geometry, seed, force, out):
     with Progress().step(f"writing a random {model} ({geometry}) into {out}"):
         write(out, geometry=geometry, seed=seed, force=force)
     click.echo(str(out))
+
+
+@cli.command()
+@click.option("--engine-dir", required=True, type=click.Path(path_type=Path), help="Export folder to serve.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless told).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--profile", type=click.Choice(["default", "jetson"]), default="default", show_default=True,
+              help="Caps: default (256 MiB, 900 s, 4096x2160, queue 8) or jetson (64 MiB, 300 s, 1920x1080, queue 4).")
+@click.option("--queue", type=click.IntRange(min=0), default=None, help="Requests that may wait beside the running one; more get 429.")
+@click.option("--queue-timeout", type=float, default=None, help="Longest wait for the generation slot, seconds [120].")
+@click.option("--allow-modes", default=None, help="Comma list of modes a request may pick (prunevid,merge,none) [the export's].")
+@click.option("--media-dir", type=click.Path(path_type=Path), default=None, help="Folder file:// URLs may point into.")
+@click.option("--allow-remote-media", is_flag=True, help="Fetch http(s) video URLs (public addresses only).")
+@click.option("--allowed-media-domains", default=None, help="Comma list: remote hosts must be one of these domains.")
+@click.option("--max-video-bytes", type=int, default=None, help="Largest video, bytes [profile].")
+@click.option("--max-video-seconds", type=float, default=None, help="Longest clip, seconds [profile].")
+@click.option("--max-new-tokens", type=int, default=None, help="Largest max_tokens a request may ask [profile].")
+@click.option("--decode-timeout", type=float, default=None, help="Kill a video decode after this many seconds [60].")
+@click.option("--served-model-name", default=None, help="Model id in the API [the export folder's name].")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="ONNX Runtime intra-op threads.")
+@click.option("--ray", "use_ray", is_flag=True, help="Scale out on Ray Serve: an ingress and --replicas engine replicas.")
+@click.option("--replicas", type=click.IntRange(min=1), default=2, show_default=True, help="With --ray: engine replicas.")
+@click.option("--gpus-per-replica", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="With --ray: GPUs each engine replica reserves (fractions share a GPU).")
+@click.option("--step-delay", type=float, default=0.0, hidden=True, help="Test only: sleep per generated token.")
+@click.option("--decode-delay", type=float, default=0.0, hidden=True, help="Test only: decode worker sleeps first.")
+def serve(engine_dir, host, port, profile, queue, queue_timeout, allow_modes, media_dir, allow_remote_media,
+          allowed_media_domains, max_video_bytes, max_video_seconds, max_new_tokens, decode_timeout,
+          served_model_name, threads, use_ray, replicas, gpus_per_replica, step_delay, decode_delay):
+    """Serve an export over an OpenAI-compatible HTTP API (POST /v1/chat/completions with a video)."""
+    from prunevid.serve.server import serve as run_server
+    from prunevid.serve.settings import ServeSettings
+
+    def split(text):
+        return tuple(x.strip() for x in text.split(",") if x.strip()) if text else None
+
+    settings = ServeSettings.profile(
+        profile, host=host, port=port, queue=queue, queue_timeout_s=queue_timeout, allow_modes=split(allow_modes),
+        media_dir=media_dir, allow_remote_media=allow_remote_media, allowed_media_domains=split(allowed_media_domains),
+        max_video_bytes=max_video_bytes, max_video_seconds=max_video_seconds, max_new_tokens=max_new_tokens,
+        decode_timeout_s=decode_timeout, served_model_name=served_model_name, threads=threads,
+        step_delay_s=step_delay, decode_delay_s=decode_delay)
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    if use_ray:
+        from prunevid.serve.ray_app import run as run_ray
+
+        return run_ray(engine_dir, settings, replicas, gpus_per_replica, echo=echo)
+    run_server(engine_dir, settings, echo=echo)
+
+
+@cli.command()
+@click.option("--server", required=True, help="Base URL of a prunevid serve, e.g. http://127.0.0.1:8000.")
+@click.option("--video", required=True, type=click.Path(path_type=Path), help="Local video file (sent inline).")
+@click.option("--question", required=True, help="Question about the video.")
+@click.option("--mode", type=click.Choice(["prunevid", "merge", "none"]), default=None, help="Mode, if the server allows it.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the server's whole JSON response.")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for the answer.")
+def ask(server, video, question, mode, max_tokens, as_json, timeout):
+    """Ask a running prunevid server about a local video (the answer streams to stdout)."""
+    from prunevid.serve.client import ask as ask_server
+
+    result = ask_server(server, video, question, mode=mode, max_tokens=max_tokens, stream=not as_json,
+                        timeout=timeout, on_text=lambda t: (click.echo(t, nl=False), sys.stdout.flush()))
+    click.echo(json.dumps(result) if as_json else "")
 
 
 def cache_dir() -> Path:

@@ -56,12 +56,18 @@ class Visual:
 
 
 class KVCache:
-    """Fixed per-layer buffers ``[H_kv, R, d]``; rows ``0..length-1`` are valid."""
+    """Fixed per-layer buffers ``[H_kv, R, d]``; rows ``0..length-1`` are valid.
+
+    All of them are views of one block ``[2N, H_kv, R, d]``: one allocation large enough to be
+    mapped by itself, so its pages are touched only as rows are written and go back to the OS
+    when the answer ends (per-layer heap buffers stayed resident after the answer).
+    """
 
     def __init__(self, g: spec.Geometry, rows: int, dtype):
-        shape = (g.kv_heads, rows, g.head_dim)
         self.layers = range(g.num_layers)
-        self.buffers = {name: np.zeros(shape, dtype) for name in spec.past_names(self.layers)}
+        names = spec.past_names(self.layers)
+        self.block = np.zeros((len(names), g.kv_heads, rows, g.head_dim), dtype)  # [2N, H_kv, R, d]
+        self.buffers = {name: self.block[i] for i, name in enumerate(names)}  # each C-contiguous
         self.length = 0
 
     def feeds(self, layers: range) -> dict[str, np.ndarray]:

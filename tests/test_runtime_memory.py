@@ -11,7 +11,7 @@ import pytest
 
 from prunevid import spec
 from prunevid.runtime.backend import OrtBackend, heap_trimmer
-from prunevid.runtime.chain import KVCache
+from prunevid.runtime.chain import MAPPED_BYTES, KVCache, zeros
 
 
 def paths(export_dir):
@@ -52,14 +52,14 @@ def test_every_session_runs_without_arena_and_with_prepacked_weights(tiny_export
         assert config_entry(opts, "session.disable_prepacking") in (None, "0")
 
 
-def test_heap_is_trimmed_after_loading_and_after_long_calls_only(tiny_export):
+def test_heap_is_trimmed_after_loading_and_per_graph_time(tiny_export):
     backend = OrtBackend(paths(tiny_export), trim_after_ms=float("inf"))
     backend.trim = counter = Counter()
     backend.warm_up()
     assert counter.n == len(spec.GRAPH_ORDER)  # once per session created
     feeds = encoder_feeds(tiny_export)
     backend.run("encoder", feeds)
-    assert counter.n == len(spec.GRAPH_ORDER)  # a short call: no trim
+    assert counter.n == len(spec.GRAPH_ORDER)  # less graph time than the period: no trim
     backend.trim_after_ms = 0.0
     backend.run("encoder", feeds)
     backend.run("encoder", feeds)
@@ -90,3 +90,18 @@ def test_kv_cache_layers_are_contiguous_views_of_one_block():
         np.testing.assert_array_equal(cache.block[i, :, :2], i + 1)
         np.testing.assert_array_equal(cache.block[i, :, 2], 10 * (i + 1))
         np.testing.assert_array_equal(cache.block[i, :, 3:], 0)
+
+
+def test_large_cache_blocks_are_anonymous_mappings_of_zero_pages():
+    import mmap
+
+    big = zeros((4, 3, MAPPED_BYTES // 8), np.float32)  # 1.5 x MAPPED_BYTES
+    owner = big
+    while isinstance(owner, np.ndarray):
+        owner = owner.base
+    assert isinstance(owner.obj if isinstance(owner, memoryview) else owner, mmap.mmap)  # not the heap
+    assert big.flags["C_CONTIGUOUS"] and big.flags["WRITEABLE"] and not big.any()
+    big[1, 2, 3] = 5.0
+    assert big.sum() == 5.0
+    small = zeros((2, 3), np.float16)
+    assert small.dtype == np.float16 and not small.any() and small.base is None

@@ -44,6 +44,8 @@ def main() -> None:
     write_json(args.out, summary)
     report(f"runtime, {args.geometry} geometry ({summary['machine']['cpu']}, threads {args.threads or 'default'})", figs)
     print(f"export folder {figs['export_bytes'] / 2**20:.0f} MB vs weights {figs['weight_bytes'] / 2**20:.0f} MB")
+    print("bandwidth: " + ", ".join(f"{k} {v['gbs']:.1f} GB/s (in cache {v['in_cache_gbs']:.1f})"
+                                    for k, v in bw["kernels"].items()) + f"; bound uses {bw['kernel']}")
     if args.plot:
         from plot_stages import figures_plot
 

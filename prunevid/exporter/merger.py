@@ -6,10 +6,11 @@ fixed ``[T, L, C]`` input, batched over all groups at once:
 
     frames [T,L,C] --mean--> [T,C] --PvDpcKnn--> labels [T] --refine (unrolled over T)--> segment of each frame
     static test per (segment, location) --> static means [S,L,C] and dynamic masks
-    groups: T static slots + T frames, each compacted to the front in raster order  [2T, L, C]
-    PvDpcKnn on the clustered groups only (> 14 tokens), batched at their number     [G', L, C]
-    cluster means (member-matrix product), pass-through groups unchanged             [2T, L, C]
-    groups sorted into token order (static of s, then its frames) --> gathered into [T*L, C]
+    groups: T static slots + T frames, members in raster order                     [2T, L] masks
+    clustered groups only (> 14 tokens), compacted and batched at their number       [G', L, C]
+    PvDpcKnn on them, cluster means over the Kmax cluster rows (member-matrix product) [G', Kmax, C]
+    groups sorted into token order (static of s, then its frames); each merged row gathered once,
+    from the cluster means or, for a pass-through group, from its member token      [T*L, C]
 
 Outputs: merged tokens ``[T*L, C]`` (rows past ``num_merged`` are zero), ``num_merged``, the group
 sizes in token order ``[2T]`` (trailing zeros), the window sizes ``[T]`` (trailing zeros) and the
@@ -31,6 +32,11 @@ from prunevid.pruning.merge import MERGE_MIN_GROUP
 
 def _scalar(value: int) -> torch.Tensor:
     return torch.tensor(value, dtype=torch.int64)
+
+
+def _size0(x: torch.Tensor) -> torch.Tensor:
+    """``x.shape[0]`` as a 0-d int64 tensor that stays dynamic when traced."""
+    return torch._shape_as_tensor(x)[0]
 
 
 def _range(end: torch.Tensor) -> torch.Tensor:
@@ -129,46 +135,52 @@ class MergerStage(nn.Module):
         return static, w, means
 
     def merge_groups(self, tokens: torch.Tensor, mask: torch.Tensor):
-        """Stage C on all groups: ``[G, L, C]`` with member masks ``[G, L]`` to tokens, counts and,
-        per group and location, the group's output row the member went into (``[G, L]``).
+        """Stage C on all groups: ``[G, L, C]`` with member masks ``[G, L]``.
 
-        Work follows the real groups: DPC-KNN runs only on the groups that are clustered (more than
-        14 members), compacted to the front of a batch sized by their number; gathers read the
-        flattened ``[G*L, C]`` tokens with one row index each.
+        Work follows the real groups: DPC-KNN and the cluster sums run only on the clustered groups
+        (more than 14 members), compacted to the front of a batch sized by their number, and the
+        sums only over the ``Kmax`` cluster rows any group can have; pass-through groups are never
+        copied (the output gathers their rows from ``tokens``). Gathers read flattened ``[rows, C]``
+        tensors with one index per row.
+
+        Returns ``means [G'*Kmax, C]`` (cluster means of the clustered groups, group-major),
+        ``place [G]`` (a clustered group's index in that batch), ``clustered [G]``, ``src [G, L]``
+        (the token slot of a group's ``w``-th member, raster order), the output counts ``[G]`` and,
+        per group and location, the group's output row the member went into (``[G, L]``).
         """
         from prunevid.plugins.torch_ops import dpc_knn_op
 
         g, l, c = tokens.shape
+        kmax = int(self.num_clusters.max())
         slots = torch.arange(l)
         groups = torch.arange(g)
         pos = torch.cumsum(mask.long(), 1) - 1  # [G, L] slot of each member
         src = torch.argsort(torch.where(mask, slots[None, :], slots[None, :] + l), dim=1)  # [G, L(slot)]: members first, raster order
-        compact = tokens.reshape(g * l, c).index_select(0, (groups[:, None] * l + src).reshape(-1))  # [G*L, C]
-        compact = compact.reshape(g, l, c)  # [G, L, C], raster order
         n = mask.long().sum(1)  # [G]
-        valid = slots[None, :] < n[:, None]  # [G, L]
         clustered = self.clustered.index_select(0, n)  # [G]
 
-        # DPC-KNN on the clustered groups only, compacted to the front (at least one row, a dummy)
+        # the clustered groups only, compacted to the front (at least one row, a dummy)
         order = torch.argsort(torch.where(clustered, groups, groups + g))  # [G]: clustered first
         batch = clustered.long().sum().clamp(min=1)
         picked = order.index_select(0, _range(batch))  # [G']
+        rows = (picked[:, None] * l + src.index_select(0, picked)).reshape(-1)  # [G'*L]
+        compact = tokens.reshape(g * l, c).index_select(0, rows).reshape(-1, l, c)  # [G', L, C], members first
         sub_n = n.index_select(0, picked)  # [G']
         sub_clusters = self.num_clusters.index_select(0, sub_n).clamp(min=1)  # [G']
-        labels, _ = dpc_knn_op(compact.index_select(0, picked), sub_n.int(), sub_clusters.int(), self.cfg.spatial_k)
+        labels, _ = dpc_knn_op(compact, sub_n.int(), sub_clusters.int(), self.cfg.spatial_k)  # [G', L], -1 past n
+
+        # cluster sums as one batched product with the member matrix of the Kmax cluster rows (a GEMM;
+        # measured: ONNX Runtime's ScatterElements-add, the TensorRT-compatible segment sum, was 3x slower)
+        member = (labels[:, None, :] == torch.arange(kmax)[None, :, None]).float()  # [G', Kmax, L]
+        means = (member @ compact) / member.sum(-1).clamp(min=1)[:, :, None]  # [G', Kmax, C]
+
         place = torch.zeros_like(order).scatter(0, order, groups)  # [G]: position of each group in order
         labels = labels.index_select(0, place.clamp(max=batch - 1))  # [G, L], rows of clustered groups
-
-        # cluster means as one batched product with the member matrix (a GEMM; measured: ONNX
-        # Runtime's ScatterElements-add, the TensorRT-compatible segment sum, was 3x slower here)
         row_of_slot = torch.where(clustered[:, None], labels, slots[None, :])  # [G, L(slot)]
-        member = ((row_of_slot[:, :, None] == slots[None, None, :]) & valid[:, :, None]).float()  # [G, L(slot), L(row)]
-        sums = member.transpose(1, 2) @ compact  # [G, L(row), C]
-        means = sums / member.sum(1).clamp(min=1)[:, :, None]  # [G, L, C]
-        out = torch.where(clustered[:, None, None], means, compact)  # pass-through groups exact
         row_of_location = torch.gather(row_of_slot, 1, pos.clamp(min=0))  # [G, L(loc)], members only
         clusters = self.num_clusters.index_select(0, n)  # [G]
-        return out, torch.where(clustered, clusters, n), row_of_location
+        counts = torch.where(clustered, clusters, n)
+        return means.reshape(-1, c), place, clustered, src, counts, row_of_location
 
     def forward(self, video: torch.Tensor):
         dtype = video.dtype  # float16 exports still merge in float32: the decisions are thresholds
@@ -177,9 +189,10 @@ class MergerStage(nn.Module):
         seg = self.segments(video)  # [T]
         static, w, means = self.static_split(video, seg)
         dynamic = ~static.index_select(0, seg)  # [T, L]: frame t's dynamic locations
-        tokens = torch.cat([means, video])  # [2T, L, C]: static slot s, then frame t
+        tokens = torch.cat([means, video]).reshape(2 * t * l, c)  # [2T*L, C]: static slot s, then frame t
         mask = torch.cat([static & (w > 0)[:, None], dynamic])  # [2T, L]
-        out, counts, row_of_location = self.merge_groups(tokens, mask)
+        cluster_means, place, clustered, src, counts, row_of_location = self.merge_groups(
+            tokens.reshape(2 * t, l, c), mask)
 
         # token order: static group of segment s at key 2*start_s, frame t at 2t + 1; unused slots last
         member = seg[None, :] == torch.arange(t)[:, None]  # [S, T]
@@ -191,14 +204,20 @@ class MergerStage(nn.Module):
         group_start = torch.zeros_like(group_start).scatter(0, order, group_start)  # [2T], slot order
         token_of_cell = self.provenance(row_of_location + group_start[:, None], static, seg)  # [T, L]
         counts = counts.index_select(0, order)  # [2T], token order
-        out = out.index_select(0, order).reshape(2 * t * l, c)  # [2T*L, C]
         ends = torch.cumsum(counts, 0)  # [2T]
         total = ends[-1]
         rows = torch.arange(t * l)  # [T*L]
-        group = (ends[None, :] <= rows[:, None]).long().sum(1).clamp(max=2 * t - 1)  # [T*L]
-        within = rows - (ends - counts).index_select(0, group)  # [T*L]
-        src = (group * l + within).clamp(min=0, max=2 * t * l - 1)
-        merged = out.index_select(0, src) * (rows < total).float()[:, None]  # [T*L, C]
+        group = (ends[None, :] <= rows[:, None]).long().sum(1).clamp(max=2 * t - 1)  # [T*L], token order
+        within = (rows - (ends - counts).index_select(0, group)).clamp(min=0, max=l - 1)  # [T*L]
+        slot = order.index_select(0, group)  # [T*L]: the group's slot
+        # each merged row gathered once: a cluster mean, or a pass-through group's member token
+        kmax = int(self.num_clusters.max())
+        mean_row = (place.index_select(0, slot) * kmax + within.clamp(max=kmax - 1))  # [T*L]
+        mean_row = mean_row.clamp(max=_size0(cluster_means) - 1)
+        token_row = slot * l + src.reshape(-1).index_select(0, slot * l + within)  # [T*L]
+        merged = torch.where(clustered.index_select(0, slot)[:, None], cluster_means.index_select(0, mean_row),
+                             tokens.index_select(0, token_row))  # [T*L, C]
+        merged = merged * (rows < total).float()[:, None]
         return merged.to(dtype), total, counts, w, token_of_cell
 
     @staticmethod

@@ -55,13 +55,34 @@ class Visual:
         return int(self.tokens.shape[0])
 
 
+MAPPED_BYTES = 1 << 20
+
+
+def zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """``np.zeros``, as an anonymous mapping from :data:`MAPPED_BYTES` on (zero pages until written,
+    unmapped when the last view goes)."""
+    import mmap
+
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if nbytes < MAPPED_BYTES:
+        return np.zeros(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype).reshape(shape)
+
+
 class KVCache:
-    """Fixed per-layer buffers ``[H_kv, R, d]``; rows ``0..length-1`` are valid."""
+    """Fixed per-layer buffers ``[H_kv, R, d]``; rows ``0..length-1`` are valid.
+
+    All of them are views of one block ``[2N, H_kv, R, d]``, an anonymous memory mapping (from
+    :data:`MAPPED_BYTES` on): its pages appear as rows are written and go back to the OS when the
+    answer ends. (A heap block was zeroed page by page up front and, once freed, stayed resident:
+    glibc serves a large request from a freed heap chunk when one is big enough.)
+    """
 
     def __init__(self, g: spec.Geometry, rows: int, dtype):
-        shape = (g.kv_heads, rows, g.head_dim)
         self.layers = range(g.num_layers)
-        self.buffers = {name: np.zeros(shape, dtype) for name in spec.past_names(self.layers)}
+        names = spec.past_names(self.layers)
+        self.block = zeros((len(names), g.kv_heads, rows, g.head_dim), dtype)  # [2N, H_kv, R, d]
+        self.buffers = {name: self.block[i] for i, name in enumerate(names)}  # each C-contiguous
         self.length = 0
 
     def feeds(self, layers: range) -> dict[str, np.ndarray]:

@@ -66,7 +66,8 @@ def test_float_roles_resolve_to_layer_k_projections_and_lm_head(tiny_export):
     early = scales.float_nodes("decoder_early", _load(tiny_export, "decoder_early"))
     late = scales.float_nodes("decoder_late", _load(tiny_export, "decoder_late"))
     k = 10  # the tiny export's selection layer: the 11th layer of decoder_early
-    assert early == {f"/q_proj_{k}/MatMul": "layer_k_scoring", f"/k_proj_{k}/MatMul": "layer_k_scoring"}
+    # the decoder graphs project q, k and v in one MatMul per layer: layer K's stays float whole
+    assert early == {f"/blocks.{k}/qkv/MatMul": "layer_k_scoring"}
     assert late == {"/lm_head/MatMul": "lm_head"}
 
 

@@ -130,7 +130,10 @@ def quantize_graph(name: str, src: Path, dst: Path, feeds: list[dict], fmt: Form
         if fmt.kind == "qdq":
             _quantize_static(model, dst, feeds, fmt, targets, work)
         else:
-            _quantize_weights(model, dst, fmt, sorted(floats))
+            # every other MatMul stays float: the declared float roles and those whose constant is not
+            # a projection weight (the RoPE permutation several layers share)
+            keep = sorted(n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in set(targets))
+            _quantize_weights(model, dst, fmt, keep)
     onnx.checker.check_model(str(dst))
     entry: dict[str, Any] = {"weight_matmuls": len(weights), "quantized": len(targets),
                              "float": {n: floats[n] for n in sorted(floats)}, "smoothing": fmt.smooth,

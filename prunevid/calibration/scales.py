@@ -29,12 +29,16 @@ def initializers(model) -> dict:
 
 
 def weight_matmuls(model) -> list:
-    """MatMul nodes whose second input is a 2-D float initializer (``x @ W``, ``W [in, out]``)."""
+    """MatMul nodes whose second input is a 2-D float initializer (``x @ W``, ``W [in, out]``) read by
+    that node alone. A constant several nodes share (the rotate-half permutation that every layer's
+    RoPE applies) is part of the computation, not a layer's projection weight: it is never quantized."""
     from onnx import TensorProto
 
     inits = initializers(model)
+    uses = _consumers(model)
     return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits
-            and len(inits[n.input[1]].dims) == 2 and inits[n.input[1]].data_type == TensorProto.FLOAT]
+            and len(inits[n.input[1]].dims) == 2 and inits[n.input[1]].data_type == TensorProto.FLOAT
+            and len(uses[n.input[1]]) == 1]
 
 
 def _producers(model) -> dict:

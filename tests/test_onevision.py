@@ -173,3 +173,79 @@ def test_preprocessing_equals_transformers_siglip(real_clips, name: str) -> None
     ours = preprocess_frames(frames, pp)
     assert ours.shape == ref.shape == (4, 3, 384, 384)
     assert np.abs(ours - ref).max() <= 1e-5
+
+
+# ---------------------------------------------------------------- PruneVid on OneVision
+
+
+@pytest.fixture(scope="module")
+def ov_pipeline(ov_dir):
+    from prunevid.reference import EagerPipeline
+
+    return EagerPipeline(ov_dir, PruneConfig())
+
+
+@pytest.fixture(scope="module")
+def ov_pruned(ov_pipeline, real_clips, scene_cut_clip):
+    from test_reference import inputs
+
+    from prunevid.reference import prefill
+
+    cfg = PruneConfig()
+    pixels = ov_pipeline.load_pixels(_clip(real_clips, scene_cut_clip, "bikes"))
+    prompt = ov_pipeline.prompt(QUESTION, None)
+    visual, embeds, span = inputs(ov_pipeline, pixels, prompt, cfg)
+    with torch.inference_mode():
+        state = prefill(ov_pipeline.model.language_model, embeds, span, visual, cfg)
+    return cfg, visual, embeds, span, state
+
+
+def test_newline_row_follows_the_merged_tokens_and_is_kept(ov_pipeline, ov_pruned) -> None:
+    cfg, visual, embeds, span, state = ov_pruned
+    model = ov_pipeline.model
+    assert visual.merged is not None and visual.tokens.shape[0] < visual.encoder_tokens
+    assert torch.equal(embeds[span[1]], model.image_newline.detach())  # right after the M merged rows
+    assert span[1] in state.keep.tolist()  # kept like text
+    assert 0 < state.visual_keep.numel() < visual.tokens.shape[0]
+    assert state.keep.numel() == embeds.shape[0] - visual.tokens.shape[0] + state.visual_keep.numel()
+
+
+def test_pruned_two_stage_prefill_equals_masked_full_forward_with_gqa(ov_pipeline, ov_pruned) -> None:
+    """As for PLLaVA (tests/test_reference.py), on a decoder with 4 query / 2 key-value heads."""
+    from test_reference import MASK_TOL, masked_greedy, masked_prefill
+
+    from prunevid.reference import greedy
+
+    cfg, visual, embeds, span, state = ov_pruned
+    lm, embed = ov_pipeline.model.language_model, ov_pipeline.model.embed
+    assert lm.cfg.kv_heads < lm.cfg.num_attention_heads
+    with torch.inference_mode():
+        logits, caches, hide = masked_prefill(lm, embeds, state.keep, cfg.layer)
+        assert (state.logits - logits).abs().max() <= MASK_TOL
+        for i, ((k2, v2), (kf, vf)) in enumerate(zip(state.caches, caches)):
+            assert k2.shape == (lm.cfg.kv_heads, state.keep.numel(), lm.cfg.dim_per_head)
+            tol = 0.0 if i <= cfg.layer else MASK_TOL
+            assert (k2 - kf[:, state.keep]).abs().max() <= tol
+            assert (v2 - vf[:, state.keep]).abs().max() <= tol
+        ours = list(greedy(lm, embed, state, 6, eos_id=None))
+        theirs, _ = masked_greedy(lm, embed, logits, caches, hide, 6)
+    assert ours == theirs
+
+
+def test_gqa_scores_repeat_each_key_head_for_its_query_heads(ov_pipeline, ov_pruned) -> None:
+    """The layer-K scores equal a loop in which query head h reads key head h // (H / H_kv)."""
+    from prunevid.model.llama import causal_mask
+    from prunevid.reference import question_scores
+
+    cfg, visual, embeds, span, state = ov_pruned
+    lm = ov_pipeline.model.language_model
+    s = embeds.shape[0]
+    with torch.inference_mode():
+        x, _ = lm.run_layers(embeds, range(cfg.layer), torch.arange(s), causal_mask(s))
+        layer = lm.model.layers[cfg.layer]
+        q, k, _ = layer.self_attn.project(layer.input_layernorm(x))  # [H, S, d], [H_kv, S, d]
+    h, kv, d = q.shape[0], k.shape[0], q.shape[-1]
+    per_head = [torch.softmax(q[i, span[1]:] @ k[i // (h // kv)].T / d ** 0.5, dim=-1) for i in range(h)]
+    expected = torch.stack(per_head)[:, :, span[0]:span[1]].amax(dim=(0, 1))  # [Nv]
+    assert torch.allclose(question_scores(q, k, *span), expected, atol=1e-6)
+    assert torch.allclose(state.scores, expected, atol=1e-5)

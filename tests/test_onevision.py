@@ -249,3 +249,117 @@ def test_gqa_scores_repeat_each_key_head_for_its_query_heads(ov_pipeline, ov_pru
     expected = torch.stack(per_head)[:, :, span[0]:span[1]].amax(dim=(0, 1))  # [Nv]
     assert torch.allclose(question_scores(q, k, *span), expected, atol=1e-6)
     assert torch.allclose(state.scores, expected, atol=1e-5)
+
+
+# ---------------------------------------------------------------- export and runtime
+
+PAIRS = (  # (clip, question): five video/question pairs
+    ("bikes", "What are the people in the video riding?"),
+    ("bigbuckbunny", "Describe the video in detail."),
+    ("carphone_pristine", "Which animal appears in the video?\nA. A cat.\nB. A dog.\nC. A horse.\nD. A bird."),
+    ("carphone_distorted", "How many people are in the room?"),
+    ("scene_cut", "What changes in the middle of the clip?"),
+)
+
+
+def _pair_clip(name: str, real_clips, scene_cut_clip) -> Path:
+    return scene_cut_clip if name == "scene_cut" else real_clips.get(name, scene_cut_clip)
+
+
+@pytest.fixture(scope="module")
+def ov_export(ov_dir, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from prunevid.exporter.export import ExportOptions, export
+
+    return export(ov_dir, tmp_path_factory.mktemp("ov_exports") / "tiny-ov", PruneConfig(), ExportOptions())
+
+
+def test_export_manifest_carries_the_family(ov_export, ov_model) -> None:
+    _, cfg = ov_model
+    manifest = json.loads((ov_export / "manifest.json").read_text())
+    assert manifest["family"] == "llava-onevision"
+    assert manifest["model"]["template"] == "ov-chat"
+    assert manifest["model"]["image_token_index"] == cfg.video_token_index
+    assert manifest["model"]["after_visual_ids"] == [cfg.text.vocab_size]
+    assert manifest["geometry"]["kv_heads"] == 2 and manifest["geometry"]["heads"] == 4
+    assert manifest["geometry"]["tokens_per_frame"] == 16
+
+
+@pytest.mark.parametrize("mode", [Mode.PRUNEVID, Mode.MERGE, Mode.NONE])
+def test_runtime_token_ids_equal_eager(ov_dir, ov_export, real_clips, scene_cut_clip, mode) -> None:
+    """Five video/question pairs: the torch-free runtime generates the eager reference's ids."""
+    from prunevid.reference import EagerPipeline
+    from prunevid.runtime.pipeline import RuntimePipeline
+
+    runtime, eager = RuntimePipeline(ov_export, mode=mode.value), EagerPipeline(ov_dir, PruneConfig(mode=mode))
+    for name, question in PAIRS:
+        clip = _pair_clip(name, real_clips, scene_cut_clip)
+        ours, ref = runtime.run(clip, question, max_new_tokens=6), eager.run(clip, question, max_new_tokens=6)
+        assert ours.token_ids == ref.token_ids, (name, question)
+        assert ours.visual_tokens == ref.visual_tokens and ours.prompt_tokens == ref.prompt_tokens
+        if mode is not Mode.NONE:
+            assert ours.visual_tokens["merged"] < ours.visual_tokens["encoder"]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _broken_copy(ov_dir: Path, tmp_path: Path, edit) -> Path:
+    folder = tmp_path / "ov"
+    shutil.copytree(ov_dir, folder)
+    edit(folder)
+    return folder
+
+
+def _edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def _drop_tower(folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    from prunevid.model.checkpoint import read_tensors, weight_files
+
+    files = weight_files(folder)
+    state = {k: v for k, v in read_tensors(files) if not k.startswith("vision_tower.")}
+    for f in [*files, folder / "model.safetensors.index.json"]:
+        f.unlink()
+    save_file(state, str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize(("edit", "needles"), [
+    (_drop_tower, ("missing weights", "vision_tower")),
+    (lambda f: _edit_json(f / "config.json", model_type="llava"), ("model_type", "llava_onevision")),
+    (lambda f: _edit_json(f / "config.json", vision_config={"model_type": "clip_vision_model"}),
+     ("vision_config.model_type",)),
+    (lambda f: _edit_json(f / "preprocessor_config.json", size={"height": 384, "width": 384}),
+     ("384x384", "98x98")),
+    (lambda f: _edit_json(f / "preprocessor_config.json", do_center_crop=True, crop_size={"height": 64, "width": 64}),
+     ("crop_size",)),
+], ids=["missing-tower", "model-type", "tower-type", "processor-size", "processor-crop"])
+def test_bad_onevision_folder_is_one_line_error(ov_dir, tmp_path, scene_cut_clip, edit, needles) -> None:
+    from test_cli import assert_one_line_error, invoke
+
+    folder = _broken_copy(ov_dir, tmp_path, edit)
+    before = sorted(p.name for p in folder.iterdir())
+    assert_one_line_error(invoke(["run", "--model-dir", folder, "--video", scene_cut_clip, "--question", QUESTION]),
+                          *needles)
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_export_refuses_a_family_mismatch(ov_dir, tmp_path) -> None:
+    from test_cli import assert_one_line_error, invoke
+
+    out = tmp_path / "export"
+    assert_one_line_error(invoke(["export", "--model", "pllava", "--checkpoint", ov_dir, "--out", out]),
+                          "not a pllava checkpoint")
+    assert not out.exists()
+
+
+def test_make_tiny_refuses_a_geometry_of_the_other_family(tmp_path) -> None:
+    from test_cli import assert_one_line_error, invoke
+
+    assert_one_line_error(invoke(["make-tiny", "--model", "llava-onevision", "--geometry", "bench", tmp_path / "x"]),
+                          "not offered")
+    assert not (tmp_path / "x").exists()

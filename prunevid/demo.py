@@ -24,14 +24,14 @@ GEOMETRIES = ("tiny", "bench")
 MAX_NEW_TOKENS = 8
 
 
-def cached_model(cache: Path, geometry: str, progress: Progress) -> Path:
-    """The random ``geometry`` PLLaVA in ``cache``, built on first use."""
+def cached_model(cache: Path, geometry: str, progress: Progress, model: str = "pllava") -> Path:
+    """The random ``geometry`` model of family ``model`` in ``cache``, built on first use."""
     from prunevid.model.tiny import make_tiny
 
-    model_dir = cache / f"{geometry}-pllava"
+    model_dir = cache / f"{geometry}-{model}"
     if not (model_dir / "config.json").is_file():
-        with progress.step(f"building the random {geometry} PLLaVA in {model_dir} (once)"):
-            make_tiny(model_dir, geometry=geometry)
+        with progress.step(f"building the random {geometry} {model} in {model_dir} (once)"):
+            make_tiny(model_dir, geometry=geometry, model=model)
     return model_dir
 
 
@@ -102,13 +102,14 @@ def stages(answer, frames: int) -> list[Stage]:
     ]
 
 
-def run_demo(geometry: str, clip: Path, question: str, cache: Path, progress: Progress) -> dict[str, Any]:
-    """Everything the demo shows, as one JSON-ready object."""
+def run_demo(geometry: str, clip: Path, question: str, cache: Path, progress: Progress,
+             model: str = "pllava") -> dict[str, Any]:
+    """Everything the demo shows, as one JSON-ready object (``model``: the family)."""
     from prunevid import costs, explain
     from prunevid.model.config import read_config
     from prunevid.runtime.pipeline import RuntimePipeline
 
-    model_dir = cached_model(cache, geometry, progress)
+    model_dir = cached_model(cache, geometry, progress, model)
     export_dir, reused = cached_export(model_dir, cache, progress)
     answers, picture = {}, None
     for mode in ("prunevid", "none"):
@@ -121,7 +122,8 @@ def run_demo(geometry: str, clip: Path, question: str, cache: Path, progress: Pr
             with progress.step("drawing the explain picture"):
                 facts = explain.facts_from_runtime(pipeline, clip, question)
                 (cache / "demo").mkdir(parents=True, exist_ok=True)
-                picture, _ = explain.write(facts, cache / "demo" / f"explain-{geometry}.png", force=True)
+                picture, _ = explain.write(facts, cache / "demo" / f"explain-{geometry}{_suffix(model)}.png",
+                                           force=True)
         prompt = pipeline.prompt(question, None)
         frames = pipeline.geometry.frames
         del pipeline  # one set of sessions in memory at a time
@@ -134,6 +136,7 @@ def run_demo(geometry: str, clip: Path, question: str, cache: Path, progress: Pr
     return {
         "weights": "random: the answers are noise; the demo shows cost and kept tokens, not accuracy",
         "geometry": geometry,
+        "family": model,
         "model": str(model_dir),
         "export": {"path": str(export_dir), "reused": reused},
         "clip": str(clip),
@@ -146,10 +149,16 @@ def run_demo(geometry: str, clip: Path, question: str, cache: Path, progress: Pr
     }
 
 
+def _suffix(model: str) -> str:
+    """File-name suffix of a family's demo outputs (none for PLLaVA, whose names predate families)."""
+    return "" if model == "pllava" else f"-{model}"
+
+
 def report_lines(report: dict[str, Any]) -> list[str]:
     """The report as the lines the demo prints."""
     geometry = report["geometry"]
-    lines = [f"prunevid demo ({geometry} PLLaVA, RANDOM weights: the answers are noise; this shows cost "
+    family = {"pllava": "PLLaVA", "llava-onevision": "LLaVA-OneVision"}.get(report.get("family", "pllava"))
+    lines = [f"prunevid demo ({geometry} {family}, RANDOM weights: the answers are noise; this shows cost "
              f"and which tokens are kept, not accuracy)",
              f"model    {report['model']}",
              f"export   {report['export']['path']} ({'cached' if report['export']['reused'] else 'exported now'})",
@@ -160,7 +169,7 @@ def report_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"answer token ids ({mode}): {data['token_ids']} (not decoded: random weights give noise)")
     if geometry == "tiny":
         lines.append("On this tiny model the times are small and noisy (fixed per-call costs); the FLOPs show "
-                     "the saving. `prunevid demo --geometry bench` shows it in time.")
+                     "the saving. `prunevid demo --geometry bench` (PLLaVA) shows it in time.")
     lines.append(f"explain picture: {report['explain']} (facts beside it as .json)")
     return lines
 

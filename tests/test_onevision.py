@@ -267,10 +267,33 @@ def _pair_clip(name: str, real_clips, scene_cut_clip) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ov_export(ov_dir, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from prunevid.exporter.export import ExportOptions, export
+def ov_demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """``prunevid demo --model llava-onevision --json`` in a fresh cache (its export serves the
+    runtime tests below: the default settings, exported once)."""
+    from test_cli import invoke
 
-    return export(ov_dir, tmp_path_factory.mktemp("ov_exports") / "tiny-ov", PruneConfig(), ExportOptions())
+    cache = tmp_path_factory.mktemp("ov_demo_cache")
+    result = invoke(["demo", "--model", "llava-onevision", "--json"], env={"PRUNEVID_CACHE": str(cache)})
+    assert result.exit_code == 0, (result.output, result.exception)
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def ov_export(ov_demo) -> Path:
+    return Path(ov_demo["export"]["path"])
+
+
+def test_demo_runs_the_onevision_family(ov_demo) -> None:
+    assert ov_demo["family"] == "llava-onevision" and ov_demo["export"]["reused"] is False
+    prunevid, none = ov_demo["modes"]["prunevid"], ov_demo["modes"]["none"]
+    assert none["visual_tokens"] == {"encoder": 256, "merged": 256, "kept": 256}  # 16 frames x 4 x 4
+    assert prunevid["visual_tokens"]["kept"] < prunevid["visual_tokens"]["merged"] < 256
+    # the newline row is prompt text: S = text rows (newline included) + visual rows
+    assert none["prompt_tokens"]["prefill"] == none["prompt_tokens"]["text"] + 256
+    assert 0 < ov_demo["prefill_flops_saved"] < 1 and ov_demo["ttft_ratio"] > 0
+    facts = json.loads(Path(ov_demo["explain"]).with_suffix(".json").read_text())
+    assert (facts["counts"]["merged"], facts["counts"]["kept"]) == (
+        prunevid["visual_tokens"]["merged"], prunevid["visual_tokens"]["kept"])
 
 
 def test_export_manifest_carries_the_family(ov_export, ov_model) -> None:

@@ -110,6 +110,14 @@ TINY_MODELS: dict[str, dict[str, Geometry]] = {"pllava": GEOMETRIES, "llava-onev
 """The geometries ``make-tiny --model`` offers for each family."""
 
 
+def check_geometry(model: str, geometry: str) -> None:
+    """Raise :class:`ConfigError` unless family ``model`` has a random geometry ``geometry``."""
+    from prunevid.errors import ConfigError
+
+    if geometry not in TINY_MODELS[model]:
+        raise ConfigError(f"--geometry {geometry} is not offered for {model} (one of {', '.join(TINY_MODELS[model])})")
+
+
 def tiny_config(geometry: Geometry, vocab: dict, family: str = "pllava") -> ModelConfig:
     text = replace(geometry.text, vocab_size=vocab["vocab_size"])
     fam = FAMILIES[family]

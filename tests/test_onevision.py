@@ -413,3 +413,20 @@ def test_prompt_command_shows_the_newline_row_after_the_video(ov_dir, ov_model) 
     assert view["input_ids"][pos : pos + 2] == [cfg.video_token_index, cfg.text.vocab_size]
     assert view["tokens"][pos : pos + 2] == ["<video>", "<newline row>"]
     assert view["input_ids"].count(cfg.video_token_index) == 1 and view["input_ids"][0] != cfg.video_token_index
+
+
+def test_a_template_of_the_other_family_is_named_in_one_line(ov_dir, tiny_model_dir, scene_cut_clip) -> None:
+    from test_cli import assert_one_line_error, invoke
+
+    assert_one_line_error(invoke(["prompt", "--model-dir", ov_dir, "--question", "Why?", "--template", "vcg"]),
+                          "replace <video>; use one of its templates (ov-chat, ov-mc)")
+    assert_one_line_error(invoke(["prompt", "--model-dir", tiny_model_dir, "--question", "Why?", "--template",
+                                  "ov-chat"]), "replace <image>; use one of its templates")
+
+
+def test_llm_layer_params_count_qwen2_biases(ov_model) -> None:
+    from prunevid.costs import llm_layer_params
+
+    model, cfg = ov_model
+    layer = model.language_model.model.layers[0]
+    assert llm_layer_params(cfg.text) == sum(p.numel() for p in layer.parameters())

@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 from prunevid.errors import ModelDirError, PromptError, one_line, read_json_object
 from prunevid.fields import check_tokenizer_config, text_problem
 from prunevid.runtime.templates import (  # noqa: F401  (re-exported: the prompt API lives here)
+    ALL_TEMPLATES,
     DEFAULT_TEMPLATE,
     IMAGE_PLACEHOLDER,
     PLACEHOLDERS,
@@ -183,8 +184,14 @@ def build_prompt(
     does not map ``<image>`` to ``image_token_id``.
     """
     check_question(question)
-    text = get_template(template).render(question)
-    ids = tokenizer.encode_prompt(text, image_token_id, get_template(template).placeholder)
+    chosen = get_template(template)
+    for other in PLACEHOLDERS:  # a template of the other family: say so, not which id is off
+        if other != chosen.placeholder and tokenizer.tokenizer.token_to_id(other) == image_token_id:
+            names = ", ".join(t.name for t in ALL_TEMPLATES.values() if t.placeholder == other)
+            raise PromptError(f"template {template!r} places {chosen.placeholder}, but this model's visual rows "
+                              f"replace {other}; use one of its templates ({names})")
+    text = chosen.render(question)
+    ids = tokenizer.encode_prompt(text, image_token_id, chosen.placeholder)
     pos = ids.index(image_token_id)
     ids[pos + 1 : pos + 1] = list(after_visual)
     return PromptIds(ids=ids, image_pos=pos, text=text)

@@ -206,6 +206,7 @@ TEXT_FIELDS: tuple[Field, ...] = (
     Field("mlp_bias", "bool"),
     Field("tie_word_embeddings", "bool"),
     Field("model_type", "str"),
+    Field("qkv_bias", "bool"),  # not a transformers field: the family's default (Qwen2: true)
 )
 ROPE_FIELDS: tuple[Field, ...] = (
     Field("rope_type", "str"),
@@ -232,7 +233,6 @@ TOP_FIELDS: tuple[Field, ...] = (
 
 def _text_config(raw: dict[str, Any], file: str, fam: Family) -> TextConfig:
     raw = dict(raw)
-    fixed = {k: v for k, v in fam.text_defaults if not any(f.name == k for f in TEXT_FIELDS)}  # not config fields
     for key in ("rope_parameters", "rope_scaling"):
         check_fields(raw, (Field(key, "object", nullable=True),), file, ModelDirError, "text_config.")
     rope = raw.get("rope_parameters") or raw.get("rope_scaling")
@@ -244,8 +244,10 @@ def _text_config(raw: dict[str, Any], file: str, fam: Family) -> TextConfig:
             fail(ModelDirError, file, f"text_config.{key}", f"'{kind}' is not supported (only default RoPE)")
         if "rope_theta" in rope:
             raw["rope_theta"] = rope["rope_theta"]
-    raw = {**{k: v for k, v in fam.text_defaults if k not in fixed}, **raw}
-    return TextConfig(**check_fields(raw, TEXT_FIELDS, file, ModelDirError, "text_config."), **fixed)
+    if raw.get("use_sliding_window") is True:  # Qwen2's option; the released OneVision configs leave it off
+        fail(ModelDirError, file, "text_config.use_sliding_window", "true is not supported (full attention only)")
+    raw = {**dict(fam.text_defaults), **raw}
+    return TextConfig(**check_fields(raw, TEXT_FIELDS, file, ModelDirError, "text_config."))
 
 
 def family_for(architectures: list[str] | tuple[str, ...]) -> Family:

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from prunevid.config import Mode, PruneConfig
-from prunevid.errors import ConfigError, ModelDirError
 
 QUESTION = "What is the man doing in the video?"
 
@@ -39,11 +38,11 @@ def _prompt(model_dir: Path, cfg, question: str = QUESTION, template: str = "ov-
                         cfg.after_visual_ids)
 
 
-def _pixels(model_dir: Path, cfg, clip: Path, frames: int | None = None) -> torch.Tensor:
+def _pixels(model_dir: Path, cfg, clip: Path) -> torch.Tensor:
     from prunevid.runtime.video import Preprocess, load_video
 
     pp = Preprocess.from_json(model_dir / "preprocessor_config.json", cfg.vision.image_size)
-    return torch.from_numpy(load_video(clip, frames or cfg.num_frames, pp))  # [T, 3, S, S]
+    return torch.from_numpy(load_video(clip, cfg.num_frames, pp))  # [T, 3, S, S]
 
 
 def _clip(real_clips, scene_cut_clip, name: str = "bikes") -> Path:

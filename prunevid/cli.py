@@ -122,9 +122,11 @@ def print_answer(result, as_json: bool) -> None:
               help="Intra-op threads (ONNX Runtime, or torch for --model-dir); 0: the library's default.")
 @click.option("--warmup", type=click.IntRange(min=0), default=0, show_default=True,
               help="Unreported answers to the same question first, so the reported one is in steady state.")
+@click.option("--backend", type=click.Choice(["ort", "ort-trt", "trt"]), default="ort", show_default=True,
+              help="With --engine-dir: ort (ONNX Runtime), ort-trt (its TensorRT provider), trt (engines of prunevid build).")
 @prune_options
-def run(model_dir, engine_dir, video, question, template, max_new_tokens, as_json, threads, warmup, preset, mode,
-        no_prune, **overrides):
+def run(model_dir, engine_dir, video, question, template, max_new_tokens, as_json, threads, warmup, backend, preset,
+        mode, no_prune, **overrides):
     """Answer a question about a video, from a checkpoint (eager) or an export (runtime)."""
     from prunevid.errors import ConfigError
 
@@ -132,7 +134,9 @@ def run(model_dir, engine_dir, video, question, template, max_new_tokens, as_jso
         raise ConfigError("pass exactly one of --model-dir DIR (checkpoint) or --engine-dir DIR (export)")
     if engine_dir is not None:
         return run_runtime(engine_dir, video, question, template, max_new_tokens, as_json, mode, no_prune,
-                           {"preset": preset, **overrides}, threads, warmup)
+                           {"preset": preset, **overrides}, threads, warmup, backend)
+    if backend != "ort":
+        raise ConfigError("--backend applies to --engine-dir (the eager reference runs on torch)")
     cfg = build_config(preset, mode, no_prune, **overrides)
     import torch
 
@@ -150,7 +154,7 @@ def run(model_dir, engine_dir, video, question, template, max_new_tokens, as_jso
 
 
 def run_runtime(engine_dir, video, question, template, max_new_tokens, as_json, mode, no_prune, overrides,
-                threads=0, warmup=0):
+                threads=0, warmup=0, backend="ort"):
     """``run --engine-dir``: the settings were fixed at export; only the mode can change."""
     from prunevid.errors import ConfigError
     from prunevid.runtime.pipeline import RuntimePipeline
@@ -158,7 +162,7 @@ def run_runtime(engine_dir, video, question, template, max_new_tokens, as_json, 
     fixed = [name for name, value in overrides.items() if value is not None]
     if fixed:
         raise ConfigError(f"--{fixed[0].replace('_', '-')} is fixed at export; export again to change it")
-    pipeline = RuntimePipeline(engine_dir, mode=resolve_mode(mode, no_prune), threads=threads)
+    pipeline = RuntimePipeline(engine_dir, mode=resolve_mode(mode, no_prune), threads=threads, backend=backend)
     for _ in range(warmup):
         pipeline.run(video, question, max_new_tokens=max_new_tokens, template=template)
     streamer = None if as_json else TokenPrinter(pipeline.tokenizer)
@@ -175,19 +179,18 @@ class TokenPrinter:
     """Streams the answer: prints whatever new text each generated token adds."""
 
     def __init__(self, tokenizer):
-        self.tokenizer, self.ids, self.shown = tokenizer, [], ""
+        from prunevid.runtime.text import TextDeltas
+
+        self.deltas = TextDeltas(tokenizer)
 
     def __call__(self, token: int) -> None:
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
-        if text.startswith(self.shown) and not text.endswith("\ufffd"):
-            click.echo(text[len(self.shown):], nl=False)
+        text = self.deltas.add(token)
+        if text:
+            click.echo(text, nl=False)
             sys.stdout.flush()
-            self.shown = text
 
     def finish(self) -> None:
-        text = self.tokenizer.decode(self.ids)
-        click.echo(text[len(self.shown):] if text.startswith(self.shown) else "")
+        click.echo(self.deltas.flush())
 
 
 @cli.command()
@@ -356,6 +359,76 @@ def trtexec(engine_dir, trt_major, fp16, plugin_libs):
         click.echo(shlex.join(str(a) for a in cmd))
 
 
+@cli.command("build")
+@click.argument("engine_dir", type=click.Path(path_type=Path))
+@click.option("--target", required=True, help="Target machine: orin-nano-8, orin-nx-16, agx-orin-32, agx-orin-64, "
+                                                "thor, h100, h200, l4, a100.")
+@click.option("--precision", default=None, help="fp32, fp16, int8, ... [the export's dtype].")
+@click.option("--plugins", type=click.Choice(["auto", "library", "inline"]), default="auto", show_default=True,
+              help="library: the prunevid plugin library; inline: the ops' standard-op bodies; auto: library if given.")
+@click.option("--plugin-lib", "plugin_libs", multiple=True, help="Plugin library from prunevid build-plugins.")
+@click.option("--max-frames", type=int, default=None, help="Frames [the export's T, which is fixed].")
+@click.option("--max-prompt-tokens", type=int, default=256, show_default=True, help="Text tokens of the prompt.")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--workspace", "workspace_mib", type=click.IntRange(min=1), default=None,
+              help="TensorRT workspace pool, MiB [the target's default].")
+@click.option("--trt-version", default=None, help="TensorRT line to plan for [the installed one, else the target's newest].")
+@click.option("--dry-run", is_flag=True, help="Print the memory budget and the engine plan; build nothing.")
+def build(engine_dir, target, precision, plugins, plugin_libs, max_frames, max_prompt_tokens, max_new_tokens,
+          workspace_mib, trt_version, dry_run):
+    """Check the memory budget on a target and build one TensorRT engine per graph into ENGINE_DIR/engines/."""
+    from prunevid.trt import deploy
+
+    req = deploy.BuildRequest(engine_dir, target, precision, plugins, tuple(plugin_libs), max_frames,
+                              max_prompt_tokens, max_new_tokens, workspace_mib, trt_version)
+    budget, plan = deploy.prepare(req)
+    if not dry_run and deploy.installed_trt_version() is None:
+        raise click.ClickException("TensorRT is not installed here (pip install 'prunevid[trt]', or JetPack's "
+                                   "python3-libnvinfer); --dry-run prints the budget and plan without it")
+    for line in budget.lines() + plan.lines():
+        click.echo(line)
+    if dry_run:
+        return
+    for path in deploy.build(req, plan, progress=lambda msg: click.echo(msg, err=True)):
+        click.echo(f"built {path}")
+
+
+@cli.command("profile")
+@click.argument("engine_dir", type=click.Path(path_type=Path))
+@click.option("--video", required=True, type=click.Path(path_type=Path), help="Video file to answer about.")
+@click.option("--question", required=True, help="Question about the video.")
+@click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
+              help="ort: ONNX Runtime's profiler (any machine); trt: trtexec on the built engines.")
+@click.option("--compare-baseline", is_flag=True, help="Also profile the plain baseline (--mode none) on the same export.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("profile"), show_default=True,
+              help="Folder for the report, plot, --loadInputs files and trtexec outputs (must not exist or be empty).")
+@click.option("--runs", type=int, default=5, show_default=True, help="Measured answers per mode (after one warm-up).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--engines", type=click.Path(path_type=Path), default=None,
+              help="Engine folder for trtexec [the one under ENGINE_DIR/engines].")
+@click.option("--trt-major", type=click.Choice(["10", "11"]), default=None, help="trtexec's TensorRT line [installed, else 10].")
+@click.option("--plugin-lib", "plugin_libs", multiple=True, help="Plugin library for trtexec (--dynamicPlugins).")
+@click.option("--dry-run", is_flag=True, help="Capture the inputs and print the trtexec commands; run no trtexec.")
+def profile(engine_dir, video, question, backend, compare_baseline, out, runs, max_new_tokens, threads, engines,
+            trt_major, plugin_libs, dry_run):
+    """Per-stage times of one answer (median, p90, share of TTFT), PruneVid against the baseline, with trtexec commands on its real inputs."""
+    from prunevid.trt.profile import ProfileRequest
+    from prunevid.trt.profile import profile as run_profile
+
+    req = ProfileRequest(engine_dir, video, question, backend, compare_baseline, out, runs, max_new_tokens, threads,
+                         engines, int(trt_major) if trt_major else None, tuple(plugin_libs))
+    data = run_profile(req, dry_run=dry_run, progress=lambda msg: click.echo(msg, err=True))
+    if dry_run:
+        for mode, cmds in data["trtexec_commands"].items():
+            click.echo(f"# {mode}")
+            for cmd in cmds:
+                click.echo(cmd)
+    for line in data.get("table", []):
+        click.echo(line)
+    click.echo(f"report: {out / 'report.json'}" + (f", plot: {out / 'stages.png'}" if data.get("table") else ""))
+
+
 @cli.command("build-plugins")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="The plugin library to write (LIB.so).")
 @click.option("--trt-include", type=click.Path(path_type=Path), default=None,
@@ -394,6 +467,71 @@ def make_tiny(model, geometry, seed, force, out):
     with Progress().step(f"writing a random {model} ({geometry}) into {out}"):
         write(out, geometry=geometry, seed=seed, force=force, model=model)
     click.echo(str(out))
+
+
+@cli.command()
+@click.option("--engine-dir", required=True, type=click.Path(path_type=Path), help="Export folder to serve.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless told).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--profile", type=click.Choice(["default", "jetson"]), default="default", show_default=True,
+              help="Caps: default (256 MiB, 900 s, 4096x2160, queue 8) or jetson (64 MiB, 300 s, 1920x1080, queue 4).")
+@click.option("--queue", type=click.IntRange(min=0), default=None, help="Requests that may wait beside the running one; more get 429.")
+@click.option("--queue-timeout", type=float, default=None, help="Longest wait for the generation slot, seconds [120].")
+@click.option("--allow-modes", default=None, help="Comma list of modes a request may pick (prunevid,merge,none) [the export's].")
+@click.option("--media-dir", type=click.Path(path_type=Path), default=None, help="Folder file:// URLs may point into.")
+@click.option("--allow-remote-media", is_flag=True, help="Fetch http(s) video URLs (public addresses only).")
+@click.option("--allowed-media-domains", default=None, help="Comma list: remote hosts must be one of these domains.")
+@click.option("--max-video-bytes", type=int, default=None, help="Largest video, bytes [profile].")
+@click.option("--max-video-seconds", type=float, default=None, help="Longest clip, seconds [profile].")
+@click.option("--max-new-tokens", type=int, default=None, help="Largest max_tokens a request may ask [profile].")
+@click.option("--decode-timeout", type=float, default=None, help="Kill a video decode after this many seconds [60].")
+@click.option("--served-model-name", default=None, help="Model id in the API [the export folder's name].")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="ONNX Runtime intra-op threads.")
+@click.option("--ray", "use_ray", is_flag=True, help="Scale out on Ray Serve: an ingress and --replicas engine replicas.")
+@click.option("--replicas", type=click.IntRange(min=1), default=2, show_default=True, help="With --ray: engine replicas.")
+@click.option("--gpus-per-replica", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="With --ray: GPUs each engine replica reserves (fractions share a GPU).")
+@click.option("--step-delay", type=float, default=0.0, hidden=True, help="Test only: sleep per generated token.")
+@click.option("--decode-delay", type=float, default=0.0, hidden=True, help="Test only: decode worker sleeps first.")
+def serve(engine_dir, host, port, profile, queue, queue_timeout, allow_modes, media_dir, allow_remote_media,
+          allowed_media_domains, max_video_bytes, max_video_seconds, max_new_tokens, decode_timeout,
+          served_model_name, threads, use_ray, replicas, gpus_per_replica, step_delay, decode_delay):
+    """Serve an export over an OpenAI-compatible HTTP API (POST /v1/chat/completions with a video)."""
+    from prunevid.serve.server import serve as run_server
+    from prunevid.serve.settings import ServeSettings
+
+    def split(text):
+        return tuple(x.strip() for x in text.split(",") if x.strip()) if text else None
+
+    settings = ServeSettings.profile(
+        profile, host=host, port=port, queue=queue, queue_timeout_s=queue_timeout, allow_modes=split(allow_modes),
+        media_dir=media_dir, allow_remote_media=allow_remote_media, allowed_media_domains=split(allowed_media_domains),
+        max_video_bytes=max_video_bytes, max_video_seconds=max_video_seconds, max_new_tokens=max_new_tokens,
+        decode_timeout_s=decode_timeout, served_model_name=served_model_name, threads=threads,
+        step_delay_s=step_delay, decode_delay_s=decode_delay)
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    if use_ray:
+        from prunevid.serve.ray_app import run as run_ray
+
+        return run_ray(engine_dir, settings, replicas, gpus_per_replica, echo=echo)
+    run_server(engine_dir, settings, echo=echo)
+
+
+@cli.command()
+@click.option("--server", required=True, help="Base URL of a prunevid serve, e.g. http://127.0.0.1:8000.")
+@click.option("--video", required=True, type=click.Path(path_type=Path), help="Local video file (sent inline).")
+@click.option("--question", required=True, help="Question about the video.")
+@click.option("--mode", type=click.Choice(["prunevid", "merge", "none"]), default=None, help="Mode, if the server allows it.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the server's whole JSON response.")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for the answer.")
+def ask(server, video, question, mode, max_tokens, as_json, timeout):
+    """Ask a running prunevid server about a local video (the answer streams to stdout)."""
+    from prunevid.serve.client import ask as ask_server
+
+    result = ask_server(server, video, question, mode=mode, max_tokens=max_tokens, stream=not as_json,
+                        timeout=timeout, on_text=lambda t: (click.echo(t, nl=False), sys.stdout.flush()))
+    click.echo(json.dumps(result) if as_json else "")
 
 
 def cache_dir() -> Path:

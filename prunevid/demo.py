@@ -24,14 +24,63 @@ GEOMETRIES = ("tiny", "bench")
 MAX_NEW_TOKENS = 8
 
 
+def model_problem(model_dir: Path) -> str | None:
+    """Why the cached random model in ``model_dir`` cannot be used (None: it can): a file its
+    make-tiny marker lists is missing, or its config or a weight file's header does not read."""
+    from prunevid.errors import PruneVidError
+    from prunevid.model.checkpoint import weight_files
+    from prunevid.model.config import read_config
+    from prunevid.outdir import TINY_MARKER, tiny_files
+
+    owned = tiny_files(model_dir)
+    if owned is None:
+        return f"{TINY_MARKER} is missing or unreadable"
+    missing = sorted(f for f in owned if not (model_dir / f).is_file())
+    if missing:
+        return f"{missing[0]} is missing"
+    try:
+        read_config(model_dir)
+        from safetensors import safe_open
+
+        for path in weight_files(model_dir):
+            with safe_open(str(path), framework="numpy") as handle:  # header and sizes only
+                handle.keys()
+    except PruneVidError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types on a damaged file
+        return f"a weight file does not read: {exc}"
+    return None
+
+
+def _damaged(folder: Path, what: str, problem: str) -> str:
+    return (f"the demo's cached {what} {folder} is damaged ({problem}) and holds files prunevid did not write, "
+            "so the demo leaves it alone: move it away, or set PRUNEVID_CACHE to another folder")
+
+
 def cached_model(cache: Path, geometry: str, progress: Progress, model: str = "pllava") -> Path:
-    """The random ``geometry`` model of family ``model`` in ``cache``, built on first use."""
+    """The random ``geometry`` model of family ``model`` in ``cache``, built on first use and
+    rebuilt when damaged.
+
+    Only a folder that prunevid built (its make-tiny marker lists every file in it) is rebuilt;
+    anything else is refused with one line (the demo never deletes what it did not write).
+    """
+    from prunevid.errors import ArtifactError
     from prunevid.model.tiny import make_tiny
+    from prunevid.outdir import TINY, check_target
 
     model_dir = cache / f"{geometry}-{model}"
-    if not (model_dir / "config.json").is_file():
-        with progress.step(f"building the random {geometry} {model} in {model_dir} (once)"):
-            make_tiny(model_dir, geometry=geometry, model=model)
+    exists = model_dir.exists()
+    problem = model_problem(model_dir) if exists else "absent"
+    if problem is None:
+        return model_dir
+    if exists and any(model_dir.iterdir()):
+        try:
+            check_target(model_dir, TINY, force=True)
+        except ArtifactError:
+            raise ArtifactError(_damaged(model_dir, "model", problem)) from None
+    verb = "rebuilding the damaged" if exists else "building the"
+    with progress.step(f"{verb} random {geometry} {model} in {model_dir} (once)"):
+        make_tiny(model_dir, geometry=geometry, force=exists, model=model)
     return model_dir
 
 
@@ -69,10 +118,17 @@ def cached_export(model_dir: Path, cache: Path, progress: Progress) -> tuple[Pat
     from prunevid.config import PruneConfig
     from prunevid.exporter.export import ExportOptions, export
 
+    from prunevid.errors import ArtifactError
+    from prunevid.outdir import EXPORT, check_target
+
     cfg, options = PruneConfig(), ExportOptions()
     out = cache / "exports" / f"{model_dir.name}-{export_key(model_dir, cfg, options)}"
     if matches_spec(out):
         return out, True
+    try:
+        check_target(out, EXPORT, force=True)  # only prunevid's own export is exported again in place
+    except ArtifactError:
+        raise ArtifactError(_damaged(out, "export", "it does not verify")) from None
     export(model_dir, out, cfg, options, force=out.exists(), progress=progress)
     progress.finish()
     return out, False

@@ -39,6 +39,10 @@ class ToolchainError(PruneVidError):
     """A compiler, CUDA or TensorRT header set is missing, or compiling the plugin library failed."""
 
 
+class ServerError(PruneVidError):
+    """A prunevid server refused a request or could not be reached (``prunevid ask``)."""
+
+
 def one_line(exc: BaseException) -> str:
     """An exception's message on one line (user-facing errors are one line)."""
     text = str(exc) or type(exc).__name__

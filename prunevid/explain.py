@@ -419,8 +419,29 @@ def json_path(png: Path) -> Path:
     return Path(png).with_suffix(".json")
 
 
+# What marks a picture and a JSON as prunevid's own: a PNG text chunk and a JSON key, both this value.
+# ``--force`` replaces only files that carry it (outdir.py's rule: only what prunevid wrote).
+WRITTEN_BY_KEY = "written_by"
+WRITTEN_BY = "prunevid explain"
+
+
+def written_by_prunevid(path: Path) -> bool:
+    """Whether ``path`` is a picture or facts file that :func:`write` wrote (its mark is there)."""
+    try:
+        if path.suffix.lower() == ".png":
+            from PIL import Image
+
+            with Image.open(path) as image:
+                return image.format == "PNG" and image.info.get(WRITTEN_BY_KEY) == WRITTEN_BY
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return isinstance(data, dict) and data.get(WRITTEN_BY_KEY) == WRITTEN_BY
+    except (OSError, ValueError, UnicodeDecodeError, SyntaxError):  # PIL: OSError/SyntaxError on a bad file
+        return False
+
+
 def check_output(png: str | Path, force: bool = False) -> Path:
-    """Refuse, before any work, an output that cannot be written or would replace a file."""
+    """Refuse, before any work, an output that cannot be written or would replace a file; with
+    ``force`` an existing picture or JSON is replaced only if prunevid explain wrote it."""
     png = Path(png)
     if png.suffix.lower() != ".png":
         raise ArtifactError(f"--out must name a .png file, got {png}")
@@ -429,8 +450,13 @@ def check_output(png: str | Path, force: bool = False) -> Path:
     for path in (png, json_path(png)):
         if path.is_dir():
             raise ArtifactError(f"{path} is a folder")
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise ArtifactError(f"{path} exists and is not a plain file; prunevid never replaces it")
         if path.exists() and not force:
             raise ArtifactError(f"{path} exists; pass --force to replace it")
+        if path.exists() and not written_by_prunevid(path):
+            raise ArtifactError(f"{path} exists and prunevid explain did not write it; --force replaces only "
+                                "a previous explain picture and its JSON, so move it away or choose another --out")
     if not os.access(png.parent, os.W_OK):
         raise ArtifactError(f"cannot write {png}: folder {png.parent} is not writable")
     return png
@@ -443,10 +469,14 @@ def write(facts: TokenFacts, png: str | Path, force: bool = False) -> tuple[Path
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp_png, tmp_json = (path.with_name(f".{path.name}.{tag}.partial") for path in (png, target_json))
     try:
+        from PIL.PngImagePlugin import PngInfo
+
+        mark = PngInfo()
+        mark.add_text(WRITTEN_BY_KEY, WRITTEN_BY)  # what --force checks before replacing it
         with open(tmp_png, "xb") as f:  # "x": never an existing file; mode from the umask
-            render(facts).save(f, format="PNG", optimize=True)
+            render(facts).save(f, format="PNG", optimize=True, pnginfo=mark)
         with open(tmp_json, "x", encoding="utf-8") as f:
-            f.write(json.dumps(facts.to_json()) + "\n")
+            f.write(json.dumps({**facts.to_json(), WRITTEN_BY_KEY: WRITTEN_BY}) + "\n")
         os.replace(tmp_png, png)
         os.replace(tmp_json, target_json)
     except OSError as exc:

@@ -87,3 +87,55 @@ def test_demo_end_to_end_then_from_the_cache(tmp_path: Path) -> None:
     assert f"answer token ids (prunevid): {prunevid['token_ids']}" in out
     assert list((cache / "exports").iterdir()) == exports and not _partials(cache)
     assert_one_line_error(invoke(["demo", "--video", tmp_path / "missing.mp4"], env=env), "not found", "no such")
+
+
+def test_damaged_cached_model_is_rebuilt_only_if_prunevid_built_it(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from prunevid.demo import cached_model, model_problem
+    from prunevid.errors import ArtifactError
+    from prunevid.progress import Progress
+
+    cache = tmp_path / "cache"
+    model = cache / "tiny-pllava"
+    shutil.copytree(tiny_model_dir, model)
+    assert model_problem(model) is None and cached_model(cache, "tiny", Progress(enabled=False)) == model
+    shard = sorted(model.glob("model-*.safetensors"))[-1]
+    good = shard.read_bytes()
+    shard.write_bytes(good[:1000])  # truncated: the cache is prunevid's own, so it is rebuilt
+    (model / "config.json").unlink()  # before the fix: make-tiny refused the folder, naming a --force demo lacks
+    assert model_problem(model) is not None
+    assert cached_model(cache, "tiny", Progress(enabled=False)) == model
+    assert model_problem(model) is None and shard.read_bytes() == good  # same seed: the same weights again
+
+    shard.write_bytes(good[:1000])
+    (model / "notes.txt").write_text("mine")  # a file prunevid did not write: leave the folder alone
+    env = {"PRUNEVID_CACHE": str(cache)}
+    result = invoke(["demo"], env=env)
+    assert_one_line_error(result, "damaged", "PRUNEVID_CACHE")
+    assert "--force" not in result.output
+    assert (model / "notes.txt").read_text() == "mine" and shard.read_bytes() == good[:1000]
+
+    other = tmp_path / "other"
+    (other / "tiny-pllava").mkdir(parents=True)
+    (other / "tiny-pllava" / "weights.bin").write_text("a user's")  # no make-tiny marker: not ours
+    with pytest.raises(ArtifactError, match="did not write") as info:
+        cached_model(other, "tiny", Progress(enabled=False))
+    assert "--force" not in str(info.value)
+    assert (other / "tiny-pllava" / "weights.bin").read_text() == "a user's"
+
+
+def test_damaged_cached_export_not_written_by_prunevid_is_left_alone(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from prunevid.config import PruneConfig
+    from prunevid.demo import cached_export, export_key
+    from prunevid.errors import ArtifactError
+    from prunevid.exporter.export import ExportOptions
+    from prunevid.progress import Progress
+
+    out = tmp_path / "exports" / f"{tiny_model_dir.name}-{export_key(tiny_model_dir, PruneConfig(), ExportOptions())}"
+    out.mkdir(parents=True)
+    (out / "manifest.json").write_text("{not json")  # not a prunevid export: it must survive
+    (out / "plan.txt").write_text("mine")
+    with pytest.raises(ArtifactError, match="PRUNEVID_CACHE") as info:
+        cached_export(tiny_model_dir, tmp_path, Progress(enabled=False))
+    assert "--force" not in str(info.value)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "plan.txt"]
+    assert (out / "plan.txt").read_text() == "mine"

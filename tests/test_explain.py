@@ -168,8 +168,29 @@ def test_write_refuses_bad_outputs(facts: TokenFacts, tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="--force"):
         ex.write(facts, tmp_path / "taken.png")
     assert (tmp_path / "taken.json").read_text() == "mine" and not (tmp_path / "taken.png").exists()
-    ex.write(facts, tmp_path / "taken.png", force=True)
+    # --force replaces only what prunevid explain wrote: not a user's JSON, PNG or look-alike JSON
+    with pytest.raises(ArtifactError, match="did not write it"):
+        ex.write(facts, tmp_path / "taken.png", force=True)
+    assert (tmp_path / "taken.json").read_text() == "mine" and not (tmp_path / "taken.png").exists()
+    (tmp_path / "taken.json").unlink()
+    Image.new("RGB", (4, 4)).save(tmp_path / "taken.png")  # a user's picture, a real PNG
+    user_png = (tmp_path / "taken.png").read_bytes()
+    with pytest.raises(ArtifactError, match="did not write it"):
+        ex.write(facts, tmp_path / "taken.png", force=True)
+    assert (tmp_path / "taken.png").read_bytes() == user_png and not (tmp_path / "taken.json").exists()
+    (tmp_path / "taken.png").unlink()
+    ex.write(facts, tmp_path / "taken.png")
+    first = (tmp_path / "taken.png").read_bytes()
+    (tmp_path / "taken.json").write_text(json.dumps({"counts": {"kept": 8}}))  # looks like facts, is not ours
+    with pytest.raises(ArtifactError, match="did not write it"):
+        ex.write(facts, tmp_path / "taken.png", force=True)
+    assert (tmp_path / "taken.png").read_bytes() == first
+    (tmp_path / "taken.json").unlink()
+    (tmp_path / "taken.png").unlink()
+    ex.write(facts, tmp_path / "taken.png")
+    ex.write(facts, tmp_path / "taken.png", force=True)  # its own previous outputs: replaced
     assert json.loads((tmp_path / "taken.json").read_text())["counts"]["kept"] == 8
+    assert ex.written_by_prunevid(tmp_path / "taken.png") and ex.written_by_prunevid(tmp_path / "taken.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.json", "taken.png"]
     umask = os.umask(0)
     os.umask(umask)

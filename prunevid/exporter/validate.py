@@ -169,7 +169,8 @@ class GraphChecker:
         video[g.frames // 2 :] += 1.5  # a scene cut, so several segments
         visual = chain.visual(chain.encode(video.numpy()), merge=True)
         model = self.artifact.manifest["model"]
-        prompt = build_prompt(self.tokenizer, CHECK_QUESTIONS[1], model["template"], model["image_token_index"])
+        prompt = build_prompt(self.tokenizer, CHECK_QUESTIONS[1], model["template"], model["image_token_index"],
+                              model.get("after_visual_ids", ()))
         state = chain.prefill(np.asarray(prompt.ids, dtype=np.int64), prompt.image_pos, visual, True, 3)
         list(chain.greedy(state, 3, None))
 

@@ -30,6 +30,7 @@ KEY_PREFIXES: tuple[tuple[str, str], ...] = (
     ("model.vision_tower.vision_model.", "vision_tower.vision_model."),
     ("model.vision_tower.", "vision_tower.vision_model."),  # transformers >= 5 flattens CLIPVisionModel
     ("model.multi_modal_projector.", "multi_modal_projector."),
+    ("model.image_newline", "image_newline"),  # LLaVA-OneVision, transformers >= 5 names
     ("lm_head.", "language_model.lm_head."),
 )
 INDEX_FIELDS = (Field("weight_map", "object", required=True),)
@@ -135,11 +136,9 @@ def load_checkpoint(model_dir: str | Path, lora_alpha: float = 14.0) -> Checkpoi
 
 def load_model(model_dir: str | Path, lora_alpha: float = 14.0):
     """Build the model of ``model_dir`` and load its weights; returns ``(model, config)``."""
-    from prunevid.model.pllava import PllavaModel
-
     ckpt = load_checkpoint(model_dir, lora_alpha)
     with torch.device("meta"):
-        model = PllavaModel(ckpt.config)
+        model = model_class(ckpt.config)(ckpt.config)
     state = dict(ckpt.state_dict)
     if ckpt.config.text.tie_word_embeddings and "language_model.lm_head.weight" not in state:
         state["language_model.lm_head.weight"] = state.get("language_model.model.embed_tokens.weight")
@@ -153,6 +152,16 @@ def load_model(model_dir: str | Path, lora_alpha: float = 14.0):
             raise ModelDirError(f"weight {key} has shape {tuple(state[key].shape)}, config implies {tuple(value.shape)}")
     model.load_state_dict(state, assign=True)
     return model.eval(), ckpt.config
+
+
+def model_class(cfg: ModelConfig) -> type[torch.nn.Module]:
+    """The ``nn.Module`` class of ``cfg``'s family (:attr:`prunevid.model.config.Family.model_class`)."""
+    import importlib
+
+    from prunevid.model.config import FAMILIES
+
+    module, name = FAMILIES[cfg.family].model_class.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _mismatch_message(missing: list[str], unexpected: list[str]) -> str:

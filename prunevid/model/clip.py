@@ -15,6 +15,7 @@ from prunevid.model.config import VisionConfig
 ACTIVATIONS = {
     "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
     "gelu": F.gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),  # SigLIP
 }
 
 
@@ -83,6 +84,15 @@ class CLIPEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(CLIPLayer(cfg) for _ in range(cfg.num_hidden_layers))
 
+    def hidden_state(self, x: torch.Tensor, feature_layer: int) -> torch.Tensor:
+        """Hidden state ``feature_layer`` of the embeddings ``x`` in transformers' numbering
+        (0 = embeddings, -1 = last layer's output); only the layers needed run."""
+        n = len(self.layers)
+        depth = feature_layer if feature_layer >= 0 else n + 1 + feature_layer
+        for layer in self.layers[:depth]:
+            x = layer(x)
+        return x
+
 
 class CLIPVisionTransformer(nn.Module):
     def __init__(self, cfg: VisionConfig):
@@ -103,9 +113,4 @@ class CLIPVisionTower(nn.Module):
     def forward(self, pixels: torch.Tensor, feature_layer: int) -> torch.Tensor:
         """Hidden state ``feature_layer`` in transformers' numbering (0 = embeddings, -1 = last)."""
         vm = self.vision_model
-        n = len(vm.encoder.layers)
-        depth = feature_layer if feature_layer >= 0 else n + 1 + feature_layer
-        x = vm.pre_layrnorm(vm.embeddings(pixels))
-        for layer in vm.encoder.layers[:depth]:
-            x = layer(x)
-        return x
+        return vm.encoder.hidden_state(vm.pre_layrnorm(vm.embeddings(pixels)), feature_layer)

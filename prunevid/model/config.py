@@ -7,7 +7,7 @@ architectures exist, and what they need, is data in :data:`FAMILIES`; nothing br
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -55,6 +55,8 @@ class TextConfig:
     mlp_bias: bool = False
     tie_word_embeddings: bool = False
     model_type: str = "llama"
+    qkv_bias: bool = False  # q/k/v projections with a bias but not o_proj (Qwen2); set by the family
+
 
     @property
     def kv_heads(self) -> int:
@@ -80,36 +82,91 @@ class ModelConfig:
     num_frames: int = 16
     pooling_shape: tuple[int, int, int] = (16, 12, 12)
     architectures: tuple[str, ...] = ()
+    video_token_index: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def tokens_per_frame(self) -> int:
         return self.pooling_shape[1] * self.pooling_shape[2]
 
+    @property
+    def placeholder_index(self) -> int:
+        """Id of the prompt token the visual rows replace (``<image>`` or ``<video>``, per family)."""
+        return getattr(self, FAMILIES[self.family].placeholder_field)
+
+    @property
+    def after_visual_ids(self) -> tuple[int, ...]:
+        """Ids put right after the placeholder: the family's rows that follow the visual block.
+
+        OneVision appends one learned ``image_newline`` row after the whole video; it is given the
+        id ``vocab_size`` (one past the LM head), which only the embedding step knows."""
+        return (self.text.vocab_size,) if FAMILIES[self.family].newline_after_video else ()
+
 
 @dataclass(frozen=True)
 class Family:
-    """What prunevid needs to know about one model family."""
+    """What prunevid needs to know about one model family.
+
+    Everything that differs between families is declared here once: which ``config.json`` they
+    come with, the defaults of the transformers config classes for fields a checkpoint leaves out,
+    the module that builds the model, the prompt token the visual rows replace, whether a learned
+    newline row follows the video, how each frame's grid is pooled, and the default template.
+    """
 
     name: str
     architectures: tuple[str, ...]
+    model_types: tuple[str, ...]  # accepted top-level config.json model_type (absent: accepted)
     vision_model_types: tuple[str, ...]
     text_model_types: tuple[str, ...]
     template: str
+    model_class: str  # "module:Class" of the nn.Module built for the family
     vision_select_strategies: tuple[str, ...] = ("default",)
+    top_defaults: tuple[tuple[str, Any], ...] = ()
+    vision_defaults: tuple[tuple[str, Any], ...] = ()
+    text_defaults: tuple[tuple[str, Any], ...] = ()
+    placeholder_field: str = "image_token_index"  # the ModelConfig field holding the placeholder id
+    newline_after_video: bool = False
+    pooling: str = "avg"  # "avg": pooling_shape from config.json; "bilinear": ceil(grid / 2) per side
+    tokenizer_style: str = "llama"  # prunevid.model.tiny_tokenizer.STYLES
+    exact_patch_grid: bool = True  # image_size must be a multiple of patch_size (SigLIP-384: 27 patches of 14 px)
 
 
 FAMILIES: dict[str, Family] = {
     "pllava": Family(
         name="pllava",
         architectures=("PllavaForConditionalGeneration",),
+        model_types=("llava",),
         vision_model_types=("clip_vision_model",),
         text_model_types=("llama",),
         template="vcg",
+        model_class="prunevid.model.pllava:PllavaModel",
+    ),
+    # transformers' LlavaOnevisionConfig, its SigLIP sub-config defaults and Qwen2Config.
+    "llava-onevision": Family(
+        name="llava-onevision",
+        architectures=("LlavaOnevisionForConditionalGeneration",),
+        model_types=("llava_onevision",),
+        vision_model_types=("siglip_vision_model",),
+        text_model_types=("qwen2",),
+        template="ov-chat",
+        model_class="prunevid.model.onevision:OnevisionModel",
+        vision_select_strategies=("full",),
+        top_defaults=(("image_token_index", 151646), ("video_token_index", 151647), ("vision_feature_layer", -1),
+                      ("vision_feature_select_strategy", "full"), ("num_frames", 32)),
+        vision_defaults=(("hidden_size", 1152), ("intermediate_size", 4304), ("num_hidden_layers", 26),
+                         ("num_attention_heads", 16), ("image_size", 384), ("patch_size", 14),
+                         ("hidden_act", "gelu_pytorch_tanh"), ("layer_norm_eps", 1e-6)),
+        text_defaults=(("vocab_size", 151936), ("hidden_size", 4096), ("intermediate_size", 22016),
+                       ("num_key_value_heads", 32), ("max_position_embeddings", 32768), ("qkv_bias", True)),
+        placeholder_field="video_token_index",
+        newline_after_video=True,
+        pooling="bilinear",
+        tokenizer_style="chatml",
+        exact_patch_grid=False,
     ),
 }
 
-_SUPPORTED_ACTS = {"vision": ("quick_gelu", "gelu"), "text": ("silu",), "projector": ("gelu",)}
+_SUPPORTED_ACTS = {"vision": ("quick_gelu", "gelu", "gelu_pytorch_tanh"), "text": ("silu",), "projector": ("gelu",)}
 
 # Upper bounds far above any released model, low enough that a typo cannot build a model of
 # billions of modules or allocate terabytes.
@@ -149,6 +206,7 @@ TEXT_FIELDS: tuple[Field, ...] = (
     Field("mlp_bias", "bool"),
     Field("tie_word_embeddings", "bool"),
     Field("model_type", "str"),
+    Field("qkv_bias", "bool"),  # not a transformers field: the family's default (Qwen2: true)
 )
 ROPE_FIELDS: tuple[Field, ...] = (
     Field("rope_type", "str"),
@@ -157,7 +215,11 @@ ROPE_FIELDS: tuple[Field, ...] = (
 )
 TOP_FIELDS: tuple[Field, ...] = (
     Field("architectures", "list", item=Field("", "str")),
+    Field("model_type", "str"),
     Field("image_token_index", "int", 0, MAX_VOCAB),
+    Field("video_token_index", "int", 0, MAX_VOCAB, nullable=True),
+    Field("multimodal_projector_bias", "bool"),
+    Field("tie_word_embeddings", "bool"),
     Field("pad_token_id", "int", 0, MAX_VOCAB, nullable=True),
     Field("vision_feature_layer", "int", -MAX_LAYERS - 1, MAX_LAYERS),
     Field("vision_feature_select_strategy", "str"),
@@ -169,7 +231,7 @@ TOP_FIELDS: tuple[Field, ...] = (
 )
 
 
-def _text_config(raw: dict[str, Any], file: str) -> TextConfig:
+def _text_config(raw: dict[str, Any], file: str, fam: Family) -> TextConfig:
     raw = dict(raw)
     for key in ("rope_parameters", "rope_scaling"):
         check_fields(raw, (Field(key, "object", nullable=True),), file, ModelDirError, "text_config.")
@@ -182,6 +244,9 @@ def _text_config(raw: dict[str, Any], file: str) -> TextConfig:
             fail(ModelDirError, file, f"text_config.{key}", f"'{kind}' is not supported (only default RoPE)")
         if "rope_theta" in rope:
             raw["rope_theta"] = rope["rope_theta"]
+    if raw.get("use_sliding_window") is True:  # Qwen2's option; the released OneVision configs leave it off
+        fail(ModelDirError, file, "text_config.use_sliding_window", "true is not supported (full attention only)")
+    raw = {**dict(fam.text_defaults), **raw}
     return TextConfig(**check_fields(raw, TEXT_FIELDS, file, ModelDirError, "text_config."))
 
 
@@ -207,22 +272,43 @@ def parse_config(raw: dict[str, Any], file: str = "config.json") -> ModelConfig:
         known = ", ".join(a for f in FAMILIES.values() for a in f.architectures)
         fail(ModelDirError, file, "architectures", f"is missing or empty (supported: {known})")
     fam = family_for(tuple(top["architectures"]))
-    vision = VisionConfig(**check_fields(top.get("vision_config", {}), VISION_FIELDS, file, ModelDirError, "vision_config."))
-    text = _text_config(top.get("text_config", {}), file)
+    if "model_type" in top and top["model_type"] not in fam.model_types:
+        fail(ModelDirError, file, "model_type", f"'{top['model_type']}' does not match the architecture "
+             f"{top['architectures'][0]} (expected '{fam.model_types[0]}')")
+    if top.get("multimodal_projector_bias") is False:
+        fail(ModelDirError, file, "multimodal_projector_bias", "false is not supported (the projector has biases)")
+    top = {**dict(fam.top_defaults), **top}
+    vision_raw = {**dict(fam.vision_defaults), **(top.get("vision_config") or {})}
+    if vision_raw.pop("vision_use_head", False) is not False:
+        fail(ModelDirError, file, "vision_config.vision_use_head", "must be false (the pooling head is not used)")
+    vision = VisionConfig(**check_fields(vision_raw, VISION_FIELDS, file, ModelDirError, "vision_config."))
+    text = _text_config(top.get("text_config") or {}, file, fam)
+    if top.get("tie_word_embeddings"):  # transformers ties the head when either level says so
+        text = replace(text, tie_word_embeddings=True)
     scalars = {k: v for k, v in top.items() if k not in _NOT_TOP_LEVEL and k not in ("vision_config", "text_config")}
     cfg = ModelConfig(
         family=fam.name,
         vision=vision,
         text=text,
         architectures=tuple(top["architectures"]),
-        pooling_shape=tuple(top.get("pooling_shape", (16, 12, 12))),
+        pooling_shape=_pooling_shape(top, vision, fam),
         **scalars,
     )
     _check(cfg, fam, file)
     return cfg
 
 
-_NOT_TOP_LEVEL = ("family", "vision", "text", "extra", "pooling_shape", "architectures")
+_NOT_TOP_LEVEL = ("family", "vision", "text", "extra", "pooling_shape", "architectures", "model_type",
+                  "multimodal_projector_bias", "tie_word_embeddings")
+
+
+def _pooling_shape(top: dict[str, Any], vision: VisionConfig, fam: Family) -> tuple[int, int, int]:
+    """``(frames, h, w)`` of the pooled video: config.json's ``pooling_shape`` (PLLaVA), or each
+    frame's grid halved, rounded up (OneVision's bilinear ``apply_pooling``: 27 x 27 -> 14 x 14)."""
+    if fam.pooling == "bilinear":
+        side = -(-vision.grid // 2)
+        return (top["num_frames"], side, side)
+    return tuple(top.get("pooling_shape") or (16, 12, 12))
 
 
 def _check(cfg: ModelConfig, fam: Family, file: str) -> None:
@@ -237,7 +323,7 @@ def _check(cfg: ModelConfig, fam: Family, file: str) -> None:
         bad("text_config.model_type", f"'{t.model_type}' is not supported for {fam.name}")
     if cfg.vision_feature_select_strategy not in fam.vision_select_strategies:
         bad("vision_feature_select_strategy", f"'{cfg.vision_feature_select_strategy}' is not supported")
-    if v.patch_size > v.image_size or v.image_size % v.patch_size:
+    if v.patch_size > v.image_size or (fam.exact_patch_grid and v.image_size % v.patch_size):
         bad("vision_config.image_size", f"{v.image_size} is not a multiple of vision_config.patch_size {v.patch_size}")
     if v.hidden_size % v.num_attention_heads:
         bad("vision_config.hidden_size", f"{v.hidden_size} is not divisible by vision_config.num_attention_heads {v.num_attention_heads}")
@@ -248,6 +334,8 @@ def _check(cfg: ModelConfig, fam: Family, file: str) -> None:
     if t.dim_per_head % 2:
         bad("text_config.head_dim" if t.head_dim else "text_config.hidden_size",
             f"gives an odd head size {t.dim_per_head} (rotary embeddings need an even one)")
+    if cfg.video_token_index is not None and cfg.video_token_index >= t.vocab_size:
+        bad("video_token_index", f"{cfg.video_token_index} is outside the vocabulary (text_config.vocab_size {t.vocab_size})")
     if cfg.image_token_index >= t.vocab_size:
         bad("image_token_index", f"{cfg.image_token_index} is outside the vocabulary (text_config.vocab_size {t.vocab_size})")
     if cfg.pad_token_id is not None and cfg.pad_token_id >= t.vocab_size:

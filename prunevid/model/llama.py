@@ -1,6 +1,7 @@
 """LLaMA decoder written as layer slices, so PruneVid can stop after layer K, score, gather the
 KV cache and go on with fewer tokens. Sequences are unbatched (``[S, C]``): PruneVid runs with
-batch size 1.
+batch size 1. Qwen2 (LLaVA-OneVision) is the same block with biases on q/k/v only
+(``TextConfig.qkv_bias``).
 
 Parameter names follow transformers' ``LlamaForCausalLM`` (``model.layers.N.self_attn.q_proj``).
 The KV cache of a layer is ``(k, v)``, each ``[H_kv, S, d]``, with RoPE already applied to ``k``.
@@ -92,9 +93,10 @@ class Attention(nn.Module):
         c, d = cfg.hidden_size, cfg.dim_per_head
         self.heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.kv_heads, d
         self.theta = cfg.rope_theta
-        self.q_proj = nn.Linear(c, self.heads * d, bias=cfg.attention_bias)
-        self.k_proj = nn.Linear(c, self.kv_heads * d, bias=cfg.attention_bias)
-        self.v_proj = nn.Linear(c, self.kv_heads * d, bias=cfg.attention_bias)
+        qkv_bias = cfg.attention_bias or cfg.qkv_bias  # Qwen2: biases on q/k/v only
+        self.q_proj = nn.Linear(c, self.heads * d, bias=qkv_bias)
+        self.k_proj = nn.Linear(c, self.kv_heads * d, bias=qkv_bias)
+        self.v_proj = nn.Linear(c, self.kv_heads * d, bias=qkv_bias)
         self.o_proj = nn.Linear(self.heads * d, c, bias=cfg.attention_bias)
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -9,13 +9,14 @@ the language model PEFT-wrapped with un-merged LoRA on ``q_proj``/``v_proj``, a 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from prunevid.model.checkpoint import INDEX_FILE
-from prunevid.model.config import ModelConfig, TextConfig, VisionConfig, config_to_json
+from prunevid.model.config import FAMILIES, ModelConfig, TextConfig, VisionConfig, config_to_json
 
 
 @dataclass(frozen=True)
@@ -78,32 +79,75 @@ GEOMETRIES: dict[str, Geometry] = {
 }
 
 
-def tiny_config(geometry: Geometry, vocab: dict) -> ModelConfig:
+# LLaVA-OneVision: SigLIP (gelu tanh, eps 1e-6) and a Qwen2 decoder with grouped-query attention
+# (4 query / 2 key-value heads), q/k/v biases and RoPE theta 1e6, as in the released configs.
+_SIGLIP = dict(hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, model_type="siglip_vision_model")
+_QWEN2 = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=12, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=8192, rms_norm_eps=1e-6, rope_theta=1e6,
+              model_type="qwen2", qkv_bias=True)
+OV_GEOMETRIES: dict[str, Geometry] = {
+    # 98 px / patch 14 = 7x7 patches, bilinear to ceil(7/2) = 4x4 = 16 tokens per frame (an odd
+    # grid, as OneVision's 27x27 -> 14x14); 12 LLM layers so K = 10 is valid.
+    "tiny": Geometry(
+        vision=VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                            image_size=98, patch_size=14, **_SIGLIP),
+        text=TextConfig(**_QWEN2),
+        pooled_hw=(4, 4),
+        lora_rank=0,
+    ),
+    # OneVision-7B's token geometry: 32 frames of 27x27 patches (378 px) pooled to 14x14 = 6272
+    # visual tokens + the newline, with the tiny towers.
+    "ov32": Geometry(
+        vision=VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                            image_size=378, patch_size=14, **_SIGLIP),
+        text=TextConfig(**_QWEN2),
+        pooled_hw=(14, 14),
+        num_frames=32,
+        lora_rank=0,
+    ),
+}
+TINY_MODELS: dict[str, dict[str, Geometry]] = {"pllava": GEOMETRIES, "llava-onevision": OV_GEOMETRIES}
+"""The geometries ``make-tiny --model`` offers for each family."""
+
+
+def check_geometry(model: str, geometry: str) -> None:
+    """Raise :class:`ConfigError` unless family ``model`` has a random geometry ``geometry``."""
+    from prunevid.errors import ConfigError
+
+    if geometry not in TINY_MODELS[model]:
+        raise ConfigError(f"--geometry {geometry} is not offered for {model} (one of {', '.join(TINY_MODELS[model])})")
+
+
+def tiny_config(geometry: Geometry, vocab: dict, family: str = "pllava") -> ModelConfig:
     text = replace(geometry.text, vocab_size=vocab["vocab_size"])
+    fam = FAMILIES[family]
     return ModelConfig(
-        family="pllava",
+        family=family,
         vision=geometry.vision,
         text=text,
         image_token_index=vocab["image_token_id"],
+        video_token_index=vocab.get("video_token_id"),
         pad_token_id=vocab["pad_token_id"],
         num_frames=geometry.num_frames,
         pooling_shape=(geometry.num_frames, *geometry.pooled_hw),
-        architectures=("PllavaForConditionalGeneration",),
+        architectures=fam.architectures[:1],
+        vision_feature_layer=dict(fam.top_defaults).get("vision_feature_layer", -2),
+        vision_feature_select_strategy=fam.vision_select_strategies[0],
     )
 
 
 def random_state_dict(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
     """Random weights for ``cfg`` (normal, std 0.02; norms around 1; biases small)."""
-    from prunevid.model.pllava import PllavaModel
+    from prunevid.model.checkpoint import model_class
 
     gen = torch.Generator().manual_seed(seed)
-    model = PllavaModel(cfg)
+    model = model_class(cfg)(cfg)
     state = {}
     for key, value in model.state_dict().items():
         noise = torch.randn(value.shape, generator=gen)
         if "norm" in key and key.endswith("weight"):
             state[key] = 1.0 + 0.1 * noise
-        elif key.endswith("position_embedding.weight") or key.endswith("embed_tokens.weight"):
+        elif key.endswith(("position_embedding.weight", "embed_tokens.weight", "image_newline")):
             state[key] = 0.5 * noise
         else:
             state[key] = 0.02 * noise * (2.0 if key.endswith("weight") else 1.0)
@@ -150,29 +194,87 @@ def save_shards(state: dict[str, torch.Tensor], out: Path, shards: int) -> None:
     (out / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True))
 
 
-def make_tiny(out: str | Path, geometry: str = "tiny", seed: int = 0, force: bool = False) -> Path:
-    """Write a random model of ``geometry`` into ``out`` in the PLLaVA checkpoint layout."""
+def make_tiny(out: str | Path, geometry: str = "tiny", seed: int = 0, force: bool = False,
+              model: str = "pllava") -> Path:
+    """Write a random ``model`` of ``geometry`` into ``out`` in that family's public checkpoint layout
+    (PLLaVA: PEFT-wrapped shards; LLaVA-OneVision: the llava-hf layout, ChatML tokenizer)."""
     from prunevid.model.tiny_tokenizer import build_tiny_tokenizer
     from prunevid.outdir import TINY, TINY_MARKER, list_files, write_folder
+
+    geo = TINY_MODELS[model][geometry]
+    writer = _LAYOUTS[model]
+    with write_folder(out, TINY, force=force) as tmp:
+        vocab = build_tiny_tokenizer(tmp, vocab_size=geo.tokenizer_vocab, style=FAMILIES[model].tokenizer_style)
+        cfg = tiny_config(geo, vocab, model)
+        save_shards(peft_layout(random_state_dict(cfg, seed), geo.lora_rank, seed) if writer.peft
+                    else random_state_dict(cfg, seed), tmp, geo.shards)
+        _write_json(tmp / "config.json", writer.config(cfg))
+        _write_json(tmp / "generation_config.json",
+                    {k: vocab[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if vocab[k] is not None})
+        _write_json(tmp / "preprocessor_config.json", writer.preprocessor(geo.vision.image_size))
+        _write_json(tmp / "processor_config.json", {"processor_class": writer.processor_class})
+        # the marker says which files are make-tiny's own: all that ``--force`` may replace later
+        _write_json(tmp / TINY_MARKER, {"model": model, "geometry": geometry, "seed": seed,
+                                        "lora_rank": geo.lora_rank, "files": list_files(tmp)})
+    return Path(out)
+
+
+def _clip_preprocessor(size: int) -> dict:
+    """PLLaVA's CLIPImageProcessor: shortest edge, centre crop, CLIP mean/std."""
     from prunevid.runtime.video import Preprocess
 
-    geo = GEOMETRIES[geometry]
-    with write_folder(out, TINY, force=force) as tmp:
-        vocab = build_tiny_tokenizer(tmp, vocab_size=geo.tokenizer_vocab)
-        cfg = tiny_config(geo, vocab)
-        save_shards(peft_layout(random_state_dict(cfg, seed), geo.lora_rank, seed), tmp, geo.shards)
-        _write_json(tmp / "config.json", config_to_json(cfg))
-        _write_json(tmp / "generation_config.json",
-                    {"bos_token_id": vocab["bos_token_id"], "eos_token_id": vocab["eos_token_id"],
-                     "pad_token_id": vocab["pad_token_id"]})
-        size = geo.vision.image_size
-        pp = Preprocess(shortest_edge=size, crop_height=size, crop_width=size)
-        _write_json(tmp / "preprocessor_config.json", pp.to_dict())
-        _write_json(tmp / "processor_config.json", {"processor_class": "PllavaProcessor"})
-        # the marker says which files are make-tiny's own: all that ``--force`` may replace later
-        _write_json(tmp / TINY_MARKER, {"geometry": geometry, "seed": seed, "lora_rank": geo.lora_rank,
-                                        "files": list_files(tmp)})
-    return Path(out)
+    return Preprocess(shortest_edge=size, crop_height=size, crop_width=size).to_dict()
+
+
+def _onevision_preprocessor(size: int) -> dict:
+    """LLaVA-OneVision's video processor as the hub configs set it: a square bicubic resize (no
+    crop), rescale 1/255, mean/std 0.5."""
+    return {"do_convert_rgb": True, "do_center_crop": False, "do_normalize": True, "do_rescale": True,
+            "do_resize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 3,
+            "rescale_factor": 1 / 255, "size": {"height": size, "width": size},
+            "video_processor_type": "LlavaOnevisionVideoProcessor"}
+
+
+def onevision_config_json(cfg: ModelConfig) -> dict:
+    """The llava-hf ``config.json`` of a LLaVA-OneVision ``cfg`` (transformers' LlavaOnevisionConfig;
+    ``num_frames`` is prunevid's own field, ignored by transformers)."""
+    text = {k: v for k, v in asdict(cfg.text).items() if v is not None and k not in ("qkv_bias", "rope_theta")}
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": cfg.text.rope_theta}
+    size = cfg.vision.image_size
+    return {
+        "architectures": list(cfg.architectures),
+        "model_type": "llava_onevision",
+        "image_token_index": cfg.image_token_index,
+        "video_token_index": cfg.video_token_index,
+        "pad_token_id": cfg.pad_token_id,
+        "projector_hidden_act": cfg.projector_hidden_act,
+        "vision_feature_layer": cfg.vision_feature_layer,
+        "vision_feature_select_strategy": cfg.vision_feature_select_strategy,
+        "multimodal_projector_bias": True,
+        "tie_word_embeddings": cfg.text.tie_word_embeddings,
+        "vision_aspect_ratio": "anyres_max_9",
+        "image_grid_pinpoints": [[size, size]],
+        "num_frames": cfg.num_frames,
+        "vision_config": {**asdict(cfg.vision), "vision_use_head": False},
+        "text_config": text,
+        "torch_dtype": "float32",
+    }
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How one family's checkpoint folder is written."""
+
+    config: Callable[[ModelConfig], dict]
+    preprocessor: Callable[[int], dict]
+    processor_class: str
+    peft: bool  # language model PEFT-wrapped with un-merged LoRA (released PLLaVA)
+
+
+_LAYOUTS: dict[str, _Layout] = {
+    "pllava": _Layout(config_to_json, _clip_preprocessor, "PllavaProcessor", peft=True),
+    "llava-onevision": _Layout(onevision_config_json, _onevision_preprocessor, "LlavaOnevisionProcessor", peft=False),
+}
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -10,11 +10,15 @@ learned merges up to the trained vocabulary size ``V``; then the added special t
 With the default ``vocab_size=512``, ``V`` is 512, so ``<image>`` = 512 and ``<pad>`` = 513.
 The small corpus saturates near ``V`` = 1160: larger targets give that size (the returned
 dict always holds the real ids).
+
+The ``chatml`` style (LLaVA-OneVision's Qwen2 layout) has ``<|endoftext|>`` = 0 (pad),
+``<|im_start|>`` = 1, ``<|im_end|>`` = 2 (EOS), no BOS, and ``<image>`` = ``V``, ``<video>`` = ``V + 1``.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +32,40 @@ from tokenizers import (
     trainers,
 )
 
-from prunevid.runtime.text import IMAGE_PLACEHOLDER, TEMPLATES
+from prunevid.runtime.templates import ALL_TEMPLATES, VIDEO_PLACEHOLDER
+from prunevid.runtime.text import IMAGE_PLACEHOLDER
 
 UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
 MODEL_MAX_LENGTH = 4096
+
+
+@dataclass(frozen=True)
+class TokenizerStyle:
+    """The special tokens of one family's tokenizer.
+
+    ``trained`` are the first ids (before the 256 byte tokens), ``added`` follow the learned
+    merges; ``bos`` None means no BOS token at all (Qwen2). ``placeholder`` selects the templates
+    whose rendered prompts join the training corpus.
+    """
+
+    trained: tuple[str, ...]
+    added: tuple[str, ...]
+    bos: str | None
+    eos: str
+    pad: str
+    unk: str | None
+    placeholder: str
+
+
+STYLES: dict[str, TokenizerStyle] = {
+    # LLaMA / llava-hf: <unk> <s> </s>, then <image> and <pad> added
+    "llama": TokenizerStyle(trained=(UNK, BOS, EOS), added=(IMAGE_PLACEHOLDER, PAD), bos=BOS, eos=EOS, pad=PAD,
+                            unk=UNK, placeholder=IMAGE_PLACEHOLDER),
+    # Qwen2 / llava-onevision: ChatML markers, no BOS, EOS <|im_end|>, <image> and <video> added
+    "chatml": TokenizerStyle(trained=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+                             added=(IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER), bos=None, eos="<|im_end|>",
+                             pad="<|endoftext|>", unk=None, placeholder=VIDEO_PLACEHOLDER),
+}
 
 CORPUS: tuple[str, ...] = (
     "A man in a red jacket walks his brown dog along the beach at sunset.",
@@ -96,37 +130,37 @@ SAMPLE_QUESTIONS: tuple[str, ...] = (
 )
 
 
-def training_corpus() -> list[str]:
-    """The full training text: :data:`CORPUS` plus every template rendered with each question."""
-    prompts = [t.render(q) for t in TEMPLATES.values() for q in SAMPLE_QUESTIONS]
+def training_corpus(placeholder: str = IMAGE_PLACEHOLDER) -> list[str]:
+    """The full training text: :data:`CORPUS` plus every template of ``placeholder`` rendered with
+    each question."""
+    prompts = [t.render(q) for t in ALL_TEMPLATES.values() if t.placeholder == placeholder for q in SAMPLE_QUESTIONS]
     return list(CORPUS) + list(SAMPLE_QUESTIONS) + prompts
 
 
-def _train(vocab_size: int) -> Tokenizer:
-    """Train the byte-level BPE on :func:`training_corpus` (ids 0-2 are <unk>, <s>, </s>)."""
-    tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+def _train(vocab_size: int, style: TokenizerStyle) -> Tokenizer:
+    """Train the byte-level BPE on :func:`training_corpus` (the first ids are ``style.trained``)."""
+    tokenizer = Tokenizer(models.BPE(unk_token=style.unk))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[UNK, BOS, EOS],
+        special_tokens=list(style.trained),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(training_corpus(), trainer=trainer)
+    tokenizer.train_from_iterator(training_corpus(style.placeholder), trainer=trainer)
     return tokenizer
 
 
-def _finish(tokenizer: Tokenizer) -> None:
-    """Add <image> and <pad> as special tokens and a post-processor that prepends BOS."""
-    tokenizer.add_special_tokens(
-        [AddedToken(IMAGE_PLACEHOLDER, normalized=False, special=True),
-         AddedToken(PAD, normalized=False, special=True)]
-    )
-    bos_id = tokenizer.token_to_id(BOS)
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS}:1 $B:1", special_tokens=[(BOS, bos_id)]
-    )
+def _finish(tokenizer: Tokenizer, style: TokenizerStyle) -> None:
+    """Add the style's added tokens as special tokens and, with a BOS, a post-processor that
+    prepends it."""
+    tokenizer.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in style.added])
+    if style.bos is not None:
+        bos, bos_id = style.bos, tokenizer.token_to_id(style.bos)
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1", special_tokens=[(bos, bos_id)]
+        )
 
 
 def _added_token_entry(content: str) -> dict[str, Any]:
@@ -135,21 +169,21 @@ def _added_token_entry(content: str) -> dict[str, Any]:
             "single_word": False, "special": True}
 
 
-def _tokenizer_config(tokenizer: Tokenizer, model_max_length: int) -> dict[str, Any]:
+def _tokenizer_config(tokenizer: Tokenizer, model_max_length: int, style: TokenizerStyle) -> dict[str, Any]:
     """The contents of tokenizer_config.json."""
-    specials = (UNK, BOS, EOS, IMAGE_PLACEHOLDER, PAD)
+    specials = (*style.trained, *style.added)
     decoder = {str(tokenizer.token_to_id(t)): _added_token_entry(t) for t in specials}
     return {
-        "add_bos_token": True,
+        "add_bos_token": style.bos is not None,
         "add_eos_token": False,
         "added_tokens_decoder": decoder,
-        "bos_token": BOS,
+        "bos_token": style.bos,
         "clean_up_tokenization_spaces": False,
-        "eos_token": EOS,
+        "eos_token": style.eos,
         "model_max_length": model_max_length,
-        "pad_token": PAD,
+        "pad_token": style.pad,
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "unk_token": UNK,
+        "unk_token": style.unk,
     }
 
 
@@ -159,7 +193,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def build_tiny_tokenizer(
-    out_dir: Path, *, vocab_size: int = 512, model_max_length: int = MODEL_MAX_LENGTH
+    out_dir: Path, *, vocab_size: int = 512, model_max_length: int = MODEL_MAX_LENGTH, style: str = "llama"
 ) -> dict:
     """Train the tiny tokenizer and write a HF tokenizer folder into ``out_dir``.
 
@@ -170,18 +204,19 @@ def build_tiny_tokenizer(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = _train(vocab_size)
-    _finish(tokenizer)
+    kind = STYLES[style]
+    tokenizer = _train(vocab_size, kind)
+    _finish(tokenizer, kind)
     tokenizer.save(str(out_dir / "tokenizer.json"))
-    image_id = tokenizer.token_to_id(IMAGE_PLACEHOLDER)
-    _write_json(out_dir / "tokenizer_config.json", _tokenizer_config(tokenizer, model_max_length))
-    _write_json(out_dir / "special_tokens_map.json",
-                {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "unk_token": UNK})
-    _write_json(out_dir / "added_tokens.json", {IMAGE_PLACEHOLDER: image_id})
+    _write_json(out_dir / "tokenizer_config.json", _tokenizer_config(tokenizer, model_max_length, kind))
+    specials = {"bos_token": kind.bos, "eos_token": kind.eos, "pad_token": kind.pad, "unk_token": kind.unk}
+    _write_json(out_dir / "special_tokens_map.json", {k: v for k, v in specials.items() if v is not None})
+    _write_json(out_dir / "added_tokens.json", {t: tokenizer.token_to_id(t) for t in kind.added})
     return {
         "vocab_size": tokenizer.get_vocab_size(with_added_tokens=True),
-        "image_token_id": image_id,
-        "bos_token_id": tokenizer.token_to_id(BOS),
-        "eos_token_id": tokenizer.token_to_id(EOS),
-        "pad_token_id": tokenizer.token_to_id(PAD),
+        "image_token_id": tokenizer.token_to_id(IMAGE_PLACEHOLDER),
+        "bos_token_id": None if kind.bos is None else tokenizer.token_to_id(kind.bos),
+        "eos_token_id": tokenizer.token_to_id(kind.eos),
+        "pad_token_id": tokenizer.token_to_id(kind.pad),
+        **({"video_token_id": tokenizer.token_to_id(VIDEO_PLACEHOLDER)} if VIDEO_PLACEHOLDER in kind.added else {}),
     }

@@ -67,6 +67,7 @@ MODEL_FIELDS: tuple[Field, ...] = (
     Field("image_token_index", "int", 0, MAX_INDEX, required=True),
     Field("max_position_embeddings", "int", 1, MAX_INDEX, required=True),
     Field("template", "str", required=True),
+    Field("after_visual_ids", "list", item=Field("", "int", 0, MAX_INDEX)),
 )
 SOURCE_FIELDS: tuple[Field, ...] = (Field("path", "str", required=True), Field("sha256", "sha256", required=True))
 GRAPH_FIELDS: tuple[Field, ...] = (

@@ -55,7 +55,8 @@ class RuntimePipeline:
     def prompt(self, question: str, template: str | None):
         from prunevid.runtime.text import build_prompt
 
-        return build_prompt(self.tokenizer, question, template or self.model["template"], self.model["image_token_index"])
+        return build_prompt(self.tokenizer, question, template or self.model["template"], self.model["image_token_index"],
+                            self.model.get("after_visual_ids", ()))
 
     def run(self, video: str | Path, question: str, *, max_new_tokens: int = 64, template: str | None = None,
             on_token: Callable[[int], None] | None = None) -> Answer:

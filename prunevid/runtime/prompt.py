@@ -30,16 +30,16 @@ class PromptView:
                 "tokens": self.tokens}
 
 
-def _source(model_dir: Path | None, engine_dir: Path | None) -> tuple[Path, int, str]:
-    """Tokenizer folder, image token id and default template of a checkpoint or an export."""
-    from prunevid.runtime.templates import DEFAULT_TEMPLATE
-
+def _source(model_dir: Path | None, engine_dir: Path | None) -> tuple[Path, int, str, tuple[int, ...]]:
+    """Tokenizer folder, placeholder token id, default template and the ids after the visual
+    block of a checkpoint or an export."""
     if (model_dir is None) == (engine_dir is None):
         raise ConfigError("pass exactly one of --model-dir DIR (checkpoint) or --engine-dir DIR (export)")
     if model_dir is not None:
-        from prunevid.model.config import read_config
+        from prunevid.model.config import FAMILIES, read_config
 
-        return Path(model_dir), read_config(Path(model_dir)).image_token_index, DEFAULT_TEMPLATE
+        cfg = read_config(Path(model_dir))
+        return Path(model_dir), cfg.placeholder_index, FAMILIES[cfg.family].template, cfg.after_visual_ids
     from prunevid.runtime.artifact import open_artifact
 
     artifact = open_artifact(engine_dir, verify=False)  # the manifest only; no graph is read
@@ -51,7 +51,7 @@ def _source(model_dir: Path | None, engine_dir: Path | None) -> tuple[Path, int,
             f"{artifact.root / 'manifest.json'}: model.image_token_index and model.template must be "
             "an integer and a string; export again"
         )
-    return artifact.root, index, template
+    return artifact.root, index, template, tuple(model.get("after_visual_ids", ()))
 
 
 def show_prompt(question: str, *, model_dir: str | Path | None = None, engine_dir: str | Path | None = None,
@@ -63,12 +63,12 @@ def show_prompt(question: str, *, model_dir: str | Path | None = None, engine_di
     """
     from prunevid.runtime.text import TextTokenizer, build_prompt
 
-    folder, image_token_index, default = _source(
+    folder, image_token_index, default, after_visual = _source(
         Path(model_dir) if model_dir is not None else None, Path(engine_dir) if engine_dir is not None else None
     )
     name = template or default
     tokenizer = TextTokenizer.from_dir(folder)
-    prompt = build_prompt(tokenizer, question, name, image_token_index)
-    tokens = [tokenizer.tokenizer.id_to_token(i) for i in prompt.ids]
+    prompt = build_prompt(tokenizer, question, name, image_token_index, after_visual)
+    tokens = [tokenizer.tokenizer.id_to_token(i) or "<newline row>" for i in prompt.ids]
     return PromptView(template=name, text=prompt.text, input_ids=prompt.ids, image_pos=prompt.image_pos,
                       image_token_index=image_token_index, tokens=tokens)

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from prunevid.errors import PromptError
 
 IMAGE_PLACEHOLDER = "<image>"
+VIDEO_PLACEHOLDER = "<video>"
+PLACEHOLDERS = {IMAGE_PLACEHOLDER: "image_token_index", VIDEO_PLACEHOLDER: "video_token_index"}
+"""Each prompt placeholder and the config.json field holding its token id."""
 
 PLLAVA = "magic-research/PLLaVA@5ea077dbec00fcb0cdf870068fef915bb6b9eeb9"
 PRUNEVID = "Visual-AI/PruneVid@a7fd71189dd8eb98117a02639dacc642c157da4e"
@@ -63,6 +66,9 @@ class Template:
         answer_prompt: the start of the assistant's turn, if any.
         used_for: the benchmarks the official scripts run with it.
         source: where each part comes from (repository@commit:path).
+        placeholder: the token the visual rows replace (``<image>``; ``<video>`` for OneVision).
+        join: the text between the placeholder, the pre-query, the question and the post-query
+            (one space in PLLaVA's conversations; nothing in ChatML, whose parts carry newlines).
     """
 
     name: str
@@ -77,20 +83,22 @@ class Template:
     answer_prompt: str | None
     used_for: str
     source: str
+    placeholder: str = IMAGE_PLACEHOLDER
+    join: str = " "
 
     def render(self, question: str) -> str:
         """The prompt text for ``question`` (the official prompt assembly, one video, one turn)."""
         user, assistant = self.roles
         query = question
         if self.post_query is not None:
-            query = f"{query} {self.post_query}"
+            query = f"{query}{self.join}{self.post_query}"
         if self.pre_query is not None:
-            query = f"{self.pre_query} {query}"
+            query = f"{self.pre_query}{self.join}{query}"
         turns = []
         if self.mm_alone:
             turns.append((user, self.mm_token))
         else:  # the question never holds the placeholder (build_prompt refuses it)
-            query = f"{self.mm_token} {query}"
+            query = f"{self.mm_token}{self.join}{query}"
         turns.append((user, query))
         if self.answer_prompt is not None:
             turns.append((assistant, self.answer_prompt))
@@ -114,6 +122,21 @@ def _vicuna(name: str, conversation: str, system: str, *, mm_alone: bool = True,
                     mm_token=f"{IMAGE_PLACEHOLDER}\n", mm_alone=mm_alone, pre_query=pre_query,
                     post_query=post_query, answer_prompt=answer_prompt, used_for=used_for,
                     source=source)
+
+
+SYSTEM_QWEN = "You are a helpful assistant."
+POST_QUERY_LMMS_EVAL_MC = "\nAnswer with the option's letter from the given choices directly."
+LLAVA_NEXT = "LLaVA-VL/LLaVA-NeXT:llava/conversation.py (conv_qwen, registered as qwen_1_5)"
+
+
+def _chatml(name: str, *, post_query: str | None = None, used_for: str, source: str) -> Template:
+    """LLaVA-OneVision's conversation: ChatML with the ``qwen_1_5`` system prompt, the video
+    placeholder on its own line at the start of the user turn, the question after it."""
+    return Template(name=name, conversation="conv_qwen (qwen_1_5)",
+                    system=f"<|im_start|>system\n{SYSTEM_QWEN}",
+                    roles=("<|im_start|>user\n", "<|im_start|>assistant\n"), seps=("<|im_end|>\n", "<|im_end|>\n"),
+                    mm_token=f"{VIDEO_PLACEHOLDER}\n", mm_alone=False, pre_query=None, post_query=post_query,
+                    answer_prompt=None, used_for=used_for, source=source, placeholder=VIDEO_PLACEHOLDER, join="")
 
 
 TEMPLATES: dict[str, Template] = {
@@ -153,6 +176,27 @@ TEMPLATES: dict[str, Template] = {
     )
 }
 
+ONEVISION_TEMPLATES: dict[str, Template] = {
+    t.name: t
+    for t in (
+        _chatml(
+            "ov-chat",
+            used_for="LLaVA-OneVision, free-form questions; the OneVision default",
+            source=f"{LLAVA_NEXT}; transformers' llava_onevision conversion script (ChatML, <video> then \\n)",
+        ),
+        _chatml(
+            "ov-mc", post_query=POST_QUERY_LMMS_EVAL_MC,
+            used_for="LLaVA-OneVision multiple choice (MVBench, Video-MME, EgoSchema) as run by lmms-eval "
+                     "in the peer papers (HoliTom, DyCoke, VidCom2)",
+            source=f"{LLAVA_NEXT}; post-prompt: EvolvingLMMs-Lab/lmms-eval task configs "
+                   "(lmms_eval_specific_kwargs.default.post_prompt), joined to the question with a newline",
+        ),
+    )
+}
+"""LLaVA-OneVision's conversations (ChatML, ``<video>``); :data:`TEMPLATES` holds PLLaVA's."""
+
+ALL_TEMPLATES: dict[str, Template] = {**TEMPLATES, **ONEVISION_TEMPLATES}
+
 # Free-form questions: Video-ChatGPT's open-ended conversation. It adds no answer prefix (the
 # videoqabench one forces "Answer: In the video," and a short answer), and it is the open-ended
 # prompt PruneVid itself evaluates (scripts/eval.sh, with the pllava-vcg settings).
@@ -162,7 +206,7 @@ DEFAULT_TEMPLATE = "vcg"
 def get_template(name: str) -> Template:
     """The template called ``name``; :class:`PromptError` listing the known names otherwise."""
     try:
-        return TEMPLATES[name]
+        return ALL_TEMPLATES[name]
     except KeyError:
-        known = ", ".join(sorted(TEMPLATES))
+        known = ", ".join(sorted(ALL_TEMPLATES))
         raise PromptError(f"unknown prompt template {name!r} (known: {known})") from None

@@ -21,8 +21,10 @@ from tokenizers import Tokenizer
 from prunevid.errors import ModelDirError, PromptError, one_line, read_json_object
 from prunevid.fields import check_tokenizer_config, text_problem
 from prunevid.runtime.templates import (  # noqa: F401  (re-exported: the prompt API lives here)
+    ALL_TEMPLATES,
     DEFAULT_TEMPLATE,
     IMAGE_PLACEHOLDER,
+    PLACEHOLDERS,
     TEMPLATES,
     Template,
     get_template,
@@ -84,17 +86,19 @@ class TextTokenizer:
         """Load ``tokenizer.json`` and ``tokenizer_config.json`` from ``model_dir``.
 
         Raises :class:`ModelDirError` if the tokenizer is missing or corrupt, if the BOS/EOS
-        tokens named by the config (default ``<s>``/``</s>``) are not in the vocabulary, or if
+        tokens named by the config (default ``<s>``/``</s>``; ``"bos_token": null`` means no BOS, as
+        Qwen2's) are not in the vocabulary, or if
         ``add_bos_token`` / ``add_eos_token`` (defaults true / false, as LLaMA's) are not booleans.
         """
         model_dir = Path(model_dir)
         tokenizer = _load_tokenizer_json(model_dir / "tokenizer.json")
         config = _load_config(model_dir / "tokenizer_config.json")
+        no_bos = "bos_token" in config and config["bos_token"] is None  # Qwen2: no BOS at all
         return cls(
             tokenizer,
-            bos_id=_resolve_id(tokenizer, config, "bos_token", "<s>"),
+            bos_id=None if no_bos else _resolve_id(tokenizer, config, "bos_token", "<s>"),
             eos_id=_resolve_id(tokenizer, config, "eos_token", "</s>"),
-            add_bos_token=config.get("add_bos_token", True),  # a bool: checked on load
+            add_bos_token=False if no_bos else config.get("add_bos_token", True),  # a bool: checked on load
             add_eos_token=config.get("add_eos_token", False),
         )
 
@@ -102,21 +106,22 @@ class TextTokenizer:
         """Token ids of ``text`` without any special tokens."""
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def check_image_token(self, image_token_id: int) -> None:
-        """Raise :class:`ModelDirError` unless ``<image>`` is a token with id ``image_token_id``."""
-        found = self.tokenizer.token_to_id(IMAGE_PLACEHOLDER)
+    def check_image_token(self, image_token_id: int, placeholder: str = IMAGE_PLACEHOLDER) -> None:
+        """Raise :class:`ModelDirError` unless ``placeholder`` is a token with id ``image_token_id``."""
+        found = self.tokenizer.token_to_id(placeholder)
+        field = PLACEHOLDERS.get(placeholder, "image_token_index")
         if found is None:
             raise ModelDirError(
-                f"the tokenizer has no {IMAGE_PLACEHOLDER} token (the model's image_token_index is "
+                f"the tokenizer has no {placeholder} token (the model's {field} is "
                 f"{image_token_id}); add it as a special token, as llava-hf checkpoints do"
             )
         if found != image_token_id:
             raise ModelDirError(
-                f"the tokenizer maps {IMAGE_PLACEHOLDER} to {found}, but the model's "
-                f"image_token_index is {image_token_id}"
+                f"the tokenizer maps {placeholder} to {found}, but the model's "
+                f"{field} is {image_token_id}"
             )
 
-    def encode_prompt(self, prompt: str, image_token_id: int) -> list[int]:
+    def encode_prompt(self, prompt: str, image_token_id: int, placeholder: str = IMAGE_PLACEHOLDER) -> list[int]:
         """Ids of a rendered prompt, tokenised in one call as the official processor does.
 
         BOS is prepended if ``add_bos_token`` and EOS appended if ``add_eos_token``. ``prompt``
@@ -124,16 +129,16 @@ class TextTokenizer:
         (:class:`PromptError` otherwise); the tokenizer must map ``<image>`` to
         ``image_token_id`` and keep it whole (:class:`ModelDirError` otherwise).
         """
-        count = prompt.count(IMAGE_PLACEHOLDER)
+        count = prompt.count(placeholder)
         if count != 1:
-            raise PromptError(f"prompt must contain {IMAGE_PLACEHOLDER} exactly once, found {count}")
-        self.check_image_token(image_token_id)
+            raise PromptError(f"prompt must contain {placeholder} exactly once, found {count}")
+        self.check_image_token(image_token_id, placeholder)
         ids = self.encode(prompt)
         found = ids.count(image_token_id)
         if found != 1:
             raise ModelDirError(
-                f"the tokenizer turns the prompt's single {IMAGE_PLACEHOLDER} into {found} image tokens; "
-                f"{IMAGE_PLACEHOLDER} must be an added (special) token"
+                f"the tokenizer turns the prompt's single {placeholder} into {found} image tokens; "
+                f"{placeholder} must be an added (special) token"
             )
         bos = [self.bos_id] if self.add_bos_token else []
         eos = [self.eos_id] if self.add_eos_token else []
@@ -160,23 +165,36 @@ def check_question(question: str) -> None:
         raise PromptError(f"question {problem}")
     if not question.strip():
         raise PromptError("question is empty")
-    if IMAGE_PLACEHOLDER in question:
-        raise PromptError(f"question must not contain {IMAGE_PLACEHOLDER}: the template places the video")
+    for placeholder in PLACEHOLDERS:
+        if placeholder in question:
+            raise PromptError(f"question must not contain {placeholder}: the template places the video")
 
 
 def build_prompt(
-    tokenizer: TextTokenizer, question: str, template: str, image_token_id: int
+    tokenizer: TextTokenizer, question: str, template: str, image_token_id: int,
+    after_visual: tuple[int, ...] | list[int] = (),
 ) -> PromptIds:
     """Render ``question`` with ``template`` and encode it, locating the image token.
+
+    ``after_visual`` ids are inserted right after the placeholder: rows the model family puts
+    after the visual block (LLaVA-OneVision's newline, :attr:`ModelConfig.after_visual_ids`).
 
     Raises :class:`PromptError` for an empty or whitespace-only question, one that is not valid
     text or contains ``<image>``, or an unknown template; :class:`ModelDirError` if the tokenizer
     does not map ``<image>`` to ``image_token_id``.
     """
     check_question(question)
-    text = get_template(template).render(question)
-    ids = tokenizer.encode_prompt(text, image_token_id)
-    return PromptIds(ids=ids, image_pos=ids.index(image_token_id), text=text)
+    chosen = get_template(template)
+    for other in PLACEHOLDERS:  # a template of the other family: say so, not which id is off
+        if other != chosen.placeholder and tokenizer.tokenizer.token_to_id(other) == image_token_id:
+            names = ", ".join(t.name for t in ALL_TEMPLATES.values() if t.placeholder == other)
+            raise PromptError(f"template {template!r} places {chosen.placeholder}, but this model's visual rows "
+                              f"replace {other}; use one of its templates ({names})")
+    text = chosen.render(question)
+    ids = tokenizer.encode_prompt(text, image_token_id, chosen.placeholder)
+    pos = ids.index(image_token_id)
+    ids[pos + 1 : pos + 1] = list(after_visual)
+    return PromptIds(ids=ids, image_pos=pos, text=text)
 
 
 def check_fits(

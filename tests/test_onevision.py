@@ -1,0 +1,431 @@
+"""LLaVA-OneVision as the second family: config parsing, transformers parity, preprocessing parity,
+PruneVid's two-stage prefill against a masked full-length forward, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from prunevid.config import Mode, PruneConfig
+
+QUESTION = "What is the man doing in the video?"
+
+
+@pytest.fixture(scope="module")
+def ov_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random LLaVA-OneVision (16 frames of 7x7 SigLIP patches -> 4x4 tokens)."""
+    from prunevid.model.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("ov") / "tiny-ov", model="llava-onevision")
+
+
+@pytest.fixture(scope="module")
+def ov_model(ov_dir):
+    from prunevid.model.checkpoint import load_model
+
+    return load_model(ov_dir)
+
+
+def _prompt(model_dir: Path, cfg, question: str = QUESTION, template: str = "ov-chat"):
+    from prunevid.runtime.text import TextTokenizer, build_prompt
+
+    return build_prompt(TextTokenizer.from_dir(model_dir), question, template, cfg.placeholder_index,
+                        cfg.after_visual_ids)
+
+
+def _pixels(model_dir: Path, cfg, clip: Path) -> torch.Tensor:
+    from prunevid.runtime.video import Preprocess, load_video
+
+    pp = Preprocess.from_json(model_dir / "preprocessor_config.json", cfg.vision.image_size)
+    return torch.from_numpy(load_video(clip, cfg.num_frames, pp))  # [T, 3, S, S]
+
+
+def _clip(real_clips, scene_cut_clip, name: str = "bikes") -> Path:
+    return real_clips.get(name, scene_cut_clip)
+
+
+# ---------------------------------------------------------------- config as data
+
+
+def test_config_parses_llava_hf_layout(ov_model) -> None:
+    _, cfg = ov_model
+    assert cfg.family == "llava-onevision"
+    assert cfg.vision.model_type == "siglip_vision_model" and cfg.vision.hidden_act == "gelu_pytorch_tanh"
+    assert cfg.text.model_type == "qwen2" and cfg.text.qkv_bias and not cfg.text.attention_bias
+    assert (cfg.text.num_attention_heads, cfg.text.kv_heads) == (4, 2)
+    assert cfg.text.rope_theta == 1e6
+    assert cfg.vision_feature_layer == -1 and cfg.vision_feature_select_strategy == "full"
+    assert cfg.pooling_shape == (16, 4, 4)  # ceil(7 / 2) = 4
+    assert cfg.placeholder_index == cfg.video_token_index != cfg.image_token_index
+    assert cfg.after_visual_ids == (cfg.text.vocab_size,)
+
+
+def test_config_defaults_are_the_transformers_ones() -> None:
+    """A config.json that leaves every optional field out gets LlavaOnevisionConfig's defaults
+    (SigLIP so400m at 26 layers, Qwen2, 32 frames of 27 x 27 -> 14 x 14)."""
+    from prunevid.model.config import parse_config
+
+    cfg = parse_config({"architectures": ["LlavaOnevisionForConditionalGeneration"], "model_type": "llava_onevision",
+                        "vision_config": {"model_type": "siglip_vision_model"},
+                        "text_config": {"model_type": "qwen2", "vocab_size": 152128, "hidden_size": 3584,
+                                        "intermediate_size": 18944, "num_hidden_layers": 28,
+                                        "num_attention_heads": 28, "num_key_value_heads": 4,
+                                        "rope_theta": 1000000.0}})
+    assert (cfg.vision.hidden_size, cfg.vision.num_hidden_layers, cfg.vision.image_size) == (1152, 26, 384)
+    assert cfg.pooling_shape == (32, 14, 14) and cfg.tokens_per_frame == 196
+    assert (cfg.image_token_index, cfg.video_token_index) == (151646, 151647)
+    assert cfg.text.dim_per_head == 128 and cfg.text.kv_heads == 4 and cfg.text.qkv_bias
+    assert cfg.num_frames * cfg.tokens_per_frame + len(cfg.after_visual_ids) == 6273
+
+
+# ---------------------------------------------------------------- parity with transformers
+
+
+@pytest.fixture(scope="module")
+def hf_model(ov_dir):
+    transformers = pytest.importorskip("transformers")
+    model, info = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(
+        ov_dir, output_loading_info=True, dtype=torch.float32)
+    return model.eval(), info
+
+
+def test_transformers_loads_tiny_without_missing_or_unexpected_keys(hf_model) -> None:
+    _, info = hf_model
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+
+
+def _hf_ids(prompt, cfg, visual_rows: int) -> list[int]:
+    """transformers' input: the <video> token repeated once per visual row and the newline."""
+    pos = prompt.image_pos
+    return prompt.ids[:pos] + [cfg.video_token_index] * (visual_rows + 1) + prompt.ids[pos + 2:]
+
+
+def test_unpruned_logits_and_greedy_ids_equal_transformers(ov_dir, ov_model, hf_model, real_clips,
+                                                          scene_cut_clip) -> None:
+    from prunevid.model.llama import causal_mask
+    from prunevid.reference import VisualInput, greedy, prefill, splice
+
+    model, cfg = ov_model
+    hf, _ = hf_model
+    pixels = _pixels(ov_dir, cfg, _clip(real_clips, scene_cut_clip, "bikes"))
+    prompt = _prompt(ov_dir, cfg)
+    with torch.inference_mode():
+        features = model.encode(pixels)  # [T, L, C]
+        t, l, c = features.shape
+        visual = features.reshape(t * l, c)
+        x = splice(model.embed(torch.tensor(prompt.ids)), prompt.image_pos, visual)
+        s = x.shape[0]
+        hidden, _ = model.language_model.run_layers(x, range(cfg.text.num_hidden_layers), torch.arange(s),
+                                                    causal_mask(s))
+        ours = model.language_model.logits(hidden)  # [S, V]
+        ids = torch.tensor([_hf_ids(prompt, cfg, t * l)])
+        theirs = hf(input_ids=ids, pixel_values_videos=pixels[None]).logits[0]  # [S, V]
+        assert ours.shape == theirs.shape == (len(prompt.ids) - 1 + t * l, cfg.text.vocab_size)
+        assert (ours - theirs).abs().max().item() <= 1e-4
+        state = prefill(model.language_model, x, (prompt.image_pos, prompt.image_pos + t * l),
+                        VisualInput(visual, t * l), PruneConfig(mode=Mode.NONE))
+        mine = list(greedy(model.language_model, model.embed, state, 10, None))
+        generated = hf.generate(input_ids=ids, pixel_values_videos=pixels[None], max_new_tokens=10,
+                                min_new_tokens=10, do_sample=False)
+    assert mine == generated[0, ids.shape[1]:].tolist()
+
+
+def test_eager_pipeline_unpruned_answers_as_transformers(ov_dir, ov_model, hf_model, real_clips, scene_cut_clip) -> None:
+    """The eager reference end to end (video file, template, newline row) generates transformers'
+    greedy ids, EOS included."""
+    from prunevid.reference import EagerPipeline
+
+    _, cfg = ov_model
+    hf, _ = hf_model
+    clip = _clip(real_clips, scene_cut_clip, "carphone_pristine")
+    answer = EagerPipeline(ov_dir, PruneConfig(mode=Mode.NONE)).run(clip, QUESTION, max_new_tokens=8)
+    prompt = _prompt(ov_dir, cfg)
+    ids = torch.tensor([_hf_ids(prompt, cfg, cfg.num_frames * cfg.tokens_per_frame)])
+    with torch.inference_mode():
+        out = hf.generate(input_ids=ids, pixel_values_videos=_pixels(ov_dir, cfg, clip)[None], max_new_tokens=8,
+                          do_sample=False, eos_token_id=None)
+    assert answer.token_ids == out[0, ids.shape[1]:].tolist()[: len(answer.token_ids)]
+    assert answer.visual_tokens["encoder"] == cfg.num_frames * cfg.tokens_per_frame
+
+
+@pytest.mark.parametrize("name", ["bigbuckbunny", "bikes", "carphone_distorted", "carphone_pristine"])
+def test_preprocessing_equals_transformers_siglip(real_clips, name: str) -> None:
+    """OneVision's video preprocessing (square bicubic resize to 384, mean/std 0.5) equals
+    transformers' SigLIP image processor frame by frame on the real clips. (transformers'
+    LlavaOnevisionVideoProcessor needs torchvision, which does not import beside the CPU torch.)"""
+    module = pytest.importorskip("transformers.models.siglip.image_processing_pil_siglip")
+    from prunevid.model.tiny import _onevision_preprocessor
+    from prunevid.runtime.video import Preprocess, preprocess_frames, read_frames
+
+    if name not in real_clips:
+        pytest.skip(f"{name} not bundled")
+    frames = read_frames(real_clips[name], 4)
+    pp = Preprocess._from_dict(_onevision_preprocessor(384))
+    processor = module.SiglipImageProcessorPil(size={"height": 384, "width": 384}, resample=3,
+                                               image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    ref = np.asarray(processor(list(frames), return_tensors="np", input_data_format="channels_last")["pixel_values"])
+    ours = preprocess_frames(frames, pp)
+    assert ours.shape == ref.shape == (4, 3, 384, 384)
+    assert np.abs(ours - ref).max() <= 1e-5
+
+
+# ---------------------------------------------------------------- PruneVid on OneVision
+
+
+@pytest.fixture(scope="module")
+def ov_pipeline(ov_dir):
+    from prunevid.reference import EagerPipeline
+
+    return EagerPipeline(ov_dir, PruneConfig())
+
+
+@pytest.fixture(scope="module")
+def ov_pruned(ov_pipeline, real_clips, scene_cut_clip):
+    from test_reference import inputs
+
+    from prunevid.reference import prefill
+
+    cfg = PruneConfig()
+    pixels = ov_pipeline.load_pixels(_clip(real_clips, scene_cut_clip, "bikes"))
+    prompt = ov_pipeline.prompt(QUESTION, None)
+    visual, embeds, span = inputs(ov_pipeline, pixels, prompt, cfg)
+    with torch.inference_mode():
+        state = prefill(ov_pipeline.model.language_model, embeds, span, visual, cfg)
+    return cfg, visual, embeds, span, state
+
+
+def test_newline_row_follows_the_merged_tokens_and_is_kept(ov_pipeline, ov_pruned) -> None:
+    cfg, visual, embeds, span, state = ov_pruned
+    model = ov_pipeline.model
+    assert visual.merged is not None and visual.tokens.shape[0] < visual.encoder_tokens
+    assert torch.equal(embeds[span[1]], model.image_newline.detach())  # right after the M merged rows
+    assert span[1] in state.keep.tolist()  # kept like text
+    assert 0 < state.visual_keep.numel() < visual.tokens.shape[0]
+    assert state.keep.numel() == embeds.shape[0] - visual.tokens.shape[0] + state.visual_keep.numel()
+
+
+def test_pruned_two_stage_prefill_equals_masked_full_forward_with_gqa(ov_pipeline, ov_pruned) -> None:
+    """As for PLLaVA (tests/test_reference.py), on a decoder with 4 query / 2 key-value heads."""
+    from test_reference import MASK_TOL, masked_greedy, masked_prefill
+
+    from prunevid.reference import greedy
+
+    cfg, visual, embeds, span, state = ov_pruned
+    lm, embed = ov_pipeline.model.language_model, ov_pipeline.model.embed
+    assert lm.cfg.kv_heads < lm.cfg.num_attention_heads
+    with torch.inference_mode():
+        logits, caches, hide = masked_prefill(lm, embeds, state.keep, cfg.layer)
+        assert (state.logits - logits).abs().max() <= MASK_TOL
+        for i, ((k2, v2), (kf, vf)) in enumerate(zip(state.caches, caches)):
+            assert k2.shape == (lm.cfg.kv_heads, state.keep.numel(), lm.cfg.dim_per_head)
+            tol = 0.0 if i <= cfg.layer else MASK_TOL
+            assert (k2 - kf[:, state.keep]).abs().max() <= tol
+            assert (v2 - vf[:, state.keep]).abs().max() <= tol
+        ours = list(greedy(lm, embed, state, 6, eos_id=None))
+        theirs, _ = masked_greedy(lm, embed, logits, caches, hide, 6)
+    assert ours == theirs
+
+
+def test_gqa_scores_repeat_each_key_head_for_its_query_heads(ov_pipeline, ov_pruned) -> None:
+    """The layer-K scores equal a loop in which query head h reads key head h // (H / H_kv)."""
+    from prunevid.model.llama import causal_mask
+    from prunevid.reference import question_scores
+
+    cfg, visual, embeds, span, state = ov_pruned
+    lm = ov_pipeline.model.language_model
+    s = embeds.shape[0]
+    with torch.inference_mode():
+        x, _ = lm.run_layers(embeds, range(cfg.layer), torch.arange(s), causal_mask(s))
+        layer = lm.model.layers[cfg.layer]
+        q, k, _ = layer.self_attn.project(layer.input_layernorm(x))  # [H, S, d], [H_kv, S, d]
+    h, kv, d = q.shape[0], k.shape[0], q.shape[-1]
+    per_head = [torch.softmax(q[i, span[1]:] @ k[i // (h // kv)].T / d ** 0.5, dim=-1) for i in range(h)]
+    expected = torch.stack(per_head)[:, :, span[0]:span[1]].amax(dim=(0, 1))  # [Nv]
+    assert torch.allclose(question_scores(q, k, *span), expected, atol=1e-6)
+    assert torch.allclose(state.scores, expected, atol=1e-5)
+
+
+# ---------------------------------------------------------------- export and runtime
+
+PAIRS = (  # (clip, question): five video/question pairs (the 1280x720 clip is left out: decoding cost)
+    ("bikes", "What are the people in the video riding?"),
+    ("bikes", "Describe the video in detail."),
+    ("carphone_pristine", "Which animal appears in the video?\nA. A cat.\nB. A dog.\nC. A horse.\nD. A bird."),
+    ("carphone_distorted", "How many people are in the room?"),
+    ("scene_cut", "What changes in the middle of the clip?"),
+)
+
+
+def _pair_clip(name: str, real_clips, scene_cut_clip) -> Path:
+    return scene_cut_clip if name == "scene_cut" else real_clips.get(name, scene_cut_clip)
+
+
+@pytest.fixture(scope="module")
+def ov_demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """``prunevid demo --model llava-onevision --json`` in a fresh cache (its export serves the
+    runtime tests below: the default settings, exported once)."""
+    from test_cli import invoke
+
+    cache = tmp_path_factory.mktemp("ov_demo_cache")
+    result = invoke(["demo", "--model", "llava-onevision", "--json"], env={"PRUNEVID_CACHE": str(cache)})
+    assert result.exit_code == 0, (result.output, result.exception)
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def ov_export(ov_demo) -> Path:
+    return Path(ov_demo["export"]["path"])
+
+
+def test_demo_runs_the_onevision_family(ov_demo) -> None:
+    assert ov_demo["family"] == "llava-onevision" and ov_demo["export"]["reused"] is False
+    prunevid, none = ov_demo["modes"]["prunevid"], ov_demo["modes"]["none"]
+    assert none["visual_tokens"] == {"encoder": 256, "merged": 256, "kept": 256}  # 16 frames x 4 x 4
+    assert prunevid["visual_tokens"]["kept"] < prunevid["visual_tokens"]["merged"] < 256
+    # the newline row is prompt text: S = text rows (newline included) + visual rows
+    assert none["prompt_tokens"]["prefill"] == none["prompt_tokens"]["text"] + 256
+    assert 0 < ov_demo["prefill_flops_saved"] < 1 and ov_demo["ttft_ratio"] > 0
+    facts = json.loads(Path(ov_demo["explain"]).with_suffix(".json").read_text())
+    assert (facts["counts"]["merged"], facts["counts"]["kept"]) == (
+        prunevid["visual_tokens"]["merged"], prunevid["visual_tokens"]["kept"])
+
+
+def test_export_manifest_carries_the_family(ov_export, ov_model) -> None:
+    _, cfg = ov_model
+    manifest = json.loads((ov_export / "manifest.json").read_text())
+    assert manifest["family"] == "llava-onevision"
+    assert manifest["model"]["template"] == "ov-chat"
+    assert manifest["model"]["image_token_index"] == cfg.video_token_index
+    assert manifest["model"]["after_visual_ids"] == [cfg.text.vocab_size]
+    assert manifest["geometry"]["kv_heads"] == 2 and manifest["geometry"]["heads"] == 4
+    assert manifest["geometry"]["tokens_per_frame"] == 16
+
+
+@pytest.mark.parametrize("mode", [Mode.PRUNEVID, Mode.MERGE, Mode.NONE])
+def test_runtime_token_ids_equal_eager(ov_dir, ov_export, real_clips, scene_cut_clip, mode) -> None:
+    """Five video/question pairs: the torch-free runtime generates the eager reference's ids."""
+    from prunevid.reference import EagerPipeline
+    from prunevid.runtime.pipeline import RuntimePipeline
+
+    runtime, eager = RuntimePipeline(ov_export, mode=mode.value), EagerPipeline(ov_dir, PruneConfig(mode=mode))
+    for name, question in PAIRS:
+        clip = _pair_clip(name, real_clips, scene_cut_clip)
+        ours, ref = runtime.run(clip, question, max_new_tokens=5), eager.run(clip, question, max_new_tokens=5)
+        assert ours.token_ids == ref.token_ids, (name, question)
+        assert ours.visual_tokens == ref.visual_tokens and ours.prompt_tokens == ref.prompt_tokens
+        if mode is not Mode.NONE:
+            assert ours.visual_tokens["merged"] < ours.visual_tokens["encoder"]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _broken_copy(ov_dir: Path, tmp_path: Path, edit) -> Path:
+    folder = tmp_path / "ov"
+    shutil.copytree(ov_dir, folder)
+    edit(folder)
+    return folder
+
+
+def _edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def _drop_tower(folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    from prunevid.model.checkpoint import read_tensors, weight_files
+
+    files = weight_files(folder)
+    state = {k: v for k, v in read_tensors(files) if not k.startswith("vision_tower.")}
+    for f in [*files, folder / "model.safetensors.index.json"]:
+        f.unlink()
+    save_file(state, str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize(("edit", "needles"), [
+    (_drop_tower, ("missing weights", "vision_tower")),
+    (lambda f: _edit_json(f / "config.json", model_type="llava"), ("model_type", "llava_onevision")),
+    (lambda f: _edit_json(f / "config.json", vision_config={"model_type": "clip_vision_model"}),
+     ("vision_config.model_type",)),
+    (lambda f: _edit_json(f / "preprocessor_config.json", size={"height": 384, "width": 384}),
+     ("384x384", "98x98")),
+    (lambda f: _edit_json(f / "preprocessor_config.json", do_center_crop=True, crop_size={"height": 64, "width": 64}),
+     ("crop_size",)),
+], ids=["missing-tower", "model-type", "tower-type", "processor-size", "processor-crop"])
+def test_bad_onevision_folder_is_one_line_error(ov_dir, tmp_path, scene_cut_clip, edit, needles) -> None:
+    from test_cli import assert_one_line_error, invoke
+
+    folder = _broken_copy(ov_dir, tmp_path, edit)
+    before = sorted(p.name for p in folder.iterdir())
+    assert_one_line_error(invoke(["run", "--model-dir", folder, "--video", scene_cut_clip, "--question", QUESTION]),
+                          *needles)
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_export_refuses_a_family_mismatch(ov_dir, tmp_path) -> None:
+    from test_cli import assert_one_line_error, invoke
+
+    out = tmp_path / "export"
+    assert_one_line_error(invoke(["export", "--model", "pllava", "--checkpoint", ov_dir, "--out", out]),
+                          "not a pllava checkpoint")
+    assert not out.exists()
+
+
+def test_make_tiny_refuses_a_geometry_of_the_other_family(tmp_path) -> None:
+    from test_cli import assert_one_line_error, invoke
+
+    assert_one_line_error(invoke(["make-tiny", "--model", "llava-onevision", "--geometry", "bench", tmp_path / "x"]),
+                          "not offered")
+    assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------- templates and prompt
+
+
+def test_chatml_templates_render_literally() -> None:
+    from prunevid.runtime.templates import get_template
+
+    head = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<video>\n"
+    assert get_template("ov-chat").render("Why?") == head + "Why?<|im_end|>\n<|im_start|>assistant\n"
+    assert get_template("ov-mc").render("Q?\nA. x\nB. y") == (
+        head + "Q?\nA. x\nB. y\nAnswer with the option's letter from the given choices directly.<|im_end|>\n"
+        "<|im_start|>assistant\n")
+
+
+def test_prompt_command_shows_the_newline_row_after_the_video(ov_dir, ov_model) -> None:
+    from test_cli import invoke
+
+    _, cfg = ov_model
+    result = invoke(["prompt", "--model-dir", ov_dir, "--question", "Why?", "--json"])
+    assert result.exit_code == 0, result.output
+    view = json.loads(result.output)
+    pos = view["image_pos"]
+    assert view["template"] == "ov-chat" and view["image_token_index"] == cfg.video_token_index
+    assert view["input_ids"][pos : pos + 2] == [cfg.video_token_index, cfg.text.vocab_size]
+    assert view["tokens"][pos : pos + 2] == ["<video>", "<newline row>"]
+    assert view["input_ids"].count(cfg.video_token_index) == 1 and view["input_ids"][0] != cfg.video_token_index
+
+
+def test_a_template_of_the_other_family_is_named_in_one_line(ov_dir, tiny_model_dir, scene_cut_clip) -> None:
+    from test_cli import assert_one_line_error, invoke
+
+    assert_one_line_error(invoke(["prompt", "--model-dir", ov_dir, "--question", "Why?", "--template", "vcg"]),
+                          "replace <video>; use one of its templates (ov-chat, ov-mc)")
+    assert_one_line_error(invoke(["prompt", "--model-dir", tiny_model_dir, "--question", "Why?", "--template",
+                                  "ov-chat"]), "replace <image>; use one of its templates")
+
+
+def test_llm_layer_params_count_qwen2_biases(ov_model) -> None:
+    from prunevid.costs import llm_layer_params
+
+    model, cfg = ov_model
+    layer = model.language_model.model.layers[0]
+    assert llm_layer_params(cfg.text) == sum(p.numel() for p in layer.parameters())

@@ -306,6 +306,28 @@ def test_export_manifest_carries_the_family(ov_export, ov_model) -> None:
     assert manifest["geometry"]["tokens_per_frame"] == 16
 
 
+def test_export_prompt_ends_the_visual_block_with_the_newline_row(ov_export, ov_model) -> None:
+    """The runtime and the calibration build prompts through ``export_prompt``: OneVision's newline
+    row follows the video placeholder in both."""
+    from prunevid.runtime.text import TextTokenizer, export_prompt
+
+    _, cfg = ov_model
+    manifest = json.loads((ov_export / "manifest.json").read_text())
+    prompt = export_prompt(TextTokenizer.from_dir(ov_export), manifest["model"], QUESTION)
+    assert prompt.ids[prompt.image_pos] == cfg.video_token_index
+    assert prompt.ids[prompt.image_pos + 1] == cfg.text.vocab_size and prompt.ids.count(cfg.text.vocab_size) == 1
+
+
+def test_check_passes_on_the_onevision_export(ov_export, scene_cut_clip) -> None:
+    from prunevid import spec
+    from prunevid.exporter.validate import check_export
+
+    report = check_export(ov_export, clip=scene_cut_clip)
+    assert report.ok, [o.line() for o in report.outputs if not o.ok]
+    assert {o.graph for o in report.outputs} == set(spec.GRAPH_ORDER)
+    assert report.end_to_end
+
+
 @pytest.mark.parametrize("mode", [Mode.PRUNEVID, Mode.MERGE, Mode.NONE])
 def test_runtime_token_ids_equal_eager(ov_dir, ov_export, real_clips, scene_cut_clip, mode) -> None:
     """Five video/question pairs: the torch-free runtime generates the eager reference's ids."""

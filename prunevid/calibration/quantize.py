@@ -177,7 +177,7 @@ def quantize_export(export_dir: str | Path, out: str | Path, fmt: Format | str, 
     from prunevid.outdir import EXPORT, check_target, write_folder
     from prunevid.runtime.artifact import open_artifact, sha256, write_manifest
     from prunevid.runtime.backend import OrtBackend
-    from prunevid.runtime.text import TextTokenizer, build_prompt
+    from prunevid.runtime.text import TextTokenizer, export_prompt
     from prunevid.runtime.video import Preprocess
 
     fmt = get_format(fmt) if isinstance(fmt, str) else fmt
@@ -200,7 +200,7 @@ def quantize_export(export_dir: str | Path, out: str | Path, fmt: Format | str, 
     tokenizer = TextTokenizer.from_dir(artifact.root)
 
     def prompt_of(question: str):
-        return build_prompt(tokenizer, question, model["template"], model["image_token_index"])
+        return export_prompt(tokenizer, model, question)  # the runtime's prompt, OneVision's newline row included
 
     with tempfile.TemporaryDirectory(prefix="prunevid-calib-") as work, \
             write_folder(out, EXPORT, force=options.force, source=export_dir) as tmp:

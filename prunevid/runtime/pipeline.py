@@ -53,10 +53,9 @@ class RuntimePipeline:
         return self.artifact.manifest["model"]
 
     def prompt(self, question: str, template: str | None):
-        from prunevid.runtime.text import build_prompt
+        from prunevid.runtime.text import export_prompt
 
-        return build_prompt(self.tokenizer, question, template or self.model["template"], self.model["image_token_index"],
-                            self.model.get("after_visual_ids", ()))
+        return export_prompt(self.tokenizer, self.model, question, template)
 
     def run(self, video: str | Path, question: str, *, max_new_tokens: int = 64, template: str | None = None,
             on_token: Callable[[int], None] | None = None) -> Answer:

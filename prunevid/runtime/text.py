@@ -170,6 +170,14 @@ def check_question(question: str) -> None:
             raise PromptError(f"question must not contain {placeholder}: the template places the video")
 
 
+def export_prompt(tokenizer: TextTokenizer, model: dict, question: str, template: str | None = None) -> PromptIds:
+    """The prompt an export's manifest ``model`` block defines for ``question`` (its template unless
+    ``template`` names another; its image token; the rows after the visual block, such as OneVision's
+    newline). The runtime and the calibration both build their prompts here."""
+    return build_prompt(tokenizer, question, template or model["template"], model["image_token_index"],
+                        model.get("after_visual_ids", ()))
+
+
 def build_prompt(
     tokenizer: TextTokenizer, question: str, template: str, image_token_id: int,
     after_visual: tuple[int, ...] | list[int] = (),

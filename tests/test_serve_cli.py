@@ -105,6 +105,22 @@ def test_serve_refuses_a_bad_export_in_one_line(tmp_path):
     assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
 
 
+def test_ask_server_that_is_not_a_url_is_one_line(scene_cut_clip):
+    result = subprocess.run([sys.executable, "-m", "prunevid.cli", "ask", "--server", "notaurl",
+                             "--video", str(scene_cut_clip), "--question", "x"],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert result.returncode == 1 and result.stderr.startswith("Error: --server must be an http")
+    assert result.stderr.count("\n") == 1
+
+
+def test_negative_max_redirects_is_refused():
+    from prunevid.errors import ConfigError
+    from prunevid.serve.settings import ServeSettings
+
+    with pytest.raises(ConfigError, match="--max-redirects must be >= 0"):
+        ServeSettings(max_redirects=-1).check()
+
+
 def test_ask_unreachable_server_is_one_line(scene_cut_clip):
     port = _free_port()  # nothing listens there
     result = subprocess.run([sys.executable, "-m", "prunevid.cli", "ask", "--server", f"http://127.0.0.1:{port}",
@@ -122,6 +138,8 @@ def test_ask_unreachable_server_is_one_line(scene_cut_clip):
     ("169.254.169.254", False), ("10.0.0.1", False), ("172.31.255.255", False), ("192.168.0.1", False),
     ("100.64.0.1", False), ("0.0.0.0", False), ("fe80::1", False), ("fc00::1", False), ("224.0.0.1", False),
     ("255.255.255.255", False), ("240.0.0.1", False), ("::", False),
+    # 6to4 embeds an IPv4 address: judged as that address
+    ("2002:7f00:1::", False), ("2002:a00:1::", False), ("2002:808:808::", True),
 ])
 def test_literal_addresses_public_or_not(host, public):
     from prunevid.serve.media import is_public, literal_address

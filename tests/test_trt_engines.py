@@ -120,6 +120,7 @@ def test_build_dry_run_cli(tiny_export):
     for args, msg in (
         (["--target", "orin-nano"], "unknown target 'orin-nano'; known targets: orin-nano-8,"),
         (["--target", "orin-nano-8", "--max-frames", "8"], "always samples 16 frames"),
+        (["--target", "orin-nano-8", "--max-frames", "0"], "--max-frames must be at least 1, got 0"),
         (["--target", "orin-nano-8", "--precision", "fp8"], "orin-nano-8 has no fp8"),
         (["--target", "orin-nano-8", "--plugins", "library"], "--plugins library needs --plugin-lib"),
         (["--target", "orin-nano-8", "--trt-version", "11.4"], "runs TensorRT 10.3, 10.16, not 11.4"),

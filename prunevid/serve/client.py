@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -30,6 +31,8 @@ def ask(server: str, video: Path, question: str, *, mode: str | None = None, max
 
     if not Path(video).is_file():
         raise VideoError(f"video not found: {video}")
+    if urllib.parse.urlsplit(server).scheme not in ("http", "https"):
+        raise ServerError(f"--server must be an http:// or https:// URL, got {server!r}")
     payload = json.dumps(chat_body(video, question, mode, max_tokens, stream)).encode()
     request = urllib.request.Request(server.rstrip("/") + "/v1/chat/completions", data=payload,
                                      headers={"Content-Type": "application/json"}, method="POST")
@@ -42,6 +45,8 @@ def ask(server: str, video: Path, question: str, *, mode: str | None = None, max
         raise ServerError(f"server answered {exc.code}: {_message(exc.read())}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise ServerError(f"cannot reach {server}: {getattr(exc, 'reason', exc)}") from None
+    except ValueError as exc:  # a reply that is not JSON, or a URL urllib cannot use
+        raise ServerError(f"bad exchange with {server}: {exc}") from None
 
 
 def _message(raw: bytes) -> str:

@@ -50,8 +50,11 @@ def refused(message: str) -> ApiError:
 
 def is_public(address: Address) -> bool:
     """True for a globally routable unicast address (IPv4-mapped IPv6 judged as its IPv4)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        # an IPv4 address embedded in IPv6 (mapped ::ffff:a.b.c.d, or 6to4 2002:aabb:ccdd::) is judged as itself
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is not None:
+            address = embedded
     return address.is_global and not (address.is_multicast or address.is_reserved or address.is_unspecified)
 
 

@@ -175,7 +175,9 @@ def run(engine_dir, settings, replicas: int, gpus_per_replica: float, echo=print
     except ImportError:
         raise ConfigError("--ray needs Ray Serve: pip install 'prunevid[ray]'") from None
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # a local cluster stays on loopback when the server does (an open Ray port runs any code sent to it)
+        local = {"_node_ip_address": "127.0.0.1"} if settings.host in ("127.0.0.1", "localhost", "::1") else {}
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
     serve.start(http_options={"host": settings.host, "port": settings.port})
     engine, ingress = applications(engine_dir, settings, replicas, gpus_per_replica)
     serve.run(engine, name=ENGINE_APP, route_prefix=None)

@@ -65,9 +65,9 @@ class ServeSettings:
         from prunevid.errors import ConfigError
         from prunevid.runtime.pipeline import MODES
 
-        for name in ("queue",):
+        for name in ("queue", "max_redirects"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         for name in ("max_video_bytes", "max_video_seconds", "max_frame_pixels", "max_new_tokens", "fetch_timeout_s",
                      "decode_timeout_s", "queue_timeout_s", "drain_timeout_s"):
             if getattr(self, name) <= 0:

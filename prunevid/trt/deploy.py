@@ -102,6 +102,8 @@ def prepare(req: BuildRequest) -> tuple[Budget, EnginePlan]:
     artifact = open_artifact(req.export_dir, verify=True)
     g = artifact.geometry
     frames = req.max_frames if req.max_frames is not None else g.frames
+    if frames < 1:
+        raise ConfigError(f"--max-frames must be at least 1, got {frames}")
     if frames != g.frames:
         raise ConfigError(f"this export always samples {g.frames} frames (the merger's T is fixed): "
                           f"export again with --frames {frames} for {frames}-frame engines")

@@ -275,7 +275,17 @@ def build_engines(plan: EnginePlan, plugin_libs: list[str], progress=None) -> li
                               load_timing_cache=str(cache) if cache.is_file() else None)
         if progress:
             progress(f"building {e.graph} ({len(profiles)} profiles)")
-        data = EngineBytesFromNetwork(network, config=config, save_timing_cache=str(cache))()
+        try:
+            data = EngineBytesFromNetwork(network, config=config, save_timing_cache=str(cache))()
+        except Exception as exc:  # the parser's or builder's failure, in one line naming the graph
+            from prunevid.errors import ArtifactError
+
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise ArtifactError(f"TensorRT could not build {e.graph} from {e.onnx.name}: {detail}") from None
+        if data is None:
+            from prunevid.errors import ArtifactError
+
+            raise ArtifactError(f"TensorRT returned no engine for {e.graph} (see its log above)")
         tmp = e.engine.with_name(f".{e.engine.name}.partial")
         tmp.write_bytes(bytes(data))
         tmp.replace(e.engine)

@@ -354,21 +354,25 @@ def profile(req: ProfileRequest, dry_run: bool = False, progress=None) -> dict[s
         raise ConfigError(f"--backend must be ort or trt, got {req.backend}")
     if req.runs < 1:
         raise ConfigError(f"--runs must be at least 1, got {req.runs}")
-    if req.out.exists() and (not req.out.is_dir() or any(req.out.iterdir())):
+    out = Path(req.out).resolve()  # "." has no name to stage beside
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ArtifactError(f"{req.out} exists and is not empty; pass another --out")
     trt_major = req.trt_major or _installed_trt_major() or 10
     trtexec = shutil.which("trtexec")
     if req.backend == "trt" and not dry_run and trtexec is None:
         raise ConfigError("trtexec is not on PATH (JetPack: /usr/src/tensorrt/bin); --dry-run prints the commands")
-    stage = req.out.with_name(f".{req.out.name}.partial-{os.getpid()}")
+    stage = out.with_name(f".{out.name}.partial-{os.getpid()}")
     if stage.exists():
         raise ArtifactError(f"{stage} exists (another profile running?)")
     try:
         report = _profile_into(req, stage, dry_run, trt_major, say)
-        req.out.parent.mkdir(parents=True, exist_ok=True)
-        if req.out.exists():
-            req.out.rmdir()  # empty, checked above
-        stage.rename(req.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():  # the user's empty folder (checked above) stays; our files move into it
+            for item in stage.iterdir():
+                item.rename(out / item.name)
+            stage.rmdir()
+        else:
+            stage.rename(out)
     finally:
         if stage.exists():
             shutil.rmtree(stage)

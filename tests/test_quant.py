@@ -187,6 +187,15 @@ def test_fp8_passes_the_checker_and_trt_compat(tiny_export, clip_dir, tmp_path):
         for target in TARGETS:
             assert not errors(check_model(model, target)), target
     assert report["teacher_forced_tokens"] > 0  # ONNX Runtime CPU ran the FP8 Q/DQ graphs
+    # an fp8 export is refused for a target without fp8 before any build, accepted where fp8 exists
+    from click.testing import CliRunner
+
+    from prunevid.cli import cli
+
+    res = CliRunner().invoke(cli, ["build", str(out), "--dry-run", "--target", "orin-nano-8"])
+    assert res.exit_code == 1 and res.output.count("\n") == 1 and "orin-nano-8 has no fp8" in res.output, res.output
+    res = CliRunner().invoke(cli, ["build", str(out), "--dry-run", "--target", "h100"])
+    assert "has no fp8" not in res.output, res.output
 
 
 def test_quantized_export_runs_and_checks(int8_export, scene_cut_clip):

@@ -119,6 +119,7 @@ def prepare(req: BuildRequest) -> tuple[Budget, EnginePlan]:
     trt_version = pick_trt_version(req.trt_version, target)
     major = int(trt_version.split(".")[0])
     precision = resolve_precision(req.precision, artifact.manifest["dtype"], target, major)
+    check_quantized_for(artifact.manifest, target, req.export_dir)
     d = deployment_of(artifact, precision, limits)
     budget = check_budget(d, target, req.workspace_mib, what=f"{req.export_dir} ({precision})")
     mode, plugin_sha = resolve_plugins(req.plugins, req.plugin_libs, trt_version, target.sm)
@@ -133,6 +134,24 @@ def prepare(req: BuildRequest) -> tuple[Budget, EnginePlan]:
 
     library = str(Path(req.plugin_libs[0]).resolve()) if mode == "library" else None
     return budget, make_plan(artifact.root, artifact.manifest, target, settings, onnx_for, library)
+
+
+# the tensor-core precision that an explicitly quantized (Q/DQ) export's element type needs
+QDQ_PRECISION = {"int8": "int8", "float8e4m3fn": "fp8"}
+
+
+def check_quantized_for(manifest: dict, target: Target, where) -> None:
+    """Refuse an export quantized by ``prunevid quantize`` into Q/DQ of a type ``target`` lacks (fp8 on Orin)."""
+    quant = manifest.get("quantization")
+    if not quant:
+        return
+    from prunevid.calibration.formats import get_format
+
+    fmt = get_format(quant["format"])
+    need = QDQ_PRECISION.get(fmt.element) if fmt.kind == "qdq" else None
+    if need is not None and need not in target.precisions:
+        raise ConfigError(f"{where} is quantized as {fmt.name} ({need} Q/DQ); {target.name} has no {need} "
+                          f"(it takes {', '.join(target.precisions)}): quantize for it with another --format")
 
 
 def build(req: BuildRequest, plan: EnginePlan, progress=None) -> list[Path]:

@@ -13,19 +13,16 @@ import pytest
 
 from prunevid import costs
 
+from benchmark_scripts import benchmark_script
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def measure():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import measure
-
-        yield measure
-    finally:
-        sys.path.remove(str(BENCH))
+    with benchmark_script("measure") as module:
+        yield module
 
 
 def _summary(prefill: float, encoder: float, merge: float, kept: int, decode_ms: float) -> dict:

@@ -8,8 +8,6 @@ near-tie: the two quantities compared closer than the sum of their a-priori floa
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +16,8 @@ import torch
 from prunevid.config import PruneConfig
 from prunevid.pruning import merge_video_tokens
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from benchmark_scripts import benchmark_script
+
 FRAMES, TOKENS, HIDDEN = 16, 144, 32  # PLLaVA's 16 x 12 x 12 tokens; C small for CI (768 by the benchmark)
 CLIPS = 200
 EPSILONS = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -26,13 +25,8 @@ EPSILONS = (1e-4, 1e-3, 1e-2, 1e-1)
 
 @pytest.fixture(scope="module")
 def near_static():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import near_static
-
-        yield near_static
-    finally:
-        sys.path.remove(str(BENCH))
+    with benchmark_script("near_static") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")

@@ -210,7 +210,7 @@ def test_eager_pipeline_unpruned_answers_as_transformers(ov_dir, ov_model, hf_mo
 def test_preprocessing_equals_transformers_siglip(real_clips, name: str) -> None:
     """OneVision's video preprocessing (square bicubic resize to 384, mean/std 0.5) equals
     transformers' SigLIP image processor frame by frame on the real clips. (transformers'
-    LlavaOnevisionVideoProcessor needs torchvision, which does not import beside the CPU torch.)"""
+    LlavaOnevisionVideoProcessor needs torchvision, which is not installed here.)"""
     from prunevid.model.tiny import _onevision_preprocessor
     from prunevid.runtime.video import Preprocess
 

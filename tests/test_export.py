@@ -435,8 +435,8 @@ def test_run_builds_the_prompt_once_and_a_new_question_anew(tiny_export, scene_c
     built = []
     real = text.export_prompt
     monkeypatch.setattr(text, "export_prompt", lambda *a: built.append(a[2]) or real(*a))
-    first = runtime.run(scene_cut_clip, QUESTIONS[0], max_new_tokens=3)
+    runtime.run(scene_cut_clip, QUESTIONS[0], max_new_tokens=3)
     assert built == [QUESTIONS[0]]  # the up-front check and generate share one tokenisation
-    second = runtime.run(scene_cut_clip, QUESTIONS[1], max_new_tokens=3)
+    runtime.run(scene_cut_clip, QUESTIONS[1], max_new_tokens=3)
     assert built == [QUESTIONS[0], QUESTIONS[1]]
     assert runtime.prompt(QUESTIONS[0], None).ids != runtime.prompt(QUESTIONS[1], None).ids

@@ -96,14 +96,42 @@ def node_table(profile: Path, steps: int) -> dict:
     per_run = len(nodes) / max(len([e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]), 1)
     nodes = nodes[-int(per_run * steps):]
     ops = collections.defaultdict(lambda: [0.0, 0])
-    matmul_bytes = 0.0
+    durations = collections.defaultdict(list)
     for e in nodes:
         op = e["args"]["op_name"]
         ops[op][0] += e["dur"] / steps
         ops[op][1] += 1 / steps
+        durations[op].append(e["dur"])
     return {"model_run_us": statistics.median(runs), "nodes_per_run": per_run,
-            "ops": {k: {"us": v[0], "nodes": v[1]} for k, v in sorted(ops.items(), key=lambda kv: -kv[1][0])},
-            "matmul_bytes": matmul_bytes}
+            "kernel_sum_us": sum(v[0] for v in ops.values()),
+            "ops": {k: {"us": v[0], "nodes": v[1], "median_us": statistics.median(durations[k])}
+                    for k, v in sorted(ops.items(), key=lambda kv: -kv[1][0])}}
+
+
+def node_cost_us(threads: int, nodes: int = 1000, width: int = 768, repeats: int = 50) -> float:
+    """ONNX Runtime's fixed cost of one node on this machine: a graph of ``nodes`` chained ``Add``s on
+    ``[1, width]`` (no weights, no bandwidth), with the runtime's session options; microseconds per
+    node, median of ``repeats`` runs."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from prunevid.runtime.backend import OrtBackend
+
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1, width], [1.0] * width)
+    chain = [helper.make_node("Add", ["x" if i == 0 else f"t{i}", "one"], [f"t{i + 1}"]) for i in range(nodes)]
+    graph = helper.make_graph(chain, "adds", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+                              [helper.make_tensor_value_info(f"t{nodes}", TensorProto.FLOAT, [1, width])], [one])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "adds.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        backend = OrtBackend({"adds": path}, ["CPUExecutionProvider"], threads)
+        x = np.zeros((1, width), np.float32)
+        times = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            backend.run("adds", {"x": x})
+            times.append(time.perf_counter() - t0)
+    return 1e6 * statistics.median(times[1:]) / nodes
 
 
 def weight_bytes_of_matmuls(path: Path) -> int:
@@ -166,13 +194,18 @@ def main() -> None:
     for g, t in tables.items():
         print(f"== {g}: model_run {t['model_run_us'] / 1e3:.2f} ms, {t['nodes_per_run']:.0f} nodes per call")
         for op, v in list(t["ops"].items())[:12]:
-            print(f"   {op:28s} {v['us'] / 1e3:7.2f} ms  {v['nodes']:5.0f} nodes  {v['us'] / max(v['nodes'], 1):7.1f} us/node")
+            print(f"   {op:28s} {v['us'] / 1e3:7.2f} ms  {v['nodes']:5.0f} nodes  {v['us'] / max(v['nodes'], 1):7.1f} us/node "
+                  f"(median {v['median_us']:.1f})")
+        print(f"   between kernels (executor): {(t['model_run_us'] - t['kernel_sum_us']) / 1e3:.2f} ms")
     other_us = total_run - gemv_us
     print(f"MatMul kernels (weights and attention) {gemv_us / 1e3:.2f} ms of {total_run / 1e3:.2f} ms in the graphs; "
           f"weights {weights / 2**20:.0f} MiB -> at most {weights / (gemv_us * 1e3):.1f} GB/s over MatMul kernel time")
     print(f"everything else {other_us / 1e3:.2f} ms over {nodes - mm_nodes:.0f} other nodes = "
           f"{other_us / max(nodes - mm_nodes, 1):.1f} us per node (of which FusedMatMul {fused_us / 1e3:.2f} ms)")
-    figures = {"step_ms": step_ms, "graph_ms": graph_ms, "python_ms": python_ms, "first_last_step_ms": [1e3 * wall[0], 1e3 * wall[-1]],
+    per_node = node_cost_us(args.threads)
+    print(f"fixed cost of one ONNX Runtime node here: {per_node:.2f} us (1000 chained Adds on [1, 768]); "
+          f"x {nodes:.0f} nodes per step = {per_node * nodes / 1e3:.2f} ms of the {step_ms:.2f} ms step")
+    figures = {"node_cost_us": per_node, "step_ms": step_ms, "graph_ms": graph_ms, "python_ms": python_ms, "first_last_step_ms": [1e3 * wall[0], 1e3 * wall[-1]],
                "tables": tables, "matmul_us": gemv_us, "other_us": other_us, "nodes": nodes, "matmul_nodes": mm_nodes,
                "matmul_weight_bytes": weights, "threads": args.threads, "cache_rows": args.cache_rows}
     if args.bandwidth:

@@ -177,12 +177,15 @@ def measure_modes(export_dir: Path, modes: tuple[str, ...], clip: Path, *, repea
     return {m: summarize([a for a, _ in r], [t for _, t in r]) for m, r in runs.items()}, applied
 
 
-READ_KERNELS = {"np.max": "max", "np.dot(a, a)": "dot"}
+READ_KERNELS = {"np.max": "max", "np.dot(a, a)": "dot", "x @ A": "gemv"}
+GEMV_COLUMNS = 1024  # "x @ A" reads the array as a row-major [rows, 1024] matrix
 
 
 def _read(kernel: str, chunk):
     import numpy as np
 
+    if kernel == "gemv":  # x [rows] @ A [rows, 1024]: BLAS sgemv, the decode step's own access pattern
+        return np.ones(chunk.shape[0], chunk.dtype) @ chunk
     return np.max(chunk) if kernel == "max" else np.dot(chunk, chunk)
 
 
@@ -193,7 +196,8 @@ def _read_rate(kernel: str, data, threads: int, repeats: int) -> float:
 
     import numpy as np
 
-    chunks = np.array_split(data, max(threads, 1))
+    view = data.reshape(-1, GEMV_COLUMNS) if kernel == "gemv" else data  # rows split across threads
+    chunks = np.array_split(view, max(threads, 1))
     times = []
     with ThreadPoolExecutor(len(chunks)) as pool:
         for _ in range(repeats + 1):
@@ -204,16 +208,19 @@ def _read_rate(kernel: str, data, threads: int, repeats: int) -> float:
 
 
 def bandwidth(mib: int, threads: int, repeats: int = 5) -> dict:
-    """Streaming-read bandwidth of this machine: the fastest of two read kernels (``np.max``, and the
-    float32 ``np.dot`` of the array with itself, a BLAS sdot) over a ``mib`` MiB float32 array, split
-    across ``threads`` threads. Each kernel is also timed on a cache-resident 256 KiB array: a kernel
-    is a bandwidth measurement only where that rate is well above its rate on the large array (on the
-    development machine ``np.max`` alone, the old measurement, was near its own compute ceiling, about
-    18 GB/s in cache, so it understated the bandwidth and the decode bound was too lenient)."""
+    """Streaming-read bandwidth of this machine: the fastest of three read kernels (``np.max``, the
+    float32 ``np.dot`` of the array with itself, a BLAS sdot, and ``x @ A``, a BLAS sgemv over the array
+    as a ``[rows, 1024]`` matrix, the decode step's own access pattern) over a ``mib`` MiB float32
+    array, split across ``threads`` threads. Each kernel is also timed on a cache-resident 256 KiB
+    array: a kernel is a bandwidth measurement only where that rate is well above its rate on the large
+    array (on the development machine ``np.max`` alone, the first measurement, was near its own compute
+    ceiling, about 18 GB/s in cache, so it understated the bandwidth and the decode bound was too
+    lenient; sgemv, with several rows in flight, read a 14 MiB matrix at about 1.3x ``np.max``'s rate
+    under the same load)."""
     import numpy as np
 
-    data = np.ones(mib * 2**20 // 4, dtype=np.float32)  # every page touched before timing
-    small = np.ones(2**16, dtype=np.float32)
+    data = np.ones(max(mib, 1) * 2**20 // 4, dtype=np.float32)  # every page touched before timing
+    small = np.ones(2**16, dtype=np.float32)  # 256 KiB: 64 rows of the sgemv view
     kernels = {}
     for name, kernel in READ_KERNELS.items():
         kernels[name] = {"gbs": _read_rate(kernel, data, threads, repeats),
@@ -223,16 +230,17 @@ def bandwidth(mib: int, threads: int, repeats: int = 5) -> dict:
             "kernels": kernels}
 
 
-def resident_memory(export_dir: Path, clip: Path, modes: dict[str, str], args) -> dict | None:
-    """VmRSS (and VmHWM) in MB of a fresh runtime process per mode ({name: mode}) after two warm-up
-    answers; None when skipped (--skip-memory) or when a process fails (say, killed for memory)."""
+def resident_memory(export_dir: Path, clip: Path, modes: dict[str, str], args, warmups: int = 2) -> dict | None:
+    """Resident memory in MB of a fresh runtime process per mode ({name: mode}) at the points of
+    ``resident.py`` (between answers after ``warmups`` warm-up answers, peak during the next answer's
+    decode, VmHWM); None when skipped (--skip-memory) or when a process fails (say, killed for memory)."""
     if args.skip_memory:
         return None
     print("resident memory ...", file=sys.stderr)
     out = {}
     for name, mode in modes.items():
         cmd = [sys.executable, str(Path(__file__).with_name("resident.py")), str(export_dir), str(clip), mode,
-               str(args.threads), str(args.new_tokens)]
+               str(args.threads), str(args.new_tokens), str(warmups)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             print(f"resident memory of {mode} not measured: exit {done.returncode}", file=sys.stderr)

@@ -2,13 +2,14 @@
 
 * ``base_mb``: after the runtime's imports (numpy, ONNX Runtime, tokenizers), before any graph;
 * ``loaded_mb``: after every session is created (weights loaded, prepacked, heap trimmed);
-* ``rss_mb``: between answers, after two warm-up answers (the last answer's KV block already returned);
+* ``rss_mb``: between answers, after WARMUPS (default 2) warm-up answers (the last answer's KV block
+  already returned);
 * ``decode_peak_mb``: the largest VmRSS sampled at every token of a third answer (its KV block
   allocated and being filled), to compare with weights + ``kv_alloc_bytes``, that answer's block
   (``2 N H_kv R d`` elements, ``R`` = rows kept + new tokens - 1);
 * ``hwm_mb``: VmHWM, the process's peak (loading and the prompt's activations included).
 
-Usage: python benchmarks/resident.py EXPORT_DIR CLIP MODE THREADS NEW_TOKENS
+Usage: python benchmarks/resident.py EXPORT_DIR CLIP MODE THREADS NEW_TOKENS [WARMUPS]
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def rss_mb() -> float:
 
 def main() -> None:
     export_dir, clip, mode, threads, new_tokens = sys.argv[1:6]
+    warmups = int(sys.argv[6]) if len(sys.argv) > 6 else 2
     import numpy as np
     import onnxruntime  # noqa: F401
     import tokenizers  # noqa: F401
@@ -48,7 +50,7 @@ def main() -> None:
     base = rss_mb()
     pipe, _ = open_pipeline(Path(export_dir), mode, int(threads))
     loaded = rss_mb()
-    for _ in range(2):
+    for _ in range(warmups):
         pipe.run(clip, QUESTION, max_new_tokens=int(new_tokens))
     between = rss_mb()
     samples: list[float] = []

@@ -10,6 +10,7 @@ GEMV kernels, over the number of non-GEMV nodes. With ``--bandwidth`` also the b
 ``benchmarks/measure.py`` (weights + KV read / streaming rate, same thread count).
 
 Usage: python benchmarks/decode_profile.py [--export DIR] [--threads 1] [--steps 16] [--cache-rows 456]
+                                          [--bandwidth] [--shapes KxN,...] [--out FILE]
 Without --export it builds (once) the ``bench`` export in --cache, as bench_runtime.py does.
 Speed is reported, never asserted.
 """
@@ -28,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from common import DEFAULT_CACHE
+
+from prunevid import spec
 
 DECODERS = ("decoder_early", "decoder_late")
 
@@ -134,6 +137,61 @@ def node_cost_us(threads: int, nodes: int = 1000, width: int = 768, repeats: int
     return 1e6 * statistics.median(times[1:]) / nodes
 
 
+def matmul_shapes(path: Path) -> dict[tuple[int, int], int]:
+    """``{(K, N): count}`` of the constant 2-D right-hand operands of a graph's MatMul nodes."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    dims = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    shapes = collections.Counter(dims[n.input[1]] for n in model.graph.node
+                                 if n.op_type == "MatMul" and len(dims.get(n.input[1], ())) == 2)
+    return dict(shapes)
+
+
+def gemv_rates(shapes, threads: int, repeats: int = 21) -> dict:
+    """Read rate (GB/s) of one-row products with weights of ``shapes`` ``[K, N]``, the cache flushed
+    before each call: ONNX Runtime's MatMul with the runtime's session options (weights prepacked)
+    and with prepacking off, against numpy's ``x @ W`` (BLAS sgemv) and ``np.max(W)`` (a streaming
+    read). Interleaved, median of ``repeats``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from prunevid.runtime.backend import OrtBackend
+
+    class NoPrepack(OrtBackend):
+        def configure(self, opts, name):
+            opts.add_session_config_entry("session.disable_prepacking", "1")
+
+    rng = np.random.default_rng(0)
+    flush = np.ones(128 * 2**20 // 4, np.float32)  # larger than the last-level cache
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, n in shapes:
+            w = rng.standard_normal((k, n), dtype=np.float32)
+            graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemv",
+                                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+                                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+                                      [numpy_helper.from_array(w, "w")])
+            path = Path(tmp) / f"gemv{k}x{n}.onnx"
+            onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+            x = rng.standard_normal((1, k), dtype=np.float32)
+            ort_pp = OrtBackend({"g": path}, ["CPUExecutionProvider"], threads)
+            ort_np = NoPrepack({"g": path}, ["CPUExecutionProvider"], threads)
+            kernels = {"ort MatMul (runtime options)": lambda: ort_pp.run("g", {"x": x}),
+                       "ort MatMul, prepacking off": lambda: ort_np.run("g", {"x": x}),
+                       "numpy x @ W (sgemv)": lambda: x @ w, "np.max(W)": lambda: np.max(w)}
+            times = {name: [] for name in kernels}
+            for r in range(repeats + 1):
+                for name, fn in (kernels.items() if r % 2 == 0 else reversed(kernels.items())):
+                    flush.max()
+                    t0 = time.perf_counter()
+                    fn()
+                    if r:
+                        times[name].append(time.perf_counter() - t0)
+            out[f"{k}x{n}"] = {name: w.nbytes / statistics.median(t) / 1e9 for name, t in times.items()}
+    return out
+
+
 def weight_bytes_of_matmuls(path: Path) -> int:
     """Bytes of the constant right-hand operands of a graph's MatMul/Gemm nodes (what a decode step streams)."""
     import onnx
@@ -145,7 +203,8 @@ def weight_bytes_of_matmuls(path: Path) -> int:
         for d in init.dims:
             n *= d
         sizes[init.name] = n * 4
-    return sum(sizes.get(node.input[1], 0) for node in model.graph.node if node.op_type in ("MatMul", "Gemm"))
+    weights = {node.input[1] for node in model.graph.node if node.op_type in ("MatMul", "Gemm")}
+    return sum(sizes.get(name, 0) for name in weights)  # each initializer once (the RoPE matrix is shared)
 
 
 def main() -> None:
@@ -157,7 +216,15 @@ def main() -> None:
     parser.add_argument("--cache-rows", type=int, default=456, help="valid cache rows (bench PruneVid: 456)")
     parser.add_argument("--bandwidth", action="store_true", help="also measure the streaming read rate and the bound")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
+    parser.add_argument("--shapes", default=None,
+                        help="only compare one-row products at these weight shapes, e.g. 4096x4096,11008x4096 "
+                             "(PLLaVA-7B's o_proj and down_proj)")
     args = parser.parse_args()
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+        for shape, r in gemv_rates(shapes, args.threads, repeats=11).items():
+            print(f"{shape}: " + ", ".join(f"{name} {v:.1f} GB/s" for name, v in r.items()))
+        return
     if args.export is None:
         from measure import model_and_export
 
@@ -202,10 +269,18 @@ def main() -> None:
           f"weights {weights / 2**20:.0f} MiB -> at most {weights / (gemv_us * 1e3):.1f} GB/s over MatMul kernel time")
     print(f"everything else {other_us / 1e3:.2f} ms over {nodes - mm_nodes:.0f} other nodes = "
           f"{other_us / max(nodes - mm_nodes, 1):.1f} us per node (of which FusedMatMul {fused_us / 1e3:.2f} ms)")
+    shapes = collections.Counter()
+    for g in DECODERS:
+        shapes.update(matmul_shapes(args.export / spec.GRAPH_DIR / f"{g}.onnx"))
+    rates = gemv_rates(sorted(shapes), args.threads)
+    print(f"one-row products at the decoder's weight shapes (GB/s, cache flushed before each call, threads {args.threads}):")
+    for shape, r in rates.items():
+        print(f"   {shape:11s} x{shapes[tuple(int(v) for v in shape.split('x'))]:3d}: "
+              + ", ".join(f"{name} {v:.1f}" for name, v in r.items()))
     per_node = node_cost_us(args.threads)
     print(f"fixed cost of one ONNX Runtime node here: {per_node:.2f} us (1000 chained Adds on [1, 768]); "
           f"x {nodes:.0f} nodes per step = {per_node * nodes / 1e3:.2f} ms of the {step_ms:.2f} ms step")
-    figures = {"node_cost_us": per_node, "step_ms": step_ms, "graph_ms": graph_ms, "python_ms": python_ms, "first_last_step_ms": [1e3 * wall[0], 1e3 * wall[-1]],
+    figures = {"gemv_rates_gbs": rates, "node_cost_us": per_node, "step_ms": step_ms, "graph_ms": graph_ms, "python_ms": python_ms, "first_last_step_ms": [1e3 * wall[0], 1e3 * wall[-1]],
                "tables": tables, "matmul_us": gemv_us, "other_us": other_us, "nodes": nodes, "matmul_nodes": mm_nodes,
                "matmul_weight_bytes": weights, "threads": args.threads, "cache_rows": args.cache_rows}
     if args.bandwidth:

@@ -84,16 +84,19 @@ class KVCache:
         self.block = zeros((len(names), g.kv_heads, rows, g.head_dim), dtype)  # [2N, H_kv, R, d]
         self.buffers = {name: self.block[i] for i, name in enumerate(names)}  # each C-contiguous
         self.length = 0
+        self._feeds: dict[range, dict[str, np.ndarray]] = {}  # per layer range: the same buffers every step
 
     def feeds(self, layers: range) -> dict[str, np.ndarray]:
-        return {name: self.buffers[name] for name in spec.past_names(layers)}
+        if layers not in self._feeds:
+            self._feeds[layers] = {name: self.buffers[name] for name in spec.past_names(layers)}
+        return self._feeds[layers]
 
     def write(self, new_rows: list[np.ndarray], layers: range, rows: np.ndarray | None = None) -> None:
         """Write the new rows of ``layers`` (the graph's ``present.i.*`` outputs, in spec order) at
         ``length..``; ``rows`` picks which of them to keep (the compaction after selection)."""
-        for name, new in zip(spec.past_names(layers), new_rows, strict=True):  # new: [H_kv, n, d]
+        for buf, new in zip(self.feeds(layers).values(), new_rows, strict=True):  # new: [H_kv, n, d]
             new = new if rows is None else new[:, rows]  # [H_kv, n', d]
-            self.buffers[name][:, self.length : self.length + new.shape[1]] = new
+            buf[:, self.length : self.length + new.shape[1]] = new
 
     def advance(self, n: int) -> None:
         self.length += n

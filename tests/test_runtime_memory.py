@@ -107,10 +107,11 @@ def test_large_cache_blocks_are_anonymous_mappings_of_zero_pages():
     assert small.dtype == np.float16 and not small.any() and small.base is None
 
 
-def test_prefill_releases_the_heap_once_its_activations_are_freed(tiny_export, scene_cut_clip):
+def test_prefill_and_decode_release_the_heap_once_their_activations_are_freed(tiny_export, scene_cut_clip):
     """The prompt's freed outputs (new K/V rows of every layer, hidden states) go back to the OS
     before the first decode step: the runner's release() runs once after the last prefill graph,
-    when none of those outputs is alive any more (only the logits, kept in the state)."""
+    when none of those outputs is alive any more (only the logits, kept in the state); and once
+    after the last decode step."""
     import gc
     import weakref
 
@@ -138,6 +139,7 @@ def test_prefill_releases_the_heap_once_its_activations_are_freed(tiny_export, s
     names = [e[0] for e in events]
     first_step = names.index("embed", names.index("decoder_late"))  # the decode step's own embed
     assert names[:first_step].count("release") == 1 and names[first_step - 1] == "release"
-    assert names.count("release") == 1  # decode steps do not call it (the backend trims by graph time)
     assert events[first_step - 1][1] == []  # no decoder output but the logits alive at that point
+    # once more when the answer's decode ends, not per step (the backend trims by graph time)
+    assert names.count("release") == 2 and names[-1] == "release" and names[-2] == "decoder_late"
     assert len(answer.token_ids) == 2

@@ -156,10 +156,13 @@ class Chain:
         through the whole decode (measured on the ``bench`` export: 127 MB, the decode-time peak
         1.27x instead of 1.15x weights + KV)."""
         state = self._prefill(ids, image_pos, visual, select, max_new_tokens)
+        self._release()
+        return state
+
+    def _release(self) -> None:
         release = getattr(self.runner, "release", None)
         if release is not None:
             release()
-        return state
 
     def _prefill(self, ids: np.ndarray, image_pos: int, visual: Visual, select: bool, max_new_tokens: int) -> State:
         (embeds,) = self.run("embed", ids)  # [P+1+Q, C]
@@ -196,13 +199,20 @@ class Chain:
 
     def greedy(self, state: State, max_new_tokens: int, eos_id: int | None,
                on_token: Callable[[int], None] | None = None) -> Iterator[int]:
-        """Greedy tokens; step ``j`` is fed at position ``S + j``. Stops after EOS."""
+        """Greedy tokens; step ``j`` is fed at position ``S + j``. Stops after EOS.
+
+        When the generator ends (or is closed), the runner's ``release()`` returns the heap the
+        steps freed (measured on the ``bench`` export: 34 MB resident between answers otherwise)."""
         logits = state.logits
-        for j in range(max_new_tokens):
-            token = int(np.argmax(logits))
-            if on_token is not None:
-                on_token(token)
-            yield token
-            if token == eos_id or j == max_new_tokens - 1:
-                return
-            logits = self.step(state, token, state.seq_len + j)
+        try:
+            for j in range(max_new_tokens):
+                token = int(np.argmax(logits))
+                if on_token is not None:
+                    on_token(token)
+                yield token
+                if token == eos_id or j == max_new_tokens - 1:
+                    return
+                logits = self.step(state, token, state.seq_len + j)
+        finally:
+            del logits
+            self._release()

@@ -143,3 +143,19 @@ def test_prefill_and_decode_release_the_heap_once_their_activations_are_freed(ti
     # once more when the answer's decode ends, not per step (the backend trims by graph time)
     assert names.count("release") == 2 and names[-1] == "release" and names[-2] == "decoder_late"
     assert len(answer.token_ids) == 2
+
+
+def test_an_answer_returns_the_heap_after_prefill_after_decode_and_after_the_answer(tiny_export, scene_cut_clip):
+    """With the graph-time trims off, exactly three trims per answer of run(): after the prompt, after
+    the last decode step, and once run() has dropped the answer's pixels; generate() alone (the
+    server's path, whose caller holds the pixels) makes the first two."""
+    from prunevid.runtime.pipeline import RuntimePipeline
+
+    runtime = RuntimePipeline(tiny_export, threads=1)
+    runtime.backend.trim_after_ms = float("inf")
+    runtime.backend.trim = counter = Counter()
+    runtime.run(scene_cut_clip, "What moves?", max_new_tokens=3)
+    assert counter.n == 3
+    pixels = runtime.prepare(scene_cut_clip)
+    runtime.generate(pixels, "What moves?", max_new_tokens=3)
+    assert counter.n == 5

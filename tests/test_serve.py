@@ -416,6 +416,55 @@ def test_remote_fetch_rechecks_every_redirect_and_caps_bytes(live, tuned, canary
     assert list(live.state.workdir.iterdir()) == []
 
 
+def test_https_dials_the_pinned_address_and_verifies_the_url_host(live, tuned, media, tmp_path, run_answers):
+    """https through the pinned-IP path: the name resolves (test resolver) to the loopback canary, the
+    fetcher dials that address, sends the URL's host as SNI and checks the certificate against it."""
+    import ssl
+
+    from serve_helpers import self_signed
+
+    from prunevid.serve.media import UrlPolicy
+
+    cert, key = self_signed("media.test", tmp_path)
+    trust = ssl.create_default_context(cafile=str(cert))
+    canary = Canary(media / "clip.mp4", tls=(cert, key))
+    lookups = []
+
+    def resolver(host, port):
+        lookups.append((host, port))
+        return ["127.0.0.1"]
+
+    try:
+        tuned(allow_remote_media=True, fetch_timeout_s=5.0,
+              policy=UrlPolicy(allow_address=_loopback_only, resolver=resolver, verify=trust))
+        r = post(live, chat(f"https://media.test:{canary.port}/clip.mp4", max_tokens=12, prunevid={"mode": "prunevid"}))
+        assert r.status_code == 200, r.text
+        assert r.json()["prunevid"]["token_ids"] == run_answers["prunevid"]["token_ids"]
+        assert canary.sni == ["media.test"] and canary.hits == ["/clip.mp4"]
+        assert lookups == [("media.test", canary.port)]
+        # the same certificate presented for another name: refused before any request is sent
+        r = post(live, chat(f"https://other.test:{canary.port}/clip.mp4", max_tokens=2))
+        assert r.status_code == 422, r.text
+        message = r.json()["error"]["message"]
+        assert message.startswith("the TLS certificate of other.test is refused") and "other.test" in message, message
+        assert canary.sni[-1] == "other.test" and canary.hits == ["/clip.mp4"]
+        # the right name, but a certificate nobody trusts (the default verification): refused too
+        tuned(allow_remote_media=True, fetch_timeout_s=5.0,
+              policy=UrlPolicy(allow_address=_loopback_only, resolver=resolver))
+        r = post(live, chat(f"https://media.test:{canary.port}/clip.mp4", max_tokens=2))
+        assert r.status_code == 422 and "certificate" in r.json()["error"]["message"], r.text
+        assert canary.hits == ["/clip.mp4"]
+        # without the test hook, loopback stays refused over https as well: nothing is dialled
+        tuned(allow_remote_media=True, policy=UrlPolicy(resolver=resolver, verify=trust))
+        r = post(live, chat(f"https://media.test:{canary.port}/clip.mp4", max_tokens=2))
+        assert r.status_code == 400 and "non-public" in r.json()["error"]["message"], r.text
+        assert len(canary.sni) == 3
+    finally:
+        canary.stop()
+    idle(live)
+    assert list(live.state.workdir.iterdir()) == []
+
+
 def test_the_guard_blocks_non_loopback_connections(guard):
     import socket
 

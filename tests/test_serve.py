@@ -257,6 +257,39 @@ def test_a_decode_that_never_ends_is_killed_at_the_time_cap(live, media, tuned):
     assert httpx.get(live.url + "/health/ready", timeout=10).status_code == 200
 
 
+def _live_playlist(media: Path) -> Path:
+    """A real input that decodes forever: a live HLS playlist (no #EXT-X-ENDLIST, so no duration for
+    the header checks) whose one segment, an MPEG-TS remux of the clip, lies beside it. The demuxer
+    plays the segment, then waits for the playlist to grow, reloading it for ever."""
+    import av
+
+    segment = media / "live-0.ts"
+    with av.open(str(media / "clip.mp4")) as src, av.open(str(segment), "w", format="mpegts") as dst:
+        stream = src.streams.video[0]
+        out = dst.add_stream_from_template(stream)
+        for packet in src.demux(stream):
+            if packet.dts is not None:
+                packet.stream = out
+                dst.mux(packet)
+    playlist = media / "live.m3u8"
+    playlist.write_text("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n"
+                        f"#EXTINF:2.0,\n{segment.name}\n")
+    return playlist
+
+
+def test_a_live_playlist_that_never_ends_is_killed_at_the_time_cap(live, media, tuned):
+    playlist = _live_playlist(media)
+    tuned(decode_timeout_s=3.0)
+    t0 = time.monotonic()
+    r = post(live, chat(file_url(media, playlist.name), max_tokens=2))
+    assert r.status_code == 504 and r.json()["error"]["type"] == "timeout", r.text
+    assert 3.0 <= time.monotonic() - t0 < 10
+    assert _decode_children() == []
+    idle(live)
+    assert httpx.get(live.url + "/health/ready", timeout=10).status_code == 200
+    assert post(live, chat(file_url(media), max_tokens=2)).status_code == 200
+
+
 def test_duration_and_frame_size_caps_refuse_before_decoding(live, media, tuned):
     tuned(max_video_seconds=0.5)
     r = post(live, chat(file_url(media), max_tokens=2))

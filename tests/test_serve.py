@@ -322,6 +322,9 @@ def _cases(media: Path, tmp: Path) -> list[tuple[str, object, int]]:
     link = media / "escape.mp4"
     if not link.exists():
         link.symlink_to(outside)
+    fifo = media / "pipe.mp4"  # a reader of a FIFO would wait for ever: refused as not a regular file
+    if not fifo.exists():
+        os.mkfifo(fifo)
     return [
         ("bad JSON", b"{not json", 400),
         ("JSON array", [1, 2], 400),
@@ -367,6 +370,7 @@ def _cases(media: Path, tmp: Path) -> list[tuple[str, object, int]]:
         ("file through ..", chat(media.resolve().as_uri() + "/../beside.mp4"), 400),
         ("symlink escaping the media folder", chat(media.resolve().as_uri() + "/escape.mp4"), 400),
         ("missing file", chat(file_url(media, "nope.mp4")), 404),
+        ("FIFO in the media folder", chat(file_url(media, "pipe.mp4")), 400),
         ("ftp scheme", chat("ftp://example.com/clip.mp4"), 400),
         ("no scheme", chat("clip.mp4"), 400),
         ("http while remote media is off", chat("http://public.test/clip.mp4"), 400),

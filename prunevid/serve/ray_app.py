@@ -236,7 +236,11 @@ def run(engine_dir, settings, replicas: int, gpus_per_replica: float, echo=print
         while not first.wait(0.5):  # a bounded wait keeps the main thread able to run the handler
             pass
         echo("prunevid serve: draining (new requests get 503)")
-        left = drain(settings.drain_timeout_s, second)
+        try:
+            left = drain(settings.drain_timeout_s, second)
+        except Exception as exc:  # noqa: BLE001 - the ingress is gone or Ray failed: nothing left to drain
+            left = 0
+            echo(f"prunevid serve: could not drain ({type(exc).__name__}); stopping")
         if left:
             echo(f"prunevid serve: stopping with {left} request(s) unfinished")
     finally:

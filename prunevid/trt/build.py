@@ -29,6 +29,7 @@ from typing import Any
 from prunevid.errors import ArtifactError, ConfigError, PruneVidError
 from prunevid.plugins.ops import DOMAIN
 from prunevid.trt.plugins import load_plugins, needs_function_strip, strip_functions_for_plugins
+from prunevid.trt.variant import to_tensorrt
 
 # trtexec flags that select a precision (weak typing); all removed in TensorRT 11.
 PRECISION_FLAGS = ("--fp16", "--bf16", "--int8", "--fp8", "--int4", "--best", "--calib")
@@ -289,13 +290,16 @@ def build_engine(
 
     parse_path = onnx_path
     stripped: Path | None = None
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    changed = to_tensorrt(model)  # the TensorRT variant of the stored graph (prunevid.trt.variant)
     if loaded and needs_function_strip((major, minor)):
-        model = onnx.load(str(onnx_path), load_external_data=False)
         if any(f.domain == DOMAIN and f.name in loaded for f in model.functions):
-            stripped = onnx_path.with_name(f".{onnx_path.stem}.plugins{onnx_path.suffix}")
-            onnx.save(strip_functions_for_plugins(model, loaded), str(stripped))
-            parse_path = stripped
-        del model
+            model, changed = strip_functions_for_plugins(model, loaded), True
+    if changed:
+        stripped = onnx_path.with_name(f".{onnx_path.stem}.plugins{onnx_path.suffix}")
+        onnx.save(model, str(stripped))
+        parse_path = stripped
+    del model
     try:
         builder = trt.Builder(logger)
         network = builder.create_network(0)

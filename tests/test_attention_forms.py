@@ -119,3 +119,28 @@ def test_forms_are_data_in_spec():
     assert set(spec.TARGET_ATTENTION.values()) <= set(spec.ATTENTION_FORMS)
     with pytest.raises(ValueError, match="attention form"):
         lower(onnx.ModelProto(), "flash", 1, 1, D)
+
+
+def test_the_tensorrt_variant_takes_the_padded_dpc_body_and_keeps_other_bodies():
+    from onnx import TensorProto, helper
+
+    from prunevid.plugins.onnx_functions import attach_functions, function_proto
+    from prunevid.plugins.ops import DOMAIN, OPS
+
+    def one_node(op):
+        spec_ = OPS[op]
+        node = helper.make_node(op, [t.name for t in spec_.inputs], [t.name for t in spec_.outputs], domain=DOMAIN,
+                                **spec_.node_attributes(**({"k": 3} if op == "PvDpcKnn" else {})))
+        types = {"float32": TensorProto.FLOAT, "int32": TensorProto.INT32}
+        vi = [helper.make_tensor_value_info(t.name, types[t.dtype], list(t.shape)) for t in spec_.inputs]
+        vo = [helper.make_tensor_value_info(t.name, types[t.dtype], list(t.shape)) for t in spec_.outputs]
+        model = helper.make_model(helper.make_graph([node], "g", vi, vo), opset_imports=[helper.make_opsetid("", 18)])
+        attach_functions(model)
+        return model
+
+    dpc = one_node("PvDpcKnn")
+    assert dpc.functions[0].SerializeToString() == function_proto("PvDpcKnn", 18).SerializeToString()
+    assert to_tensorrt(dpc)
+    assert dpc.functions[0].SerializeToString() == function_proto("PvDpcKnn", 18, padded=True).SerializeToString()
+    assert not to_tensorrt(dpc)  # already the TensorRT variant
+    assert not to_tensorrt(one_node("PvGroupTopK"))  # one body serves both

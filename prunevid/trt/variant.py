@@ -18,17 +18,22 @@ from prunevid.errors import ArtifactError
 def to_tensorrt(model) -> bool:
     """Turn ``model`` into its TensorRT variant in place; returns whether anything changed."""
     from prunevid.exporter.attention import to_standard
-    from prunevid.plugins.onnx_functions import attach_functions
+    from prunevid.plugins.onnx_functions import MAX_OPSET, MIN_OPSET, function_proto
     from prunevid.plugins.ops import DOMAIN, OPS
 
     changed = to_standard(model) > 0
-    ours = [f for f in model.functions if f.domain == DOMAIN and f.name in OPS]
-    if ours:
-        kept = [f for f in model.functions if not (f.domain == DOMAIN and f.name in OPS)]
-        del model.functions[:]
-        model.functions.extend(kept)
-        attach_functions(model, padded=True)
-        changed = True
+    for index, func in enumerate(model.functions):
+        if func.domain != DOMAIN or func.name not in OPS:
+            continue
+        opset = next((o.version for o in func.opset_import if o.domain in ("", "ai.onnx")), None)
+        if opset is None or not MIN_OPSET <= opset <= MAX_OPSET:
+            continue
+        # only the stored (ONNX Runtime) body is swapped; any other body is left as it is
+        if func.SerializeToString() == function_proto(func.name, opset).SerializeToString():
+            padded = function_proto(func.name, opset, padded=True)
+            if padded.SerializeToString() != func.SerializeToString():
+                model.functions[index].CopyFrom(padded)
+                changed = True
     return changed
 
 

@@ -223,9 +223,11 @@ def build_engine(
     """Build a serialized engine from an ONNX file with the TensorRT Python API.
 
     The ONNX is parsed from its path (``OnnxParser.parse_from_file``) so external data resolves.
-    With plugins requested on TensorRT < 10.7, the local functions of the ops whose plugins are
-    loaded are stripped first (:func:`strip_functions_for_plugins`); the stripped copy is written
-    beside the original, so its relative external-data paths still resolve, and removed after.
+    The stored graph is first turned into its TensorRT variant (:func:`prunevid.trt.variant.to_tensorrt`:
+    standard attention, padded function bodies); with plugins requested on TensorRT < 10.7, the
+    local functions of the ops whose plugins are loaded are stripped too
+    (:func:`strip_functions_for_plugins`). A changed copy is written beside the original, so its
+    relative external-data paths still resolve, and removed after.
 
     Args:
         profile: one optimization profile (:func:`profile_from_manifest` form or its manifest);

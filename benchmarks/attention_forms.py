@@ -1,6 +1,7 @@
 """Prompt (prefill) time and peak memory of the decoder graphs in both attention forms.
 
     python benchmarks/attention_forms.py EXPORT [--rows 1200 2390] [--repeats 5] [--threads 1]
+                                                [--graphs decoder_early decoder_late]
 
 EXPORT is an export folder (its decoder graphs are stored in the ``ort`` form: fused
 GroupQueryAttention for the prompt). The ``standard`` form (the TensorRT variant's attention,
@@ -26,14 +27,14 @@ from pathlib import Path
 GRAPHS = ("decoder_early", "decoder_late")
 
 
-def derive_standard(export: Path, out: Path) -> dict[str, Path]:
+def derive_standard(export: Path, out: Path, graphs=GRAPHS) -> dict[str, Path]:
     """The decoder graphs of ``export`` with their attention in the standard form, under ``out``."""
     import onnx
 
     from prunevid.exporter.attention import to_standard
 
     paths = {}
-    for name in GRAPHS:
+    for name in graphs:
         model = onnx.load(str(export / "graphs" / f"{name}.onnx"))
         to_standard(model)
         paths[name] = out / f"{name}.onnx"
@@ -69,18 +70,18 @@ def feeds(sess, rows: int, seed: int = 0) -> dict:
 
 
 def prefill(sess: dict, rows: int) -> None:
-    for name in GRAPHS:
-        sess[name].run(None, feeds(sess[name], rows))
+    for name, graph in sess.items():
+        graph.run(None, feeds(graph, rows))
 
 
 def child(paths: dict[str, Path], rows: int, threads: int) -> None:
     """One prompt in a fresh process: peak resident growth (MiB) during it, and its time."""
     sess = sessions(paths, threads)
-    data = {name: feeds(sess[name], rows) for name in GRAPHS}
+    data = {name: feeds(graph, rows) for name, graph in sess.items()}
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    for name in GRAPHS:
-        sess[name].run(None, data[name])
+    for name, graph in sess.items():
+        graph.run(None, data[name])
     ms = (time.perf_counter() - start) * 1e3
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"peak_growth_mib": (peak - before) / 1024, "ms": ms}))
@@ -92,20 +93,21 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1200, 2390])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--graphs", nargs="+", default=list(GRAPHS), choices=GRAPHS)
     parser.add_argument("--child", nargs=2, metavar=("FORM_DIR", "ROWS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         folder = Path(args.child[0])
-        child({n: folder / f"{n}.onnx" for n in GRAPHS}, int(args.child[1]), args.threads)
+        child({n: folder / f"{n}.onnx" for n in args.graphs}, int(args.child[1]), args.threads)
         return
     with tempfile.TemporaryDirectory(prefix="attn-forms-", dir=args.export.parent) as tmp:
-        forms = {"ort (stored)": {n: args.export / "graphs" / f"{n}.onnx" for n in GRAPHS},
-                 "standard (derived)": derive_standard(args.export, Path(tmp))}
+        forms = {"ort (stored)": {n: args.export / "graphs" / f"{n}.onnx" for n in args.graphs},
+                 "standard (derived)": derive_standard(args.export, Path(tmp), args.graphs)}
         results: dict = {"rows": {}, "peak_growth_mib": {}}
         for label, paths in forms.items():
-            folder = paths["decoder_early"].parent
+            folder = next(iter(paths.values())).parent
             proc = subprocess.run([sys.executable, __file__, str(args.export), "--threads", str(args.threads),
-                                   "--child", str(folder), str(max(args.rows))],
+                                   "--graphs", *args.graphs, "--child", str(folder), str(max(args.rows))],
                                   capture_output=True, text=True, check=True)
             results["peak_growth_mib"][label] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_growth_mib"]
         loaded = {label: sessions(paths, args.threads) for label, paths in forms.items()}
@@ -121,7 +123,7 @@ def main() -> None:
                     times[label].append((time.perf_counter() - start) * 1e3)
             med = {label: statistics.median(t) for label, t in times.items()}
             results["rows"][rows] = med
-            print(f"prompt of {rows} rows, every layer: " + ", ".join(f"{k} {v:.0f} ms" for k, v in med.items())
+            print(f"prompt of {rows} rows through {' + '.join(args.graphs)}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in med.items())
                   + f"; ort / standard {med[labels[0]] / med[labels[1]]:.2f}", flush=True)
         print(f"peak resident growth during one prompt of {max(args.rows)} rows: "
               + ", ".join(f"{k} {v:.0f} MiB" for k, v in results["peak_growth_mib"].items()), flush=True)

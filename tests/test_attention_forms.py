@@ -144,3 +144,17 @@ def test_the_tensorrt_variant_takes_the_padded_dpc_body_and_keeps_other_bodies()
     assert dpc.functions[0].SerializeToString() == function_proto("PvDpcKnn", 18, padded=True).SerializeToString()
     assert not to_tensorrt(dpc)  # already the TensorRT variant
     assert not to_tensorrt(one_node("PvGroupTopK"))  # one body serves both
+
+
+def test_the_tensorrt_variant_needs_no_torch():
+    """A Jetson with TensorRT and no torch derives the variant (check --trt-compat, build, trtexec)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, onnx; from prunevid.trt.variant import to_tensorrt; "
+            "to_tensorrt(onnx.ModelProto()); print('torch' in sys.modules)")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root,
+                         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert out.stdout.strip() == "False"

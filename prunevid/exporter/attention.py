@@ -20,9 +20,8 @@ pre-RoPE q/k).
 
 from __future__ import annotations
 
+import functools
 import math
-
-import torch
 
 from prunevid import spec
 
@@ -34,6 +33,8 @@ MS_DOMAIN = "com.microsoft"
 def attention_math(q, k, v, past_k, past_v, mask):
     """``q [H, n, d]``, new ``k, v [H_kv, n, d]``, cache ``[H_kv, R, d]``, additive ``mask [rep*n, R+n]``
     -> ``[n, H*d]``: the query heads of key head j are rows of one product (no repeated cache)."""
+    import torch
+
     h, _, d = q.shape
     hk = k.shape[0]
     rows = q.reshape(hk, -1, d)  # [Hkv, rep*n, d]
@@ -45,23 +46,33 @@ def attention_math(q, k, v, past_k, past_v, mask):
     return out.reshape(h, -1, d).transpose(0, 1).reshape(-1, h * d)  # [n, H*d]
 
 
-class _CachedAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, past_k, past_v, mask, cache_length):  # noqa: ARG004
-        return attention_math(q, k, v, past_k, past_v, mask)
+@functools.cache
+def _marker():
+    """The autograd function whose export is the marker node (built on first use: torch stays out of
+    the TensorRT paths, which only need :func:`to_standard`)."""
+    import torch
 
-    @staticmethod
-    def symbolic(g, q, k, v, past_k, past_v, mask, cache_length):
-        out = g.op(f"{MARKER_DOMAIN}::{MARKER}", q, k, v, past_k, past_v, mask, cache_length)
-        out.setType(q.type().with_sizes([None, None]))
-        return out
+    class CachedAttention(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, past_k, past_v, mask, cache_length):  # noqa: ARG004
+            return attention_math(q, k, v, past_k, past_v, mask)
+
+        @staticmethod
+        def symbolic(g, q, k, v, past_k, past_v, mask, cache_length):
+            out = g.op(f"{MARKER_DOMAIN}::{MARKER}", q, k, v, past_k, past_v, mask, cache_length)
+            out.setType(q.type().with_sizes([None, None]))
+            return out
+
+    return CachedAttention
 
 
 def cached_attention(q, k, v, past_k, past_v, mask, cache_length):
     """Attention of the new rows over the cache's first ``cache_length`` rows and themselves; exported
     as a marker node that :func:`lower` replaces."""
+    import torch
+
     if torch.onnx.is_in_onnx_export():
-        return _CachedAttention.apply(q, k, v, past_k, past_v, mask, cache_length)
+        return _marker().apply(q, k, v, past_k, past_v, mask, cache_length)
     return attention_math(q, k, v, past_k, past_v, mask)
 
 

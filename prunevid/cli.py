@@ -311,11 +311,13 @@ def print_trt_compat(engine_dir: Path) -> bool:
     from prunevid import spec
     from prunevid.runtime.artifact import open_artifact
     from prunevid.trt.compat import TARGETS, check_model, format_findings, shape_value_inputs
+    from prunevid.trt.variant import to_tensorrt
 
     graphs = open_artifact(engine_dir, verify=False).manifest["graphs"]
     errors = False
     for name in spec.GRAPH_ORDER:
         model = onnx.load(str(Path(engine_dir) / spec.GRAPH_DIR / f"{name}.onnx"), load_external_data=False)
+        to_tensorrt(model)  # the variant the TensorRT paths parse (prunevid.trt.variant)
         for target in TARGETS:
             findings = check_model(model, target, shape_values=shape_value_inputs(graphs.get(name, {})))
             click.echo(f"[trt {target}] {name}: " + (f"{len(findings)} findings" if findings else "no findings"))
@@ -342,6 +344,7 @@ def trtexec(engine_dir, trt_major, fp16, plugin_libs):
     from prunevid.runtime.artifact import open_artifact
     from prunevid.trt.build import trtexec_command
     from prunevid.trt.plugins import plugin_onnx, read_library_record
+    from prunevid.trt.variant import tensorrt_onnx
 
     # the TensorRT version the libraries were built for decides whether functions must be stripped
     versions = {read_library_record(lib)["tensorrt"] for lib in plugin_libs}
@@ -356,7 +359,7 @@ def trtexec(engine_dir, trt_major, fp16, plugin_libs):
         shapes.update({t["name"]: {k: list(np.atleast_1d(t["values"][k])) for k in ("min", "opt", "max")}
                        for t in entry["inputs"] if "values" in t})
         stem = Path(engine_dir) / entry["file"]
-        source = plugin_onnx(stem, lib_version) if lib_version else stem
+        source = plugin_onnx(stem, lib_version) if lib_version else tensorrt_onnx(stem)
         cmd = trtexec_command(source, stem.with_suffix(".engine"), shapes, trt_major=int(trt_major), fp16=fp16,
                               plugin_libs=plugin_libs, export_times=stem.with_suffix(".times.json"),
                               export_layer_info=stem.with_suffix(".layers.json"))

@@ -66,7 +66,8 @@ def _read_object(path: Path) -> dict | None:
 
 
 def export_files(folder: Path) -> frozenset[str] | None:
-    """The files an export's manifest lists (graphs, their hashes' files, ``files``, itself)."""
+    """The files an export's manifest lists (graphs, their hashes' files, ``files``, itself), and the
+    TensorRT variants ``<graph>.trt.onnx`` that prunevid derives beside them."""
     manifest = _read_object(folder / spec.MANIFEST)
     if manifest is None or "format_version" not in manifest:
         return None
@@ -80,6 +81,8 @@ def export_files(folder: Path) -> frozenset[str] | None:
             return None
         owned.add(entry["file"])
         owned.update(str(PurePosixPath(entry["file"]).parent / name) for name in entry["sha256"])
+        graph = PurePosixPath(entry["file"])
+        owned.add(str(graph.with_name(f"{graph.stem}.trt{graph.suffix}")))  # TensorRT variant (prunevid.trt.variant)
     return frozenset(owned)
 
 

@@ -219,4 +219,16 @@ def graphs(g: Geometry) -> dict[str, Graph]:
     }
 
 
+ATTENTION_FORMS = {
+    "ort": "prompt through com.microsoft.GroupQueryAttention (fused, ONNX Runtime), decode steps in standard ops",
+    "standard": "default-domain ops only (TensorRT 10.3 and 11): one softmax over cache and new rows",
+}
+"""Forms of the decoder graphs' attention (:mod:`prunevid.exporter.attention`)."""
+STORED_ATTENTION = "ort"
+"""The form the export's decoder graphs are stored in; the other is derived from it (weights once)."""
+TARGET_ATTENTION = {"onnxruntime": "ort", "tensorrt": "standard"}
+"""The form each backend family runs (manifest ``attention``)."""
+ATTENTION_NODE = "attention."
+"""Name prefix of each layer's attention node (``attention.<i>``) in the stored decoder graphs."""
+
 GRAPH_ORDER = ("encoder", "merger", "embed", "decoder_early", "score", "select", "decoder_late")

@@ -107,8 +107,12 @@ def quantize_graph(name: str, src: Path, dst: Path, feeds: list[dict], fmt: Form
     from onnx import numpy_helper
 
     from prunevid.calibration import scales
+    from prunevid.exporter.attention import to_standard
 
     model = onnx.load(str(src))
+    # quantized graphs keep the standard attention form: ONNX Runtime's quantizer does not handle the
+    # stored form's If branches (prunevid.exporter.attention)
+    to_standard(model)
     floats = scales.float_nodes(name, model)
     weights = [n.name for n in scales.weight_matmuls(model)]
     targets = [n for n in weights if n not in floats]

@@ -146,6 +146,7 @@ class Exporter:
     def export_graph(self, name: str, module: torch.nn.Module, args: tuple, out: Path) -> dict[str, Any]:
         import onnx
 
+        from prunevid.exporter.attention import MARKER_DOMAIN, lower
         from prunevid.plugins.onnx_functions import attach_functions
 
         graph = self.graphs[name]
@@ -161,12 +162,15 @@ class Exporter:
             torch.onnx.export(
                 module, args, str(path), dynamo=False, opset_version=self.options.opset,
                 input_names=graph.input_names, output_names=graph.output_names, dynamic_axes=axes,
-                custom_opsets={DOMAIN: DOMAIN_VERSION} if graph.custom_ops else None, do_constant_folding=True,
+                custom_opsets=({DOMAIN: DOMAIN_VERSION} if graph.custom_ops else {}) | {MARKER_DOMAIN: 1},
+                do_constant_folding=True,
             )
         model = onnx.load(str(path))  # pulls in any external data the exporter wrote
         for stray in set(path.parent.iterdir()) - before - {path}:
             stray.unlink()  # per-tensor files of the exporter, now in memory; saved below as one file
         attach_functions(model)
+        g = self.geometry
+        lower(model, spec.STORED_ATTENTION, g.heads, g.kv_heads, g.head_dim, half=dtype == torch.float16)
         external = self._save(model, path)
         onnx.checker.check_model(str(path), full_check=True)
         files = [path] + ([path.with_suffix(".onnx.data")] if external else [])
@@ -218,6 +222,8 @@ class Exporter:
                 "template": self.template,
             },
             "dims": dim_ranges(self.geometry, mc.text.max_position_embeddings),
+            # decoder attention as stored, and the form each backend family runs (derived on load)
+            "attention": {"stored": spec.STORED_ATTENTION, "targets": dict(spec.TARGET_ATTENTION)},
             "graphs": graph_entries,
             "files": {},
         }

@@ -14,6 +14,7 @@ from torch import nn
 
 from prunevid import spec
 from prunevid.config import PruneConfig
+from prunevid.exporter.attention import cached_attention
 from prunevid.exporter.merger import MergerStage
 from prunevid.model.llama import KV
 from prunevid.model.pllava import PllavaModel
@@ -115,9 +116,10 @@ class DecoderLayerStage(nn.Module):
         self.down = _Linear(mlp.down_proj)
         self.inter = mlp.gate_proj.out_features
 
-    def forward(self, x, rope, past_k, past_v, mask):
+    def forward(self, x, rope, past_k, past_v, mask, cache_length):
         """``x [n, C]``; ``rope`` = (cos, sin, rot) with ``cos, sin [n, d]``, ``rot [d, d]``; cache
-        ``[H_kv, R, d]``; ``mask [rep*n, R+n]`` additive (length mask, then causal). Returns the new
+        ``[H_kv, R, d]``; ``mask [rep*n, R+n]`` additive (length mask, then causal); the attention is
+        :func:`prunevid.exporter.attention.cached_attention` (per-target ONNX forms). Returns the new
         hidden ``[n, C]``, the new rows ``k, v [H_kv, n, d]`` and pre-RoPE ``q [H, n, d]``, ``k``."""
         h, hk, d = self.heads, self.kv_heads, self.head_dim
         cos, sin, rot = rope
@@ -125,13 +127,7 @@ class DecoderLayerStage(nn.Module):
         qk, v = qkv[: h + hk], qkv[h + hk :]  # [H+Hkv, n, d], [Hkv, n, d]
         qk_rot = qk * cos + (qk @ rot) * sin  # RoPE, rotate-half convention
         q, k = qk_rot[:h], qk_rot[h:]  # [H, n, d], [Hkv, n, d]
-        rows = q.reshape(hk, -1, d)  # [Hkv, rep*n, d]: the query heads of key head j are rows
-        scale = 1.0 / (d ** 0.5)
-        logits = torch.cat([rows @ past_k.transpose(1, 2), rows @ k.transpose(1, 2)], dim=-1) * scale + mask
-        probs = torch.softmax(logits, dim=-1)  # [Hkv, rep*n, R+n]
-        r = past_k.shape[1]
-        out = probs[:, :, :r] @ past_v + probs[:, :, r:] @ v  # [Hkv, rep*n, d]
-        out = out.reshape(h, -1, d).transpose(0, 1).reshape(-1, h * d)  # [n, H*d]
+        out = cached_attention(q, k, v, past_k, past_v, mask, cache_length)  # [n, H*d]
         hidden = x + self.o_proj(out)
         gate, up = self.gate_up(self.post_attention_layernorm(hidden)).split(self.inter, dim=-1)  # [n, I] each
         hidden = hidden + self.down(F.silu(gate) * up)
@@ -181,7 +177,7 @@ class DecoderStage(nn.Module):
         mask = self.masks(hidden, cache_length, past[0], hidden.dtype)
         x, new, scoring = hidden, [], ()
         for i, block, (past_k, past_v) in zip(self.layers, self.blocks, _pairs(past)):
-            x, k, v, q_pre, k_pre = block(x, rope, past_k, past_v, mask)
+            x, k, v, q_pre, k_pre = block(x, rope, past_k, past_v, mask, cache_length)
             new.append((k, v))
             if i == self.scoring_layer:
                 scoring = (q_pre, k_pre)

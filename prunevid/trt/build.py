@@ -25,6 +25,7 @@ from prunevid.errors import ArtifactError, ConfigError, PruneVidError
 from prunevid.plugins.ops import DOMAIN
 from prunevid.progress import Progress
 from prunevid.trt.plugins import load_plugins, needs_function_strip, strip_functions_for_plugins
+from prunevid.trt.variant import to_tensorrt
 
 # trtexec flags that select a precision (weak typing); all removed in TensorRT 11.
 PRECISION_FLAGS = ("--fp16", "--bf16", "--int8", "--fp8", "--int4", "--best", "--calib")
@@ -222,9 +223,11 @@ def build_engine(
     """Build a serialized engine from an ONNX file with the TensorRT Python API.
 
     The ONNX is parsed from its path (``OnnxParser.parse_from_file``) so external data resolves.
-    With plugins requested on TensorRT < 10.7, the local functions of the ops whose plugins are
-    loaded are stripped first (:func:`strip_functions_for_plugins`); the stripped copy is written
-    beside the original, so its relative external-data paths still resolve, and removed after.
+    The stored graph is first turned into its TensorRT variant (:func:`prunevid.trt.variant.to_tensorrt`:
+    standard attention, padded function bodies); with plugins requested on TensorRT < 10.7, the
+    local functions of the ops whose plugins are loaded are stripped too
+    (:func:`strip_functions_for_plugins`). A changed copy is written beside the original, so its
+    relative external-data paths still resolve, and removed after.
 
     Args:
         profile: one optimization profile (:func:`profile_from_manifest` form or its manifest);
@@ -251,13 +254,16 @@ def build_engine(
 
     parse_path = onnx_path
     stripped: Path | None = None
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    changed = to_tensorrt(model)  # the TensorRT variant of the stored graph (prunevid.trt.variant)
     if loaded and needs_function_strip((major, minor)):
-        model = onnx.load(str(onnx_path), load_external_data=False)
         if any(f.domain == DOMAIN and f.name in loaded for f in model.functions):
-            stripped = onnx_path.with_name(f".{onnx_path.stem}.plugins{onnx_path.suffix}")
-            onnx.save(strip_functions_for_plugins(model, loaded), str(stripped))
-            parse_path = stripped
-        del model
+            model, changed = strip_functions_for_plugins(model, loaded), True
+    if changed:
+        stripped = onnx_path.with_name(f".{onnx_path.stem}.plugins{onnx_path.suffix}")
+        onnx.save(model, str(stripped))
+        parse_path = stripped
+    del model
     try:
         builder = trt.Builder(logger)
         network = builder.create_network(0)

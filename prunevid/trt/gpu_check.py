@@ -280,7 +280,7 @@ def _export_rows(trt, logger, export: Path) -> list[Row]:
 
     rows = []
     for path in sorted((export).rglob("*.onnx")):
-        if path.name.endswith(".plugins.onnx"):
+        if path.name.endswith((".plugins.onnx", ".trt.onnx")):
             continue
         model = onnx.load(str(path), load_external_data=False)
         wanted = [n.op_type for n in model.graph.node if n.domain == DOMAIN]

@@ -80,18 +80,22 @@ def read_library_record(library: str | Path) -> dict:
 def plugin_onnx(onnx_path: str | Path, trt_version: str | Sequence[int]) -> Path:
     """The ONNX file TensorRT ``trt_version`` should parse to use the prunevid plugins.
 
-    From 10.7 that is ``onnx_path`` itself. Before, a sibling ``<stem>.plugins.onnx`` without the
+    From 10.7 that is the TensorRT variant of ``onnx_path`` (:func:`prunevid.trt.variant.tensorrt_onnx`:
+    ``onnx_path`` itself when it has nothing to change). Before, a sibling ``<stem>.plugins.onnx`` without the
     prunevid functions is written (beside the original, so relative external-data paths still
     resolve) and returned; a model with no prunevid function is returned unchanged.
     """
+    from prunevid.trt.variant import tensorrt_onnx, to_tensorrt
+
     onnx_path = Path(onnx_path)
     if not needs_function_strip(trt_version):
-        return onnx_path
+        return tensorrt_onnx(onnx_path)
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
+    to_tensorrt(model)  # the TensorRT variant of the stored graph
     if not any(f.domain == DOMAIN and f.name in OPS for f in model.functions):
-        return onnx_path
+        return tensorrt_onnx(onnx_path)
     out = onnx_path.with_name(f"{onnx_path.stem}.plugins{onnx_path.suffix}")
     tmp = out.with_name(f".{out.name}.partial")
     try:

@@ -76,12 +76,12 @@ def matmuls_feeding(model, outputs: tuple[str, ...]) -> set[str]:
     return found
 
 
-def float_nodes(graph: str, model) -> dict[str, str]:
-    """The weight MatMuls of ``graph`` that stay float, by node name, with their role
-    (:data:`prunevid.calibration.formats.FLOAT_ROLES`)."""
+def float_nodes(graph: str, model, roles: tuple[str, ...] = tuple(FLOAT_ROLES)) -> dict[str, str]:
+    """The weight MatMuls of ``graph`` that stay float, by node name, with their role: the entries
+    ``roles`` of :data:`prunevid.calibration.formats.FLOAT_ROLES` (a format's ``float_roles``)."""
     out: dict[str, str] = {}
     for role, (where, outputs, _why) in FLOAT_ROLES.items():
-        if where == graph:
+        if where == graph and role in roles:
             out.update({name: role for name in matmuls_feeding(model, outputs)})
     return out
 
@@ -104,7 +104,7 @@ class ChannelStats:
         return np.concatenate(self.rows) if self.rows else np.zeros((0, self.amax.shape[0]), np.float32)
 
 
-def _probe_session(model, tensors: list[str]):
+def probe_session(model, tensors: list[str]):
     """An ONNX Runtime CPU session of ``model`` with ``tensors`` exposed as extra outputs."""
     import onnx
     import onnxruntime as ort
@@ -124,7 +124,7 @@ def activation_stats(model, feeds: list[dict], tensors: list[str], rows_per_feed
                      seed: int = 0) -> dict[str, ChannelStats]:
     """Run ``model`` on every feed; per-channel statistics of each of ``tensors`` (flattened to
     ``[rows, C]``), streamed: nothing but the statistics and the row sample is kept."""
-    session = _probe_session(model, tensors)
+    session = probe_session(model, tensors)
     rng = np.random.default_rng(seed)
     stats: dict[str, ChannelStats] = {}
     for feed in feeds:
@@ -143,7 +143,7 @@ def activation_stats(model, feeds: list[dict], tensors: list[str], rows_per_feed
 def tensor_ranges(model, feeds: list[dict], tensors: list[str]) -> dict[str, dict[str, float]]:
     """Per-tensor ``lowest``, ``highest``, ``avg`` and ``std`` over every feed (streamed), what ONNX
     Runtime's quantizer reads from a calibration (min/max for int8, avg/std for float8)."""
-    session = _probe_session(model, tensors)
+    session = probe_session(model, tensors)
     acc: dict[str, list[float]] = {}
     for feed in feeds:
         for name, value in zip(tensors, session.run(tensors, feed)):

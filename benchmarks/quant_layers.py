@@ -104,8 +104,8 @@ def main() -> None:
         for graph, table in result[qdir.name]["graphs"].items():
             print(f"== {qdir.name} {graph}: stream tensor, cosine min, rel err max, added here")
             for row in table:
-                print(f"  {row['index']:3d} {row['tensor'][:60]:60s} {row['cosine_min']:.5f} {row['rel_err_max']:.4f} "
-                      (f"{row['added']:+.4f}" if row["added"] is not None else "(output)"))
+                added = f"{row['added']:+.4f}" if row["added"] is not None else "(output)"
+                print(f"  {row['index']:3d} {row['tensor'][:60]:60s} {row['cosine_min']:.5f} {row['rel_err_max']:.4f} {added}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 

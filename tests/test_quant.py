@@ -358,3 +358,30 @@ def test_margin_stats_explain_flips():
     assert m["top1_margin_q10_q50_q90"][1] == pytest.approx(2.0)
     assert m["logit_error_q10_q50_q90"][1] == pytest.approx(0.1)
     assert m["error_over_margin_median"] == pytest.approx(0.05)
+
+
+def test_qdq_sits_on_projection_inputs_only(int8_export, tiny_export):
+    """Q/DQ only on the weight MatMuls' inputs: no MatMul output is quantized (so neither the KV cache,
+    the attention products nor the residual stream), and the RoPE permutation (a signed permutation,
+    held by one node in the one-layer decoder_late) stays float with its input."""
+    out, _ = int8_export
+    for name in QUANTIZED_GRAPHS:
+        model = _load(out, name)
+        producers = {o: n for n in model.graph.node for o in n.output}
+        inits = scales.initializers(model)
+        for node in model.graph.node:
+            if node.op_type == "QuantizeLinear" and node.input[0] not in inits:
+                consumers = [c for c in model.graph.node if node.output[0] in c.input]
+                dq_users = {u.op_type for c in consumers for u in model.graph.node if c.output[0] in u.input}
+                assert producers[node.input[0]].op_type != "MatMul", node.name  # no MatMul output quantized
+                assert dq_users == {"MatMul"}, (node.name, dq_users)
+        float_model = _load(tiny_export, name)
+        perms = [n.name for n in float_model.graph.node if n.op_type == "MatMul"
+                 and n.input[1] in scales.initializers(float_model)
+                 and scales.signed_permutation(scales.initializers(float_model)[n.input[1]])]
+        assert perms  # RoPE's rotate-half is there ...
+        assert not set(perms) & {n.name for n in scales.weight_matmuls(float_model)}  # ... and never a weight
+        by_name = {n.name: n for n in model.graph.node}
+        for p in perms:
+            assert not any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
+                           for i in by_name[p].input), p

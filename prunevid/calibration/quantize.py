@@ -58,8 +58,9 @@ def _quantize_static(model, dst: Path, feeds: list[dict], fmt: Format, nodes: li
 
     wanted = {n.name for n in model.graph.node if n.name in nodes}
     inits = scales.initializers(model)
-    tensors = sorted({t for n in model.graph.node if n.name in wanted for t in (*n.input, *n.output)
-                      if t and t not in inits})
+    # the MatMuls' activation inputs only: their outputs (q/k/v, hence the KV cache and the attention
+    # products, and the o/down projections into the residual stream) stay float
+    tensors = sorted({t for n in model.graph.node if n.name in wanted for t in n.input if t and t not in inits})
     ranges = scales.tensor_ranges(model, feeds, tensors)
     fp8 = fmt.element == "float8e4m3fn"
     method = CalibrationMethod.Distribution if fp8 else CalibrationMethod.MinMax
@@ -72,7 +73,11 @@ def _quantize_static(model, dst: Path, feeds: list[dict], fmt: Format, nodes: li
         per_channel=not fp8, activation_type=qtype, weight_type=qtype, nodes_to_quantize=nodes,
         calibrate_method=method, calibration_cache_path=str(cache),
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True,
-                       "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}},
+                       "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+                       # ONNX Runtime's QDQ quantizer also quantizes a MatMul's output by default, and
+                       # from there the Reshape/Transpose/Slice after it: Q/DQ would land on the KV
+                       # cache, the attention products and the residual stream. Inputs only.
+                       "OpTypesToExcludeOutputQuantization": ["MatMul"]},
     )
 
 

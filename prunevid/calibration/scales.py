@@ -28,17 +28,31 @@ def initializers(model) -> dict:
     return {t.name: t for t in model.graph.initializer}
 
 
+def signed_permutation(init) -> bool:
+    """Whether the 2-D initializer ``init`` is a square matrix with one nonzero per row and column, each
+    +1 or -1: RoPE's rotate-half as a MatMul, computation rather than a learned weight."""
+    from onnx import numpy_helper
+
+    if len(init.dims) != 2 or init.dims[0] != init.dims[1]:
+        return False
+    w = numpy_helper.to_array(init)
+    nonzero = w != 0
+    return bool((nonzero.sum(axis=0) == 1).all() and (nonzero.sum(axis=1) == 1).all()
+                and np.isin(w[nonzero], (-1.0, 1.0)).all())
+
+
 def weight_matmuls(model) -> list:
     """MatMul nodes whose second input is a 2-D float initializer (``x @ W``, ``W [in, out]``) read by
-    that node alone. A constant several nodes share (the rotate-half permutation that every layer's
-    RoPE applies) is part of the computation, not a layer's projection weight: it is never quantized."""
+    that node alone and not a signed permutation. The rotate-half permutation that RoPE applies is part
+    of the computation, not a projection weight, whether several layers share it or a graph of one
+    layer holds it alone: it is never quantized, nor is its input."""
     from onnx import TensorProto
 
     inits = initializers(model)
     uses = _consumers(model)
     return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits
             and len(inits[n.input[1]].dims) == 2 and inits[n.input[1]].data_type == TensorProto.FLOAT
-            and len(uses[n.input[1]]) == 1]
+            and len(uses[n.input[1]]) == 1 and not signed_permutation(inits[n.input[1]])]
 
 
 def _producers(model) -> dict:

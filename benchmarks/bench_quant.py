@@ -136,11 +136,15 @@ def plot(path: Path, rows: dict) -> None:
     import matplotlib.pyplot as plt
 
     names = list(rows)
-    panels = (("decoder graphs (MB)", lambda r: r["decoder_bytes"] / 2**20),
+    panels = (("export folder (MB)", lambda r: r["export_bytes"] / 2**20),
+              ("decoder graphs (MB)", lambda r: r["decoder_bytes"] / 2**20),
               ("resident after warm-up (MB)", lambda r: r.get("rss_mb") or 0.0),
               ("decode (ms/token)", lambda r: r["decode_ms_per_token"]),
-              ("TTFT (ms)", lambda r: r["ttft_ms"]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+              ("TTFT (ms)", lambda r: r["ttft_ms"]),
+              ("next-token agreement (float: 1)", lambda r: r["accuracy"]["next_token_agreement"] if "accuracy" in r else 1.0),
+              ("kept-token IoU (float: 1)", lambda r: r["accuracy"]["kept_iou_mean"] if "accuracy" in r else 1.0))
+    fig, axes = plt.subplots(2, (len(panels) + 1) // 2, figsize=(4 * ((len(panels) + 1) // 2), 6.4))
+    axes = axes.ravel()
     for ax, (title, value) in zip(axes, panels):
         vals = [value(rows[n]) for n in names]
         ax.bar(names, vals, color=[f"C{i}" for i in range(len(names))])
@@ -148,6 +152,8 @@ def plot(path: Path, rows: dict) -> None:
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)
         for i, v in enumerate(vals):
             ax.text(i, v, f"{v:.0f}" if v >= 10 else f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    for ax in axes[len(panels):]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -426,3 +426,17 @@ def test_merger_graph_token_of_cell_equals_eager(tiny_export, real_clips, scene_
         assert int(out["token_of_cell"].max()) == int(out["num_merged"]) - 1
         layouts.add(tuple(ref.window_sizes))
     assert len(layouts) >= 2  # the clips segment differently
+
+
+def test_run_builds_the_prompt_once_and_a_new_question_anew(tiny_export, scene_cut_clip, monkeypatch):
+    import prunevid.runtime.text as text
+
+    runtime = RuntimePipeline(tiny_export)
+    built = []
+    real = text.export_prompt
+    monkeypatch.setattr(text, "export_prompt", lambda *a: built.append(a[2]) or real(*a))
+    runtime.run(scene_cut_clip, QUESTIONS[0], max_new_tokens=3)
+    assert built == [QUESTIONS[0]]  # the up-front check and generate share one tokenisation
+    runtime.run(scene_cut_clip, QUESTIONS[1], max_new_tokens=3)
+    assert built == [QUESTIONS[0], QUESTIONS[1]]
+    assert runtime.prompt(QUESTIONS[0], None).ids != runtime.prompt(QUESTIONS[1], None).ids

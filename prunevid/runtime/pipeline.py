@@ -46,6 +46,7 @@ class RuntimePipeline:
                         if isinstance(backend, str) else backend)
         self.backend.warm_up()
         self.chain = Chain(self.backend, self.geometry, self.float_type)
+        self._last_prompt = None  # ((question, template), prompt) of the last prompt() call
         self.last_trace: dict = {}  # hook for prunevid.explain: merger layout and keep index of the last run
 
     @property
@@ -53,9 +54,15 @@ class RuntimePipeline:
         return self.artifact.manifest["model"]
 
     def prompt(self, question: str, template: str | None):
+        """The prompt ids of ``question`` under ``template``; the last one is remembered, so that
+        :meth:`run`'s up-front check and :meth:`generate` tokenise it once."""
         from prunevid.runtime.text import export_prompt
 
-        return export_prompt(self.tokenizer, self.model, question, template)
+        last = self._last_prompt  # one read: (key, prompt), replaced whole (threads may share the pipeline)
+        if last is None or last[0] != (question, template):
+            last = ((question, template), export_prompt(self.tokenizer, self.model, question, template))
+            self._last_prompt = last
+        return last[1]
 
     def run(self, video: str | Path, question: str, *, max_new_tokens: int = 64, template: str | None = None,
             on_token: Callable[[int], None] | None = None) -> Answer:

@@ -16,18 +16,14 @@ the functions that need it. Two TensorRT lines are supported (``docs/deployment.
 
 from __future__ import annotations
 
-import sys
-import threading
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from prunevid.errors import ArtifactError, ConfigError, PruneVidError
 from prunevid.plugins.ops import DOMAIN
+from prunevid.progress import Progress
 from prunevid.trt.plugins import load_plugins, needs_function_strip, strip_functions_for_plugins
 
 # trtexec flags that select a precision (weak typing); all removed in TensorRT 11.
@@ -206,41 +202,6 @@ def trtexec_command(
 # --------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _phase(name: str, enabled: bool = True, stream=None) -> Iterator[None]:
-    """A spinner with the phase name and elapsed seconds (TensorRT's IProgressMonitor calls back
-    too rarely to be useful, ``docs/deployment.md`` section 4.2). On a non-terminal it prints one
-    line at the start and one at the end."""
-    stream = stream or sys.stderr
-    start = time.monotonic()
-    stop = threading.Event()
-    tty = enabled and hasattr(stream, "isatty") and stream.isatty()
-
-    def spin() -> None:
-        frames = "|/-\\"
-        i = 0
-        while not stop.wait(0.2):
-            stream.write(f"\r{frames[i % 4]} {name} {time.monotonic() - start:6.1f}s")
-            stream.flush()
-            i += 1
-
-    thread = threading.Thread(target=spin, daemon=True) if tty else None
-    if enabled and not tty:
-        stream.write(f"{name} ...\n")
-        stream.flush()
-    if thread:
-        thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        if thread:
-            thread.join()
-        if enabled:
-            stream.write(("\r" if tty else "") + f"{name} done in {time.monotonic() - start:.1f}s\n")
-            stream.flush()
-
-
 def _trt_version(trt) -> tuple[int, int]:
     parts = [int(p) for p in trt.__version__.split(".")[:2]]
     return parts[0], parts[1]
@@ -285,6 +246,7 @@ def build_engine(
         raise ConfigError("TensorRT 11 has no FP16 builder flag (strong typing only): give an FP16 ONNX instead")
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     trt.init_libnvinfer_plugins(logger, "")
+    steps = Progress(enabled=progress)
     loaded = load_plugins(plugins)
 
     parse_path = onnx_path
@@ -300,7 +262,7 @@ def build_engine(
         builder = trt.Builder(logger)
         network = builder.create_network(0)
         parser = trt.OnnxParser(network, logger)
-        with _phase(f"parse {onnx_path.name}", progress):
+        with steps.step(f"parse {onnx_path.name}"):
             ok = parser.parse_from_file(str(parse_path))
         if not ok:
             msgs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -326,13 +288,13 @@ def build_engine(
         cache = config.create_timing_cache(data)
         config.set_timing_cache(cache, False)
 
-    with _phase(f"build {engine_path.name}", progress):
+    with steps.step(f"build {engine_path.name}"):
         serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise TrtBuildError(f"TensorRT {trt.__version__} could not build an engine from {onnx_path} (see its log)")
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = engine_path.with_name(f".{engine_path.name}.partial")
-    with _phase(f"write {engine_path.name}", progress):
+    with steps.step(f"write {engine_path.name}"):
         tmp.write_bytes(bytes(serialized))
         tmp.replace(engine_path)
     if cache is not None:

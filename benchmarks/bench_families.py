@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 from pathlib import Path
 
 from common import DEFAULT_CACHE, bench_clip
-from measure import ROOT, measure_modes, source_digest, write_json
+from measure import ROOT, machine, measure_modes, source_digest, write_json
 
 ROWS = (("pllava", "medium"), ("llava-onevision", "ov32"))
 QUICK_ROWS = (("pllava", "tiny"), ("llava-onevision", "tiny"))
@@ -39,7 +40,7 @@ def model_and_export(cache: Path, family: str, geometry: str) -> tuple[Path, Pat
     out = cache / f"{model.name}-export-{source_digest()}"
     if not (out / "manifest.json").is_file():
         print(f"exporting into {out} ...", file=sys.stderr)
-        export(model, out, PruneConfig(), ExportOptions(), force=True)
+        export(model, out, PruneConfig(), ExportOptions(), force=True, progress=lambda m: print(m, file=sys.stderr))
     return model, out
 
 
@@ -57,17 +58,22 @@ def main() -> None:
         args.repeats, args.warmup, args.new_tokens = 1, 0, 4
     out = args.out or (args.cache / "bench-families-quick.json" if args.quick else ROOT / "benchmarks/bench-families.json")
     clip = bench_clip(args.cache)
+    exports = [model_and_export(args.cache, family, geometry)[1] for family, geometry in rows]  # all built first
+    load_at_start = os.getloadavg()  # the machine is shared: the load says how much to trust the times
     table = []
-    for family, geometry in rows:
-        _, export_dir = model_and_export(args.cache, family, geometry)
+    for (family, geometry), export_dir in zip(rows, exports):
         results, _ = measure_modes(export_dir, ("prunevid", "none"), clip, repeats=args.repeats, warmup=args.warmup,
                                    new_tokens=args.new_tokens, threads=0, interleave=True)
         pv, base = results["prunevid"], results["none"]
         table.append({"family": family, "geometry": geometry, "visual_tokens": pv["visual_tokens"],
                       "prompt_tokens": {"prunevid": pv["prompt_tokens"], "none": base["prompt_tokens"]},
                       "ttft_ms": {"prunevid": pv["ttft_ms"], "none": base["ttft_ms"]},
+                      "ttft_ms_per_repeat": {"prunevid": pv["ttft_ms_per_repeat"], "none": base["ttft_ms_per_repeat"]},
+                      "timings_ms": {"prunevid": pv["timings_ms"], "none": base["timings_ms"]},
                       "ttft_ratio": pv["ttft_ms"] / base["ttft_ms"]})
-    write_json(out, {"benchmark": "bench_families", "clip": clip.name, "repeats": args.repeats, "rows": table})
+    write_json(out, {"benchmark": "bench_families", "clip": clip.name, "repeats": args.repeats,
+                     "new_tokens": args.new_tokens, "machine": {**machine(0, False), "load_average_at_start": load_at_start},
+                     "rows": table})
     print(f"{'family':16s} {'geometry':8s} {'encoder':>8s} {'merged':>7s} {'kept':>6s} {'prefill':>8s} "
           f"{'kept rows':>9s} {'TTFT ratio':>10s}")
     for r in table:

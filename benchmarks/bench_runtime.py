@@ -43,7 +43,8 @@ def main() -> None:
     }
     write_json(args.out, summary)
     report(f"runtime, {args.geometry} geometry ({summary['machine']['cpu']}, threads {args.threads or 'default'})", figs)
-    print(f"export folder {figs['export_bytes'] / 2**20:.0f} MB vs weights {figs['weight_bytes'] / 2**20:.0f} MB")
+    print(f"export folder {figs['export_bytes'] / 2**20:.0f} MB vs weights {figs['weight_bytes'] / 2**20:.0f} MB "
+          f"({100 * (figs['export_bytes'] / figs['weight_bytes'] - 1):+.2f}%, tokenizer and merger included)")
     print("bandwidth: " + ", ".join(f"{k} {v['gbs']:.1f} GB/s (in cache {v['in_cache_gbs']:.1f})"
                                     for k, v in bw["kernels"].items()) + f"; bound uses {bw['kernel']}")
     if args.plot:

@@ -105,12 +105,34 @@ def open_pipeline(export_dir: Path, mode: str, threads: int):
     return pipe, bool(kwargs)
 
 
-def summarize(answers: list) -> dict:
-    """Medians over repeated answers of one mode."""
+def answer_timed(pipe, clip: Path, new_tokens: int) -> tuple:
+    """One answer and the wall time of each of its decode steps in ms (between successive tokens:
+    step ``j`` feeds token ``j`` and yields token ``j + 1``)."""
+    stamps: list[float] = []
+    answer = pipe.run(clip, QUESTION, max_new_tokens=new_tokens, on_token=lambda _: stamps.append(time.perf_counter()))
+    return answer, [1e3 * (b - a) for a, b in zip(stamps, stamps[1:])]
+
+
+def flatness(step_ms: list[list[float]]) -> dict:
+    """Per-token time across the answer: medians over answers of the first and last quarter of the
+    steps (at least one step each) and their ratio (1.0: flat)."""
+    if not step_ms or not step_ms[0]:
+        return {"first_ms": math.nan, "last_ms": math.nan, "last_over_first": math.nan, "per_step_ms": []}
+    n = len(step_ms[0])
+    q = max(n // 4, 1)
+    per_step = [statistics.median(run[j] for run in step_ms) for j in range(n)]
+    first, last = statistics.median(per_step[:q]), statistics.median(per_step[-q:])
+    return {"first_ms": first, "last_ms": last, "last_over_first": last / first, "quarter_steps": q,
+            "per_step_ms": per_step}
+
+
+def summarize(answers: list, step_ms: list[list[float]] | None = None) -> dict:
+    """Medians over repeated answers of one mode (``step_ms``: each answer's decode step times)."""
     first = answers[0]
     steps = len(first.token_ids) - 1
     decode = [a.timings_ms["decode"] / steps for a in answers] if steps > 0 else [math.nan]
     return {
+        "decode_flatness": flatness(step_ms or []),
         "timings_ms": {k: statistics.median(a.timings_ms.get(k, 0.0) for a in answers) for k in first.timings_ms},
         "ttft_ms": statistics.median(a.ttft_ms for a in answers),
         "ttft_ms_per_repeat": [a.ttft_ms for a in answers],
@@ -127,7 +149,7 @@ def measure_modes(export_dir: Path, modes: tuple[str, ...], clip: Path, *, repea
     rotate the order every repeat (fair under drifting load); otherwise modes run one after another
     and only one pipeline is resident at a time. Returns ({mode: summary}, threads applied)."""
     def answer(pipe):
-        return pipe.run(clip, QUESTION, max_new_tokens=new_tokens)
+        return answer_timed(pipe, clip, new_tokens)
 
     runs: dict[str, list] = {m: [] for m in modes}
     applied = False
@@ -152,15 +174,18 @@ def measure_modes(export_dir: Path, modes: tuple[str, ...], clip: Path, *, repea
                 runs[m].append(answer(pipe))
             del pipe
             gc.collect()
-    return {m: summarize(a) for m, a in runs.items()}, applied
+    return {m: summarize([a for a, _ in r], [t for _, t in r]) for m, r in runs.items()}, applied
 
 
-READ_KERNELS = {"np.max": "max", "np.dot(a, a)": "dot"}
+READ_KERNELS = {"np.max": "max", "np.dot(a, a)": "dot", "x @ A": "gemv"}
+GEMV_COLUMNS = 1024  # "x @ A" reads the array as a row-major [rows, 1024] matrix
 
 
 def _read(kernel: str, chunk):
     import numpy as np
 
+    if kernel == "gemv":  # x [rows] @ A [rows, 1024]: BLAS sgemv, the decode step's own access pattern
+        return np.ones(chunk.shape[0], chunk.dtype) @ chunk
     return np.max(chunk) if kernel == "max" else np.dot(chunk, chunk)
 
 
@@ -171,7 +196,8 @@ def _read_rate(kernel: str, data, threads: int, repeats: int) -> float:
 
     import numpy as np
 
-    chunks = np.array_split(data, max(threads, 1))
+    view = data.reshape(-1, GEMV_COLUMNS) if kernel == "gemv" else data  # rows split across threads
+    chunks = np.array_split(view, max(threads, 1))
     times = []
     with ThreadPoolExecutor(len(chunks)) as pool:
         for _ in range(repeats + 1):
@@ -182,16 +208,19 @@ def _read_rate(kernel: str, data, threads: int, repeats: int) -> float:
 
 
 def bandwidth(mib: int, threads: int, repeats: int = 5) -> dict:
-    """Streaming-read bandwidth of this machine: the fastest of two read kernels (``np.max``, and the
-    float32 ``np.dot`` of the array with itself, a BLAS sdot) over a ``mib`` MiB float32 array, split
-    across ``threads`` threads. Each kernel is also timed on a cache-resident 256 KiB array: a kernel
-    is a bandwidth measurement only where that rate is well above its rate on the large array (on the
-    development machine ``np.max`` alone, the old measurement, was near its own compute ceiling, about
-    18 GB/s in cache, so it understated the bandwidth and the decode bound was too lenient)."""
+    """Streaming-read bandwidth of this machine: the fastest of three read kernels (``np.max``, the
+    float32 ``np.dot`` of the array with itself, a BLAS sdot, and ``x @ A``, a BLAS sgemv over the array
+    as a ``[rows, 1024]`` matrix, the decode step's own access pattern) over a ``mib`` MiB float32
+    array, split across ``threads`` threads. Each kernel is also timed on a cache-resident 256 KiB
+    array: a kernel is a bandwidth measurement only where that rate is well above its rate on the large
+    array (on the development machine ``np.max`` alone, the first measurement, was near its own compute
+    ceiling, about 18 GB/s in cache, so it understated the bandwidth and the decode bound was too
+    lenient; sgemv, with several rows in flight, read a 14 MiB matrix at about 1.3x ``np.max``'s rate
+    under the same load)."""
     import numpy as np
 
-    data = np.ones(mib * 2**20 // 4, dtype=np.float32)  # every page touched before timing
-    small = np.ones(2**16, dtype=np.float32)
+    data = np.ones(max(mib, 1) * 2**20 // 4, dtype=np.float32)  # every page touched before timing
+    small = np.ones(2**16, dtype=np.float32)  # 256 KiB: 64 rows of the sgemv view
     kernels = {}
     for name, kernel in READ_KERNELS.items():
         kernels[name] = {"gbs": _read_rate(kernel, data, threads, repeats),
@@ -201,16 +230,17 @@ def bandwidth(mib: int, threads: int, repeats: int = 5) -> dict:
             "kernels": kernels}
 
 
-def resident_memory(export_dir: Path, clip: Path, modes: dict[str, str], args) -> dict | None:
-    """VmRSS (and VmHWM) in MB of a fresh runtime process per mode ({name: mode}) after two warm-up
-    answers; None when skipped (--skip-memory) or when a process fails (say, killed for memory)."""
+def resident_memory(export_dir: Path, clip: Path, modes: dict[str, str], args, warmups: int = 2) -> dict | None:
+    """Resident memory in MB of a fresh runtime process per mode ({name: mode}) at the points of
+    ``resident.py`` (between answers after ``warmups`` warm-up answers, peak during the next answer's
+    decode, VmHWM); None when skipped (--skip-memory) or when a process fails (say, killed for memory)."""
     if args.skip_memory:
         return None
     print("resident memory ...", file=sys.stderr)
     out = {}
     for name, mode in modes.items():
         cmd = [sys.executable, str(Path(__file__).with_name("resident.py")), str(export_dir), str(clip), mode,
-               str(args.threads), str(args.new_tokens)]
+               str(args.threads), str(args.new_tokens), str(warmups)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             print(f"resident memory of {mode} not measured: exit {done.returncode}", file=sys.stderr)
@@ -253,16 +283,25 @@ def figures(pv: dict, base: dict, cfg, layer: int, bandwidth_gbs: float, memory:
         steps = res.get("decode_steps", 0)
         bound = costs.decode_bound_ms(cfg, cache + steps / 2, bandwidth_gbs, dtype_bytes)  # mean cache length
         ms = res.get("decode_ms_per_token", math.nan)
+        flat = res.get("decode_flatness")
+        if flat and flat.get("quarter_steps"):  # what the attention read alone adds from the first to the last quarter
+            q = flat["quarter_steps"]
+            flat = {**flat, "bound_last_over_first": costs.decode_bound_ms(cfg, cache + steps - q / 2, bandwidth_gbs, dtype_bytes)
+                    / costs.decode_bound_ms(cfg, cache + q / 2, bandwidth_gbs, dtype_bytes)}
         out["decode"][name] = {"ms_per_token": ms, "bound_ms_per_token": bound, "fraction_of_bound": bound / ms,
-                               "cache_positions": cache, "steps": steps}
+                               "cache_positions": cache, "steps": steps, "flatness": flat}
     if memory is not None:
         out["memory"] = {}
         for name, res, cache in (("prunevid", pv, kept), ("baseline", base, seq_base)):
             kv = costs.kv_bytes(cfg.text, cache + res.get("decode_steps", 0), dtype_bytes)  # cache after the answer
             rss = memory[name]["rss_mb"] * 2**20
-            out["memory"][name] = {**memory[name], "weights_mb": weights.total / 2**20, "kv_mb": kv / 2**20,
-                                   "resident_over_weights": rss / weights.total,
-                                   "resident_over_weights_plus_kv": rss / (weights.total + kv)}
+            entry = {**memory[name], "weights_mb": weights.total / 2**20, "kv_mb": kv / 2**20,
+                     "resident_over_weights": rss / weights.total,
+                     "resident_over_weights_plus_kv": rss / (weights.total + kv)}
+            if "decode_peak_mb" in memory[name]:  # the defined point: peak during an answer's decode
+                alloc = memory[name]["kv_alloc_bytes"]
+                entry["decode_peak_over_weights_plus_kv"] = memory[name]["decode_peak_mb"] * 2**20 / (weights.total + alloc)
+            out["memory"][name] = entry
     return out
 
 
@@ -283,9 +322,20 @@ def report(title: str, f: dict) -> None:
         print(f"decode {name:8s}: {d['ms_per_token']:.2f} ms/token vs bandwidth bound {d['bound_ms_per_token']:.2f} ms "
               f"({100 * d['fraction_of_bound']:.0f}% of bound; {f['bandwidth_gbs']:.1f} GB/s, cache {d['cache_positions']} "
               f"+ {d['steps']} steps)")
+    for name, d in f["decode"].items():
+        fl = d.get("flatness")
+        if fl:
+            print(f"decode {name:8s}: per-token time first / last quarter of the answer {fl['first_ms']:.2f} / "
+                  f"{fl['last_ms']:.2f} ms ({fl['last_over_first']:.3f}x; the attention read alone: "
+                  f"{fl.get('bound_last_over_first', math.nan):.3f}x)")
     for name, m in f.get("memory", {}).items():
-        print(f"memory {name:8s}: resident {m['rss_mb']:.0f} MB after warm-up vs weights {m['weights_mb']:.0f} MB "
-              f"({m['resident_over_weights']:.2f}x) + KV {m['kv_mb']:.0f} MB ({m['resident_over_weights_plus_kv']:.2f}x)")
+        print(f"memory {name:8s}: between answers {m['rss_mb']:.0f} MB vs weights {m['weights_mb']:.0f} MB "
+              f"({m['resident_over_weights']:.2f}x)")
+        if "decode_peak_over_weights_plus_kv" in m:
+            print(f"memory {name:8s}: peak during decode {m['decode_peak_mb']:.0f} MB vs weights + the answer's KV block "
+                  f"{m['weights_mb'] + m['kv_alloc_bytes'] / 2**20:.0f} MB ({m['decode_peak_over_weights_plus_kv']:.2f}x); "
+                  f"process before any graph {m['base_mb']:.0f} MB, after loading {m['loaded_mb']:.0f} MB, "
+                  f"VmHWM {m['hwm_mb']:.0f} MB")
 
 
 def machine(threads: int, threads_applied: bool) -> dict:

@@ -19,6 +19,7 @@ import click
 
 from prunevid import __version__
 from prunevid.errors import PruneVidError
+from prunevid.model.config import FAMILIES
 from prunevid.progress import Progress
 
 from prunevid.runtime.templates import ALL_TEMPLATES, DEFAULT_TEMPLATE
@@ -238,7 +239,7 @@ def explain(model_dir, engine_dir, video, question, out, frames, mode, force):
 
 
 @cli.command()
-@click.option("--model", "family", type=click.Choice(["pllava", "llava-onevision"]), default="pllava",
+@click.option("--model", "family", type=click.Choice(list(FAMILIES)), default="pllava",
               show_default=True, help="Model family; the checkpoint's config.json must match.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Checkpoint folder [the demo's tiny PLLaVA, built on first use].")
@@ -484,7 +485,7 @@ def build_plugins(out, trt_include, cuda_home, arch):
 
 
 @cli.command("make-tiny")
-@click.option("--model", type=click.Choice(["pllava", "llava-onevision"]), default="pllava", show_default=True)
+@click.option("--model", type=click.Choice(list(FAMILIES)), default="pllava", show_default=True)
 @click.option("--geometry", type=click.Choice(["tiny", "medium", "bench", "ov32"]), default="tiny", show_default=True,
               help="tiny: 16 tokens/frame, 12-layer 64-wide LLM; medium: 144 tokens/frame, same LLM; "
                    "bench: 144 tokens/frame, 32-layer 768-wide LLM (pllava); ov32: 32 frames x 196 tokens "
@@ -600,7 +601,7 @@ def demo_clip(cache: Path) -> Path:
               help="tiny: 16 tokens/frame, built in seconds; bench: PLLaVA-7B's 2304 visual tokens and a "
                    "32-layer LLM, where pruning pays in time (built and exported once, minutes).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
-@click.option("--model", type=click.Choice(["pllava", "llava-onevision"]), default="pllava", show_default=True,
+@click.option("--model", type=click.Choice(list(FAMILIES)), default="pllava", show_default=True,
               help="Model family of the random model (llava-onevision: geometry tiny or ov32).")
 def demo(video, question, geometry, as_json, model):
     """Export a random PLLaVA, answer with PruneVid and with the baseline on the runtime, show the saving."""

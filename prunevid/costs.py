@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prunevid.model.config import ModelConfig, TextConfig, VisionConfig
+from prunevid.model.config import FAMILIES, ModelConfig, TextConfig, VisionConfig
 
 # PLLaVA-7B: CLIP ViT-L/14-336 (features of layer -2, so 23 of 24 layers run), a 1024 -> 4096 -> 4096
 # projector, LLaMA-7B (Vicuna-7B v1.5) with 32 layers, selection layer K = 10. Sizes: models.md 4.1.
@@ -51,9 +51,10 @@ def encoder_flops(cfg: ModelConfig, frames: int) -> float:
     v = cfg.vision
     patches = v.grid * v.grid
     patch_embed = 2 * patches * (v.num_channels * v.patch_size**2) * v.hidden_size
-    layers = vision_layers_run(cfg) * vit_layer_flops(v, patches + 1)
+    tokens = patches + FAMILIES[cfg.family].tower.class_token  # CLIP: + CLS; SigLIP: patches only
+    layers = vision_layers_run(cfg) * vit_layer_flops(v, tokens)
     c = cfg.text.hidden_size
-    projector = 2 * patches * (v.hidden_size * c + c * c)  # CLS dropped before the projector
+    projector = 2 * patches * (v.hidden_size * c + c * c)  # CLS (where there is one) dropped before the projector
     return float(frames * (patch_embed + layers + projector))
 
 
@@ -128,12 +129,16 @@ class WeightBytes:
 
 
 def vision_params(cfg: ModelConfig) -> int:
-    """Parameters of the patch/position embeddings, the pre-norm and the CLIP layers that run."""
-    v = cfg.vision
+    """Parameters of the patch/position embeddings, the pre-norm and the encoder layers that run,
+    laid out as the family's tower declares (:class:`prunevid.model.config.VisionTower`); the
+    post-encoder norm, which neither family applies to the features it uses, is not counted."""
+    v, tower = cfg.vision, FAMILIES[cfg.family].tower
     d, inter = v.hidden_size, v.intermediate_size
-    embeddings = v.num_channels * v.patch_size**2 * d + d + (v.grid * v.grid + 1) * d  # conv (no bias), CLS, positions
+    positions = v.grid * v.grid + tower.class_token  # one per patch (+ the CLS token's)
+    embeddings = (v.num_channels * v.patch_size**2 * d + d * tower.patch_bias  # patch convolution
+                  + d * tower.class_token + positions * d)  # class embedding, position table
     layer = 4 * (d * d + d) + 2 * d * inter + inter + d + 2 * 2 * d  # q, k, v, o; fc1, fc2; two LayerNorms
-    return embeddings + 2 * d + vision_layers_run(cfg) * layer  # + pre_layrnorm
+    return embeddings + 2 * d * tower.pre_norm + vision_layers_run(cfg) * layer  # + pre_layrnorm (CLIP)
 
 
 def llm_layer_params(text: TextConfig) -> int:
@@ -154,7 +159,7 @@ def weight_bytes(cfg: ModelConfig, dtype_bytes: int = 4) -> WeightBytes:
         vision=vision_params(cfg) * dtype_bytes,
         projector=(d * c + c + c * c + c) * dtype_bytes,
         llm_layers=t.num_hidden_layers * llm_layer_params(t) * dtype_bytes,
-        embed=t.vocab_size * c * dtype_bytes,
+        embed=(t.vocab_size + len(cfg.after_visual_ids)) * c * dtype_bytes,  # + OneVision's image_newline row
         head=head * dtype_bytes,
     )
 

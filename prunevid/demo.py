@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from prunevid.model.config import FAMILIES
 from prunevid.progress import Progress
 
 GEOMETRIES = ("tiny", "bench")
@@ -213,7 +214,7 @@ def _suffix(model: str) -> str:
 def report_lines(report: dict[str, Any]) -> list[str]:
     """The report as the lines the demo prints."""
     geometry = report["geometry"]
-    family = {"pllava": "PLLaVA", "llava-onevision": "LLaVA-OneVision"}.get(report.get("family", "pllava"))
+    family = FAMILIES[report.get("family", "pllava")].title
     lines = [f"prunevid demo ({geometry} {family}, RANDOM weights: the answers are noise; this shows cost "
              f"and which tokens are kept, not accuracy)",
              f"model    {report['model']}",

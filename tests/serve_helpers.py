@@ -126,11 +126,39 @@ def data_url(path: Path, media_type: str = "video/mp4") -> str:
     return f"data:{media_type};base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
-class Canary:
-    """A loopback HTTP server that counts hits: serves a clip, redirects, trickles, and oversends."""
+def self_signed(host: str, folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for ``host`` (as its subject alternative name) and its key, as PEM
+    files in ``folder``: (certificate, key)."""
+    import datetime
 
-    def __init__(self, clip: Path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / f"{host}.crt", folder / f"{host}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+class Canary:
+    """A loopback HTTP server that counts hits: serves a clip, redirects, trickles, and oversends.
+    With ``tls`` (certificate, key) it speaks https and records the SNI names clients sent."""
+
+    def __init__(self, clip: Path, tls: tuple[Path, Path] | None = None):
         hits = self.hits = []
+        self.sni: list[str | None] = []
         body = Path(clip).read_bytes()
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -180,6 +208,13 @@ class Canary:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        if tls is not None:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            context.sni_callback = lambda _sock, name, _ctx: self.sni.append(name)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
         self.thread.start()

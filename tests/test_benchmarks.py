@@ -71,6 +71,30 @@ def test_figures_by_hand(measure):
     assert f["memory"]["baseline"]["resident_over_weights_plus_kv"] == 120.0 * 2**20 / (wb + costs.kv_bytes(cfg.text, 346))
 
 
+def test_flatness_first_and_last_quarter_by_hand(measure):
+    runs = [[10.0, 12.0, 11.0, 11.0, 13.0, 12.0, 14.0, 16.0], [12.0, 10.0, 11.0, 11.0, 13.0, 12.0, 16.0, 14.0]]
+    f = measure.flatness(runs)  # per-step medians 11, 11, 11, 11, 13, 12, 15, 15; quarter = 2 steps
+    assert f["per_step_ms"] == [11.0, 11.0, 11.0, 11.0, 13.0, 12.0, 15.0, 15.0]
+    assert (f["first_ms"], f["last_ms"], f["quarter_steps"]) == (11.0, 15.0, 2)
+    assert f["last_over_first"] == 15.0 / 11.0
+    assert math.isnan(measure.flatness([])["last_over_first"])
+
+
+def test_memory_at_decode_peak_against_weights_plus_the_answers_kv_block(measure):
+    from prunevid.model.tiny import GEOMETRIES, tiny_config
+
+    cfg = tiny_config(GEOMETRIES["tiny"], {"vocab_size": 512, "image_token_id": 500, "pad_token_id": 0})
+    pv = {**_summary(40.0, 10.0, 5.0, 150, 3.0), "ttft_ms": 55.0}
+    base = {**_summary(200.0, 10.0, 0.0, 342, 6.0), "ttft_ms": 210.0}
+    kv = costs.kv_bytes(cfg.text, 150 + 4)
+    memory = {"prunevid": {"rss_mb": 100.0, "decode_peak_mb": 130.0, "kv_alloc_bytes": kv, "base_mb": 50.0,
+                           "loaded_mb": 90.0, "hwm_mb": 200.0}, "baseline": {"rss_mb": 120.0}}
+    f = measure.figures(pv, base, cfg, 10, 10.0, memory)
+    wb = costs.weight_bytes(cfg).total
+    assert f["memory"]["prunevid"]["decode_peak_over_weights_plus_kv"] == 130.0 * 2**20 / (wb + kv)
+    assert "decode_peak_over_weights_plus_kv" not in f["memory"]["baseline"]
+
+
 def _finite_ratios(figures: dict, positive: bool = True) -> None:
     """Finite ratios; measured ones also positive (extrapolated ones are differences of noisy times)."""
     for key in ("ttft_ratio", "prefill_time_ratio", "prefill_flops_ratio", "merger_share_of_ttft", "bandwidth_gbs"):
@@ -93,7 +117,7 @@ def test_benchmark_script_quick_end_to_end(script, tiny_model_dir, tiny_export, 
     assert data["settings"]["repeats"] == 1 and data["settings"]["new_tokens"] == 4
     assert data["bandwidth"]["gbs"] > 0
     kernels = data["bandwidth"]["kernels"]  # the bound takes the fastest streaming read
-    assert set(kernels) == {"np.max", "np.dot(a, a)"} and all(k["in_cache_gbs"] > 0 for k in kernels.values())
+    assert set(kernels) == {"np.max", "np.dot(a, a)", "x @ A"} and all(k["in_cache_gbs"] > 0 for k in kernels.values())
     assert data["bandwidth"]["gbs"] == max(k["gbs"] for k in kernels.values())
     assert kernels[data["bandwidth"]["kernel"]]["gbs"] == data["bandwidth"]["gbs"]
     _finite_ratios(data["figures"], positive=script == "bench_runtime.py")
@@ -107,3 +131,11 @@ def test_benchmark_script_quick_end_to_end(script, tiny_model_dir, tiny_export, 
     else:
         mem = data["figures"]["memory"]["prunevid"]
         assert mem["rss_mb"] > 0 and math.isfinite(mem["resident_over_weights"])
+        # the defined point: the peak while the third answer decodes, its KV block allocated
+        assert mem["decode_peak_mb"] >= mem["base_mb"] > 0 and mem["kv_rows"] == data["figures"]["tokens"]["kept"] + 3
+        assert math.isfinite(mem["decode_peak_over_weights_plus_kv"])
+        for mode in ("prunevid", "baseline"):  # per-token flatness: 3 steps, one per quarter
+            flat = data["figures"]["decode"][mode]["flatness"]
+            assert len(flat["per_step_ms"]) == 3 and flat["quarter_steps"] == 1
+            assert flat["first_ms"] == flat["per_step_ms"][0] and flat["last_ms"] == flat["per_step_ms"][-1]
+        assert "per-token time first / last" in done.stdout and "peak during decode" in done.stdout

@@ -107,13 +107,18 @@ def _hf_ids(prompt, cfg, visual_rows: int) -> list[int]:
 
 def test_unpruned_logits_and_greedy_ids_equal_transformers(ov_dir, ov_model, hf_model, real_clips,
                                                           scene_cut_clip) -> None:
+    model, cfg = ov_model
+    hf, _ = hf_model
+    _assert_unpruned_equals_transformers(ov_dir, model, cfg, hf, _clip(real_clips, scene_cut_clip, "bikes"))
+
+
+def _assert_unpruned_equals_transformers(model_dir: Path, model, cfg, hf, clip: Path) -> None:
+    """Full-length logits within 1e-4 of transformers' and the same 10 greedy ids, on ``clip``."""
     from prunevid.model.llama import causal_mask
     from prunevid.reference import VisualInput, greedy, prefill, splice
 
-    model, cfg = ov_model
-    hf, _ = hf_model
-    pixels = _pixels(ov_dir, cfg, _clip(real_clips, scene_cut_clip, "bikes"))
-    prompt = _prompt(ov_dir, cfg)
+    pixels = _pixels(model_dir, cfg, clip)
+    prompt = _prompt(model_dir, cfg)
     with torch.inference_mode():
         features = model.encode(pixels)  # [T, L, C]
         t, l, c = features.shape
@@ -133,6 +138,54 @@ def test_unpruned_logits_and_greedy_ids_equal_transformers(ov_dir, ov_model, hf_
         generated = hf.generate(input_ids=ids, pixel_values_videos=pixels[None], max_new_tokens=10,
                                 min_new_tokens=10, do_sample=False)
     assert mine == generated[0, ids.shape[1]:].tolist()
+
+
+@pytest.fixture(scope="module")
+def ov_off_grid_dir(ov_dir, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny OneVision at 104 px: 104 = 7 x 14 + 6, not a multiple of the patch size, as the real
+    384 = 27 x 14 + 6. The patch convolution drops the last 6 px, so the grid (7 x 7), the position
+    table and every weight are those of the 98 px model; only config.json and the preprocessor change."""
+    folder = tmp_path_factory.mktemp("ov104") / "tiny-ov-104"
+    shutil.copytree(ov_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_config"]["image_size"] = 104
+    (folder / "config.json").write_text(json.dumps(config))
+    _edit_json(folder / "preprocessor_config.json", size={"height": 104, "width": 104})
+    return folder
+
+
+def test_image_size_off_the_patch_grid_equals_transformers(ov_off_grid_dir, real_clips, scene_cut_clip) -> None:
+    """At an image size that is not a multiple of the patch size: the same 7 x 7 grid as transformers
+    (image_size // patch_size), the same logits and greedy ids, and the preprocessing (a square
+    resize to 104 px, not to a multiple of 14) equals transformers' SigLIP image processor."""
+    transformers = pytest.importorskip("transformers")
+    from prunevid.model.checkpoint import load_model
+    from prunevid.runtime.video import Preprocess
+
+    model, cfg = load_model(ov_off_grid_dir)
+    assert (cfg.vision.image_size, cfg.vision.grid, cfg.pooling_shape) == (104, 7, (16, 4, 4))
+    hf, info = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(
+        ov_off_grid_dir, output_loading_info=True, dtype=torch.float32)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    clip = _clip(real_clips, scene_cut_clip, "bikes")
+    _assert_unpruned_equals_transformers(ov_off_grid_dir, model, cfg, hf.eval(), clip)
+    _assert_preprocessing_equals_siglip(clip, Preprocess.from_json(ov_off_grid_dir / "preprocessor_config.json", 104),
+                                        104)
+
+
+def _assert_preprocessing_equals_siglip(clip: Path, pp, size: int) -> None:
+    """Four frames of ``clip`` through ``pp`` equal transformers' SigLIP image processor at ``size``
+    (square bicubic resize, mean/std 0.5) within 1e-5."""
+    module = pytest.importorskip("transformers.models.siglip.image_processing_pil_siglip")
+    from prunevid.runtime.video import preprocess_frames, read_frames
+
+    frames = read_frames(clip, 4)
+    processor = module.SiglipImageProcessorPil(size={"height": size, "width": size}, resample=3,
+                                               image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    ref = np.asarray(processor(list(frames), return_tensors="np", input_data_format="channels_last")["pixel_values"])
+    ours = preprocess_frames(frames, pp)
+    assert ours.shape == ref.shape == (4, 3, size, size)
+    assert np.abs(ours - ref).max() <= 1e-5
 
 
 def test_eager_pipeline_unpruned_answers_as_transformers(ov_dir, ov_model, hf_model, real_clips, scene_cut_clip) -> None:
@@ -157,21 +210,13 @@ def test_eager_pipeline_unpruned_answers_as_transformers(ov_dir, ov_model, hf_mo
 def test_preprocessing_equals_transformers_siglip(real_clips, name: str) -> None:
     """OneVision's video preprocessing (square bicubic resize to 384, mean/std 0.5) equals
     transformers' SigLIP image processor frame by frame on the real clips. (transformers'
-    LlavaOnevisionVideoProcessor needs torchvision, which does not import beside the CPU torch.)"""
-    module = pytest.importorskip("transformers.models.siglip.image_processing_pil_siglip")
+    LlavaOnevisionVideoProcessor needs torchvision, which is not installed here.)"""
     from prunevid.model.tiny import _onevision_preprocessor
-    from prunevid.runtime.video import Preprocess, preprocess_frames, read_frames
+    from prunevid.runtime.video import Preprocess
 
     if name not in real_clips:
         pytest.skip(f"{name} not bundled")
-    frames = read_frames(real_clips[name], 4)
-    pp = Preprocess._from_dict(_onevision_preprocessor(384))
-    processor = module.SiglipImageProcessorPil(size={"height": 384, "width": 384}, resample=3,
-                                               image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    ref = np.asarray(processor(list(frames), return_tensors="np", input_data_format="channels_last")["pixel_values"])
-    ours = preprocess_frames(frames, pp)
-    assert ours.shape == ref.shape == (4, 3, 384, 384)
-    assert np.abs(ours - ref).max() <= 1e-5
+    _assert_preprocessing_equals_siglip(real_clips[name], Preprocess._from_dict(_onevision_preprocessor(384)), 384)
 
 
 # ---------------------------------------------------------------- PruneVid on OneVision
@@ -445,9 +490,48 @@ def test_a_template_of_the_other_family_is_named_in_one_line(ov_dir, tiny_model_
                                   "ov-chat"]), "replace <image>; use one of its templates")
 
 
+def test_vision_params_count_the_siglip_tower(ov_model, hf_model) -> None:
+    """The analytic SigLIP count (conv bias, no class token, no pre-norm; every layer runs at
+    feature layer -1; post_layernorm loaded but not applied) equals the real tower's, ours and
+    transformers'; counted as a CLIP tower it would be 3 x hidden off."""
+    from dataclasses import replace
+
+    from prunevid import costs
+
+    model, cfg = ov_model
+    hf, _ = hf_model
+    d = cfg.vision.hidden_size
+    assert costs.vision_layers_run(cfg) == cfg.vision.num_hidden_layers
+    ours = sum(p.numel() for n, p in model.vision_tower.named_parameters() if "post_layernorm" not in n)
+    theirs = sum(p.numel() for n, p in hf.model.vision_tower.named_parameters() if "post_layernorm" not in n)
+    assert costs.vision_params(cfg) == ours == theirs
+    assert costs.vision_params(replace(cfg, family="pllava")) == ours + 3 * d
+    wb = costs.weight_bytes(cfg)
+    assert wb.vision == 4 * ours
+    assert wb.projector == 4 * sum(p.numel() for p in model.multi_modal_projector.parameters())
+    embed = model.language_model.model.embed_tokens.weight.numel() + model.image_newline.numel()
+    assert wb.embed == 4 * embed
+    # the encoder's FLOPs run the SigLIP layers over the patches alone (no class token)
+    v, c, patches = cfg.vision, cfg.text.hidden_size, cfg.vision.grid ** 2
+    by_hand = (2 * patches * 3 * v.patch_size ** 2 * d + v.num_hidden_layers * costs.vit_layer_flops(v, patches)
+               + 2 * patches * (d * c + c * c))
+    assert costs.encoder_flops(cfg, 1) == by_hand
+
+
 def test_llm_layer_params_count_qwen2_biases(ov_model) -> None:
     from prunevid.costs import llm_layer_params
 
     model, cfg = ov_model
     layer = model.language_model.model.layers[0]
     assert llm_layer_params(cfg.text) == sum(p.numel() for p in layer.parameters())
+
+
+@pytest.mark.parametrize("command", ["export", "make-tiny", "demo"])
+def test_model_choices_are_the_families(command: str) -> None:
+    """``--model`` offers exactly the families of ``FAMILIES`` (declared once, not listed by hand)."""
+    from prunevid.cli import cli
+    from prunevid.model.config import FAMILIES
+
+    option = next(p for p in cli.commands[command].params if "--model" in p.opts)
+    assert list(option.type.choices) == list(FAMILIES) == ["pllava", "llava-onevision"]
+

@@ -105,3 +105,57 @@ def test_large_cache_blocks_are_anonymous_mappings_of_zero_pages():
     assert big.sum() == 5.0
     small = zeros((2, 3), np.float16)
     assert small.dtype == np.float16 and not small.any() and small.base is None
+
+
+def test_prefill_and_decode_release_the_heap_once_their_activations_are_freed(tiny_export, scene_cut_clip):
+    """The prompt's freed outputs (new K/V rows of every layer, hidden states) go back to the OS
+    before the first decode step: the runner's release() runs once after the last prefill graph,
+    when none of those outputs is alive any more (only the logits, kept in the state); and once
+    after the last decode step."""
+    import gc
+    import weakref
+
+    from prunevid.runtime.pipeline import RuntimePipeline
+
+    runtime = RuntimePipeline(tiny_export, threads=1)
+    backend = runtime.backend
+    events: list = []
+
+    class Spy:
+        def run(self, graph, feeds):
+            out = backend.run(graph, feeds)
+            events.append((graph, {k: weakref.ref(v) for k, v in out.items() if isinstance(v, np.ndarray)}))
+            return out
+
+        def release(self):
+            gc.collect()  # only what a reference cycle would hold; plain references are counted
+            alive = [(g, k) for g, refs in events if g.startswith("decoder") for k, r in refs.items()
+                     if r() is not None and k != "logits"]
+            events.append(("release", alive))
+            backend.release()
+
+    runtime.chain.runner = Spy()
+    answer = runtime.run(scene_cut_clip, "What moves?", max_new_tokens=2)
+    names = [e[0] for e in events]
+    first_step = names.index("embed", names.index("decoder_late"))  # the decode step's own embed
+    assert names[:first_step].count("release") == 1 and names[first_step - 1] == "release"
+    assert events[first_step - 1][1] == []  # no decoder output but the logits alive at that point
+    # once more when the answer's decode ends, not per step (the backend trims by graph time)
+    assert names.count("release") == 2 and names[-1] == "release" and names[-2] == "decoder_late"
+    assert len(answer.token_ids) == 2
+
+
+def test_an_answer_returns_the_heap_after_prefill_after_decode_and_after_the_answer(tiny_export, scene_cut_clip):
+    """With the graph-time trims off, exactly three trims per answer of run(): after the prompt, after
+    the last decode step, and once run() has dropped the answer's pixels; generate() alone (the
+    server's path, whose caller holds the pixels) makes the first two."""
+    from prunevid.runtime.pipeline import RuntimePipeline
+
+    runtime = RuntimePipeline(tiny_export, threads=1)
+    runtime.backend.trim_after_ms = float("inf")
+    runtime.backend.trim = counter = Counter()
+    runtime.run(scene_cut_clip, "What moves?", max_new_tokens=3)
+    assert counter.n == 3
+    pixels = runtime.prepare(scene_cut_clip)
+    runtime.generate(pixels, "What moves?", max_new_tokens=3)
+    assert counter.n == 5

@@ -257,6 +257,39 @@ def test_a_decode_that_never_ends_is_killed_at_the_time_cap(live, media, tuned):
     assert httpx.get(live.url + "/health/ready", timeout=10).status_code == 200
 
 
+def _live_playlist(media: Path) -> Path:
+    """A real input that decodes forever: a live HLS playlist (no #EXT-X-ENDLIST, so no duration for
+    the header checks) whose one segment, an MPEG-TS remux of the clip, lies beside it. The demuxer
+    plays the segment, then waits for the playlist to grow, reloading it for ever."""
+    import av
+
+    segment = media / "live-0.ts"
+    with av.open(str(media / "clip.mp4")) as src, av.open(str(segment), "w", format="mpegts") as dst:
+        stream = src.streams.video[0]
+        out = dst.add_stream_from_template(stream)
+        for packet in src.demux(stream):
+            if packet.dts is not None:
+                packet.stream = out
+                dst.mux(packet)
+    playlist = media / "live.m3u8"
+    playlist.write_text("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n"
+                        f"#EXTINF:2.0,\n{segment.name}\n")
+    return playlist
+
+
+def test_a_live_playlist_that_never_ends_is_killed_at_the_time_cap(live, media, tuned):
+    playlist = _live_playlist(media)
+    tuned(decode_timeout_s=3.0)
+    t0 = time.monotonic()
+    r = post(live, chat(file_url(media, playlist.name), max_tokens=2))
+    assert r.status_code == 504 and r.json()["error"]["type"] == "timeout", r.text
+    assert 3.0 <= time.monotonic() - t0 < 10
+    assert _decode_children() == []
+    idle(live)
+    assert httpx.get(live.url + "/health/ready", timeout=10).status_code == 200
+    assert post(live, chat(file_url(media), max_tokens=2)).status_code == 200
+
+
 def test_duration_and_frame_size_caps_refuse_before_decoding(live, media, tuned):
     tuned(max_video_seconds=0.5)
     r = post(live, chat(file_url(media), max_tokens=2))
@@ -289,6 +322,9 @@ def _cases(media: Path, tmp: Path) -> list[tuple[str, object, int]]:
     link = media / "escape.mp4"
     if not link.exists():
         link.symlink_to(outside)
+    fifo = media / "pipe.mp4"  # a reader of a FIFO would wait for ever: refused as not a regular file
+    if not fifo.exists():
+        os.mkfifo(fifo)
     return [
         ("bad JSON", b"{not json", 400),
         ("JSON array", [1, 2], 400),
@@ -334,6 +370,7 @@ def _cases(media: Path, tmp: Path) -> list[tuple[str, object, int]]:
         ("file through ..", chat(media.resolve().as_uri() + "/../beside.mp4"), 400),
         ("symlink escaping the media folder", chat(media.resolve().as_uri() + "/escape.mp4"), 400),
         ("missing file", chat(file_url(media, "nope.mp4")), 404),
+        ("FIFO in the media folder", chat(file_url(media, "pipe.mp4")), 400),
         ("ftp scheme", chat("ftp://example.com/clip.mp4"), 400),
         ("no scheme", chat("clip.mp4"), 400),
         ("http while remote media is off", chat("http://public.test/clip.mp4"), 400),
@@ -412,6 +449,55 @@ def test_remote_fetch_rechecks_every_redirect_and_caps_bytes(live, tuned, canary
     t0 = time.monotonic()
     assert post(live, chat(base + "/slow")).status_code == 504
     assert time.monotonic() - t0 < 6
+    idle(live)
+    assert list(live.state.workdir.iterdir()) == []
+
+
+def test_https_dials_the_pinned_address_and_verifies_the_url_host(live, tuned, media, tmp_path, run_answers):
+    """https through the pinned-IP path: the name resolves (test resolver) to the loopback canary, the
+    fetcher dials that address, sends the URL's host as SNI and checks the certificate against it."""
+    import ssl
+
+    from serve_helpers import self_signed
+
+    from prunevid.serve.media import UrlPolicy
+
+    cert, key = self_signed("media.test", tmp_path)
+    trust = ssl.create_default_context(cafile=str(cert))
+    canary = Canary(media / "clip.mp4", tls=(cert, key))
+    lookups = []
+
+    def resolver(host, port):
+        lookups.append((host, port))
+        return ["127.0.0.1"]
+
+    try:
+        tuned(allow_remote_media=True, fetch_timeout_s=5.0,
+              policy=UrlPolicy(allow_address=_loopback_only, resolver=resolver, verify=trust))
+        r = post(live, chat(f"https://media.test:{canary.port}/clip.mp4", max_tokens=12, prunevid={"mode": "prunevid"}))
+        assert r.status_code == 200, r.text
+        assert r.json()["prunevid"]["token_ids"] == run_answers["prunevid"]["token_ids"]
+        assert canary.sni == ["media.test"] and canary.hits == ["/clip.mp4"]
+        assert lookups == [("media.test", canary.port)]
+        # the same certificate presented for another name: refused before any request is sent
+        r = post(live, chat(f"https://other.test:{canary.port}/clip.mp4", max_tokens=2))
+        assert r.status_code == 422, r.text
+        message = r.json()["error"]["message"]
+        assert message.startswith("the TLS certificate of other.test is refused") and "other.test" in message, message
+        assert canary.sni[-1] == "other.test" and canary.hits == ["/clip.mp4"]
+        # the right name, but a certificate nobody trusts (the default verification): refused too
+        tuned(allow_remote_media=True, fetch_timeout_s=5.0,
+              policy=UrlPolicy(allow_address=_loopback_only, resolver=resolver))
+        r = post(live, chat(f"https://media.test:{canary.port}/clip.mp4", max_tokens=2))
+        assert r.status_code == 422 and "certificate" in r.json()["error"]["message"], r.text
+        assert canary.hits == ["/clip.mp4"]
+        # without the test hook, loopback stays refused over https as well: nothing is dialled
+        tuned(allow_remote_media=True, policy=UrlPolicy(resolver=resolver, verify=trust))
+        r = post(live, chat(f"https://media.test:{canary.port}/clip.mp4", max_tokens=2))
+        assert r.status_code == 400 and "non-public" in r.json()["error"]["message"], r.text
+        assert len(canary.sni) == 3
+    finally:
+        canary.stop()
     idle(live)
     assert list(live.state.workdir.iterdir()) == []
 

@@ -1,8 +1,8 @@
 """``prunevid serve --ray`` on a local Ray cluster bound to 127.0.0.1: the same API through an ingress and
 2 engine replicas, backpressure end to end, and a replica killed mid-answer.
 
-Skipped where Ray is not installed (it is the optional ``[ray]`` extra, not part of ``[dev]``: a
-local cluster needs about a minute and over 1 GB here). Ray talks to itself over gRPC in C++, which
+Skipped where Ray is not installed (the ``[ray]`` extra; ``[dev]`` includes it so CI runs these). A
+local cluster needs about a minute and over 1 GB here. Ray talks to itself over gRPC in C++, which
 the Python-level network guard cannot see; ``_node_ip_address`` keeps it on loopback.
 """
 

@@ -104,6 +104,21 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class VisionTower:
+    """How a family's vision tower is laid out around its encoder layers (what :mod:`prunevid.costs`
+    counts): CLIP prepends a class token, has a bias-free patch convolution and a LayerNorm before
+    the encoder; SigLIP has no class token, a patch convolution with a bias and no pre-encoder norm."""
+
+    class_token: bool
+    patch_bias: bool
+    pre_norm: bool
+
+
+CLIP_TOWER = VisionTower(class_token=True, patch_bias=False, pre_norm=True)
+SIGLIP_TOWER = VisionTower(class_token=False, patch_bias=True, pre_norm=False)
+
+
+@dataclass(frozen=True)
 class Family:
     """What prunevid needs to know about one model family.
 
@@ -114,6 +129,7 @@ class Family:
     """
 
     name: str
+    title: str  # how reports name the family
     architectures: tuple[str, ...]
     model_types: tuple[str, ...]  # accepted top-level config.json model_type (absent: accepted)
     vision_model_types: tuple[str, ...]
@@ -129,11 +145,13 @@ class Family:
     pooling: str = "avg"  # "avg": pooling_shape from config.json; "bilinear": ceil(grid / 2) per side
     tokenizer_style: str = "llama"  # prunevid.model.tiny_tokenizer.STYLES
     exact_patch_grid: bool = True  # image_size must be a multiple of patch_size (SigLIP-384: 27 patches of 14 px)
+    tower: VisionTower = CLIP_TOWER
 
 
 FAMILIES: dict[str, Family] = {
     "pllava": Family(
         name="pllava",
+        title="PLLaVA",
         architectures=("PllavaForConditionalGeneration",),
         model_types=("llava",),
         vision_model_types=("clip_vision_model",),
@@ -144,6 +162,7 @@ FAMILIES: dict[str, Family] = {
     # transformers' LlavaOnevisionConfig, its SigLIP sub-config defaults and Qwen2Config.
     "llava-onevision": Family(
         name="llava-onevision",
+        title="LLaVA-OneVision",
         architectures=("LlavaOnevisionForConditionalGeneration",),
         model_types=("llava_onevision",),
         vision_model_types=("siglip_vision_model",),
@@ -163,6 +182,7 @@ FAMILIES: dict[str, Family] = {
         pooling="bilinear",
         tokenizer_style="chatml",
         exact_patch_grid=False,
+        tower=SIGLIP_TOWER,
     ),
 }
 

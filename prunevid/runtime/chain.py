@@ -84,16 +84,19 @@ class KVCache:
         self.block = zeros((len(names), g.kv_heads, rows, g.head_dim), dtype)  # [2N, H_kv, R, d]
         self.buffers = {name: self.block[i] for i, name in enumerate(names)}  # each C-contiguous
         self.length = 0
+        self._feeds: dict[range, dict[str, np.ndarray]] = {}  # per layer range: the same buffers every step
 
     def feeds(self, layers: range) -> dict[str, np.ndarray]:
-        return {name: self.buffers[name] for name in spec.past_names(layers)}
+        if layers not in self._feeds:
+            self._feeds[layers] = {name: self.buffers[name] for name in spec.past_names(layers)}
+        return self._feeds[layers]
 
     def write(self, new_rows: list[np.ndarray], layers: range, rows: np.ndarray | None = None) -> None:
         """Write the new rows of ``layers`` (the graph's ``present.i.*`` outputs, in spec order) at
         ``length..``; ``rows`` picks which of them to keep (the compaction after selection)."""
-        for name, new in zip(spec.past_names(layers), new_rows, strict=True):  # new: [H_kv, n, d]
+        for buf, new in zip(self.feeds(layers).values(), new_rows, strict=True):  # new: [H_kv, n, d]
             new = new if rows is None else new[:, rows]  # [H_kv, n', d]
-            self.buffers[name][:, self.length : self.length + new.shape[1]] = new
+            buf[:, self.length : self.length + new.shape[1]] = new
 
     def advance(self, n: int) -> None:
         self.length += n
@@ -146,7 +149,22 @@ class Chain:
         return self.run(graph, hidden, positions, length, *past.values())
 
     def prefill(self, ids: np.ndarray, image_pos: int, visual: Visual, select: bool, max_new_tokens: int) -> State:
-        """The prompt through every layer; with ``select``, PruneVid's stage D after layer K."""
+        """The prompt through every layer; with ``select``, PruneVid's stage D after layer K.
+
+        Then, when the runner has ``release()`` (ONNX Runtime: return freed heap pages to the OS), it
+        is called once the prompt's activations and new rows are freed: otherwise they stay resident
+        through the whole decode (measured on the ``bench`` export: 127 MB, the decode-time peak
+        1.27x instead of 1.15x weights + KV)."""
+        state = self._prefill(ids, image_pos, visual, select, max_new_tokens)
+        self._release()
+        return state
+
+    def _release(self) -> None:
+        release = getattr(self.runner, "release", None)
+        if release is not None:
+            release()
+
+    def _prefill(self, ids: np.ndarray, image_pos: int, visual: Visual, select: bool, max_new_tokens: int) -> State:
         (embeds,) = self.run("embed", ids)  # [P+1+Q, C]
         x = np.concatenate([embeds[:image_pos], visual.tokens.astype(embeds.dtype), embeds[image_pos + 1 :]])  # [S, C]
         s, start, end = x.shape[0], image_pos, image_pos + visual.count
@@ -181,13 +199,20 @@ class Chain:
 
     def greedy(self, state: State, max_new_tokens: int, eos_id: int | None,
                on_token: Callable[[int], None] | None = None) -> Iterator[int]:
-        """Greedy tokens; step ``j`` is fed at position ``S + j``. Stops after EOS."""
+        """Greedy tokens; step ``j`` is fed at position ``S + j``. Stops after EOS.
+
+        When the generator ends (or is closed), the runner's ``release()`` returns the heap the
+        steps freed (measured on the ``bench`` export: 34 MB resident between answers otherwise)."""
         logits = state.logits
-        for j in range(max_new_tokens):
-            token = int(np.argmax(logits))
-            if on_token is not None:
-                on_token(token)
-            yield token
-            if token == eos_id or j == max_new_tokens - 1:
-                return
-            logits = self.step(state, token, state.seq_len + j)
+        try:
+            for j in range(max_new_tokens):
+                token = int(np.argmax(logits))
+                if on_token is not None:
+                    on_token(token)
+                yield token
+                if token == eos_id or j == max_new_tokens - 1:
+                    return
+                logits = self.step(state, token, state.seq_len + j)
+        finally:
+            del logits
+            self._release()

@@ -71,8 +71,13 @@ class RuntimePipeline:
         clock = Stopwatch()
         with clock.stage("video"):
             pixels = self.prepare(video)
-        return self.generate(pixels, question, max_new_tokens=max_new_tokens, template=template,
-                             on_token=on_token, clock=clock)
+        answer = self.generate(pixels, question, max_new_tokens=max_new_tokens, template=template,
+                               on_token=on_token, clock=clock)
+        del pixels  # [T, 3, S, S], tens of MB on the heap: returned with the rest between answers
+        release = getattr(self.backend, "release", None)
+        if release is not None:
+            release()
+        return answer
 
     def prepare(self, video: str | Path) -> np.ndarray:
         """Decode, sample and preprocess ``video``: pixel_values ``[T, 3, S, S]`` in the graphs' float type."""

@@ -19,6 +19,7 @@ import ipaddress
 import os
 import signal
 import socket
+import ssl
 import sys
 import tempfile
 import time
@@ -83,11 +84,15 @@ def system_resolver(host: str, port: int) -> list[str]:
 
 @dataclass(frozen=True)
 class UrlPolicy:
-    """What a remote URL may point at. ``allow_address`` is :func:`is_public` outside tests."""
+    """What a remote URL may point at. ``allow_address`` is :func:`is_public` outside tests.
+
+    https: the fetcher dials the checked address but sends the URL's host name as SNI and verifies the
+    certificate against that name (``verify``: True for the system's CAs, or an ``ssl.SSLContext``)."""
 
     allowed_domains: tuple[str, ...] = ()
     allow_address: Callable[[Address], bool] = is_public
     resolver: Resolver = system_resolver
+    verify: bool | ssl.SSLContext = True
 
     def check(self, url: str) -> tuple[urllib.parse.SplitResult, str]:
         """Parse and check ``url``; return it split, and the one address to dial. Raises 400."""
@@ -127,7 +132,8 @@ async def fetch_remote(url: str, dest: Path, settings: ServeSettings, policy: Ur
 
     deadline = time.monotonic() + settings.fetch_timeout_s
     timeout = httpx.Timeout(settings.fetch_timeout_s)
-    async with httpx.AsyncClient(follow_redirects=False, timeout=timeout, trust_env=False) as client:
+    async with httpx.AsyncClient(follow_redirects=False, timeout=timeout, trust_env=False,
+                                 verify=policy.verify) as client:
         for _hop in range(settings.max_redirects + 1):
             parts, address = await asyncio.to_thread(policy.check, url)  # the lookup blocks: not on the loop
             netloc = f"[{address}]" if ":" in address else address
@@ -144,6 +150,9 @@ async def fetch_remote(url: str, dest: Path, settings: ServeSettings, policy: Ur
                 raise ApiError(504, f"fetching {parts.hostname} timed out", "timeout", "video",
                                outcome="timeout") from None
             except httpx.HTTPError as exc:
+                bad_cert = _cert_error(exc)
+                if bad_cert is not None:  # checked against the URL's host name, not the dialled address
+                    raise bad_media(f"the TLS certificate of {parts.hostname} is refused: {bad_cert}") from None
                 raise bad_media(f"cannot fetch the video from {parts.hostname}: {exc}") from None
             try:
                 if response.is_redirect:
@@ -159,6 +168,17 @@ async def fetch_remote(url: str, dest: Path, settings: ServeSettings, policy: Ur
             finally:
                 await response.aclose()
         raise bad_media(f"more than {settings.max_redirects} redirects")
+
+
+def _cert_error(exc: BaseException) -> str | None:
+    """The reason of a certificate verification failure in ``exc``'s causes, or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return exc.verify_message or str(exc)
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 async def _save_capped(response, dest: Path, cap: int, deadline: float) -> None:

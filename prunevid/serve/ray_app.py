@@ -6,7 +6,10 @@ decode worker) and N engine replicas (one answer at a time each, a bounded queue
 
 Backpressure end to end: a replica queue that is full raises ``BackPressureError`` at the ingress, answered
 429 with Retry-After; a replica that dies mid-answer gives its client an OpenAI-shaped 503 (as the last
-SSE event when the stream had begun) and Ray starts a new replica. The two are separate Serve
+SSE event when the stream had begun) and Ray starts a new replica. SIGTERM drains as the single-process
+server does: the driver tells the ingress (:class:`IngressControl`, through a deployment handle) to
+answer 503 to new requests and to readiness, waits until its admitted requests are done
+(``drain_timeout_s`` at most; a second signal stops at once), then shuts Serve down. The two are separate Serve
 applications (the engine one has no HTTP route). The export folder must be readable at the same path on
 every node. Ray is an optional extra (``pip install 'prunevid[ray]'``); nothing else imports this module.
 """
@@ -21,7 +24,11 @@ from dataclasses import asdict, replace
 from prunevid.serve.engine import Event, ExportFacts
 from prunevid.serve.protocol import ApiError
 
-ENGINE, ENGINE_APP, INGRESS_APP = "PrunevidEngine", "prunevid-engine", "prunevid"
+ENGINE, ENGINE_APP, INGRESS, INGRESS_APP = "PrunevidEngine", "prunevid-engine", "PrunevidIngress", "prunevid"
+
+# The ingress replica's ServerState, set by its app builder (one ingress per Ray worker process), so that
+# the driver's drain calls (IngressControl) reach the state the HTTP routes use.
+_INGRESS_STATE: dict = {}
 
 # Ray errors meaning "that replica is gone" (matched by name: their modules move between Ray versions)
 _GONE = {"ActorDiedError", "RayActorError", "ActorUnavailableError", "ReplicaUnavailableError",
@@ -133,6 +140,7 @@ def ingress_builder(engine_dir: str, settings, replicas: int):
         from ray import serve
 
         from prunevid.runtime.artifact import open_artifact
+        from prunevid.serve import ray_app  # this closure travels by value: reach the module's own dict
         from prunevid.serve.app import ServerState, build_app
         from prunevid.serve.engine import facts_of
 
@@ -140,9 +148,25 @@ def ingress_builder(engine_dir: str, settings, replicas: int):
         facts = facts_of(open_artifact(engine_dir, verify=False), "onnxruntime (ray replicas)")
         state = ServerState(RemoteEngine(handle, facts), replace(settings, queue=settings.queue * replicas),
                             slots=replicas)
+        ray_app._INGRESS_STATE["state"] = state
         return build_app(state)
 
     return build
+
+
+class IngressControl:
+    """What the driver may call on the ingress replica through a deployment handle (no HTTP route)."""
+
+    def drain(self) -> int:
+        """Stop taking requests (readiness and new chats answer 503); return the requests still in."""
+        state = _INGRESS_STATE["state"]
+        state.draining = True
+        return self.in_flight()
+
+    def in_flight(self) -> int:
+        """Requests admitted and not finished (waiting for their video or the slot, or generating)."""
+        admission = _INGRESS_STATE["state"].admission
+        return admission.waiting + admission.running
 
 
 def applications(engine_dir: str, settings, replicas: int = 2, gpus_per_replica: float = 0.0,
@@ -155,10 +179,25 @@ def applications(engine_dir: str, settings, replicas: int = 2, gpus_per_replica:
         ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica},
         health_check_period_s=2, health_check_timeout_s=10, graceful_shutdown_timeout_s=10,
     )(EngineReplica).bind(str(engine_dir), settings.threads, settings.step_delay_s)
-    ingress = serve.deployment(name="PrunevidIngress", num_replicas=1, max_ongoing_requests=1000,
+    ingress = serve.deployment(name=INGRESS, num_replicas=1, max_ongoing_requests=1000,
                                ray_actor_options={"num_cpus": 0.25})(
-        serve.ingress(ingress_builder(str(engine_dir), settings, replicas))())
+        serve.ingress(ingress_builder(str(engine_dir), settings, replicas))(IngressControl))
     return engine, ingress.bind()
+
+
+def drain(timeout_s: float, stop_now: threading.Event | None = None, poll_s: float = 0.2) -> int:
+    """Drain the running ingress: it refuses new requests with 503 (readiness too) while the admitted
+    ones finish; return how many were still in when this gave up (``timeout_s`` or ``stop_now``), 0 if
+    none."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle(INGRESS, app_name=INGRESS_APP)
+    deadline = time.monotonic() + timeout_s
+    left = handle.drain.remote().result(timeout_s=30)
+    while left and time.monotonic() < deadline and not (stop_now and stop_now.is_set()):
+        time.sleep(poll_s)
+        left = handle.in_flight.remote().result(timeout_s=30)
+    return left
 
 
 def run(engine_dir, settings, replicas: int, gpus_per_replica: float, echo=print, block: bool = True):
@@ -185,11 +224,25 @@ def run(engine_dir, settings, replicas: int, gpus_per_replica: float, echo=print
     echo(f"prunevid serve (Ray Serve, {replicas} engine replicas) on http://{settings.host}:{settings.port}")
     if not block:
         return
-    stop = threading.Event()
+    # first SIGTERM/SIGINT: drain (as the single-process server does); a second one: stop at once
+    first, second = threading.Event(), threading.Event()
+
+    def on_signal(*_):
+        (second if first.is_set() else first).set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     try:
-        stop.wait()
+        while not first.wait(0.5):  # a bounded wait keeps the main thread able to run the handler
+            pass
+        echo("prunevid serve: draining (new requests get 503)")
+        try:
+            left = drain(settings.drain_timeout_s, second)
+        except Exception as exc:  # noqa: BLE001 - the ingress is gone or Ray failed: nothing left to drain
+            left = 0
+            echo(f"prunevid serve: could not drain ({type(exc).__name__}); stopping")
+        if left:
+            echo(f"prunevid serve: stopping with {left} request(s) unfinished")
     finally:
         serve.shutdown()
         ray.shutdown()

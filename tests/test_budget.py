@@ -134,3 +134,16 @@ def test_check_free_before_running():
     check_free(b, b.total)
     with pytest.raises(ConfigError, match=r"the engines need 1\.00 GiB .* but the device has 0\.50 GiB free now"):
         check_free(b, 512 << 20)
+
+
+def test_quantized_graphs_are_sized_by_their_real_bytes():
+    """A quantized export's decoder graphs keep their bytes at any build precision; its float graphs
+    scale from the export's dtype."""
+    from prunevid.trt.budget import export_graph_bytes
+
+    sizes = {"encoder": 4000, "embed": 800, "decoder_early": 1300, "decoder_late": 900, "merger": 0}
+    fp16 = export_graph_bytes(sizes, "fp32", "fp16", ("decoder_early", "decoder_late"))
+    assert fp16 == {"encoder": 2000, "embed": 400, "decoder_early": 1300, "decoder_late": 900, "merger": 0}
+    # a float export: every graph scales
+    assert export_graph_bytes(sizes, "fp32", "fp16") == {k: v // 2 for k, v in sizes.items()}
+    assert export_graph_bytes(sizes, "fp32", "fp32", ("decoder_late",)) == sizes

@@ -148,6 +148,8 @@ def test_int8_sq_graphs_report_and_manifest(int8_export, tiny_export):
     logits = report["graphs"]["decoder_late"]["logits"]
     assert logits["cosine_min"] > 0.99 and 0 < logits["rel_err_max"] < 0.1  # quantized, but close
     assert report["teacher_forced_tokens"] == FAST["eval_samples"] * FAST["new_tokens"]
+    flips = round((1 - report["next_token_agreement"]) * report["teacher_forced_tokens"])
+    assert report["margins"]["flips"] == report["margins"]["flips_where_flippable"] == flips
 
 
 def test_int4_awq_uses_matmulnbits_and_shrinks_the_decoders(int4_export, tiny_export):
@@ -257,7 +259,14 @@ def test_int4_awq_qdq_form_is_standard_onnx_for_tensorrt(tiny_export, clip_dir, 
     dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
     inits = {t.name: t for t in model.graph.initializer}
     assert dq and all(inits[n.input[0]].data_type == onnx.TensorProto.INT4 for n in dq)
-    assert all(a.i == 32 for n in dq for a in n.attribute if a.name == "block_size")
+    # blocks of 128 along the input rows, halved for a narrower weight (the tiny model's 64-wide inputs)
+    fmt = FORMATS["int4-awq-qdq"]
+    assert fmt.block_size == 128 and fmt.block_for(4096) == 128 and fmt.block_for(64) == 64 and fmt.block_for(8) == 16
+    rows = {n.output[0]: n for n in dq}
+    for mm in (n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in rows):
+        weight = inits[rows[mm.input[1]].input[0]]
+        block = next(a.i for a in rows[mm.input[1]].attribute if a.name == "block_size")
+        assert block == fmt.block_for(weight.dims[0]), (mm.name, block, list(weight.dims))
     assert "MatMulNBits" not in {n.op_type for n in model.graph.node}
     assert not errors(check_model(model, "11"))
     assert any("opset 21" in f.detail for f in errors(check_model(model, "10.3")))
@@ -289,3 +298,90 @@ def test_keep_float_decoder_early_keeps_the_kept_tokens_exactly(tiny_export, cli
     with pytest.raises(ConfigError, match="nothing would be quantized"):
         quantize_export(tiny_export, tmp_path / "q2", "int8-sq",
                         QuantizeOptions(keep_float=("decoder_early", "decoder_late")))
+
+
+def test_budget_of_a_quantized_export_reads_its_graph_files(int4_export):
+    """``build``'s budget sizes a quantized decoder graph by its file's bytes, not by the float graph
+    scaled to the build precision."""
+    from prunevid.runtime.artifact import open_artifact
+    from prunevid.trt.deploy import deployment_of, graph_weight_bytes
+    from prunevid.trt.engines import Limits
+
+    out, _ = int4_export
+    artifact = open_artifact(out)
+    on_disk = graph_weight_bytes(artifact)
+    d = deployment_of(artifact, "fp16", Limits(frames=artifact.geometry.frames, max_prompt_tokens=64, max_new_tokens=8))
+    for name in QUANTIZED_GRAPHS:
+        assert d.graph_weight_bytes[name] == on_disk[name] == (out / spec.GRAPH_DIR / f"{name}.onnx").stat().st_size
+    assert d.graph_weight_bytes["encoder"] == round(on_disk["encoder"] / 2)  # float graph: fp32 file, fp16 engine
+
+
+def test_check_tolerance_comes_from_the_format_table_not_the_folder():
+    from prunevid.errors import ArtifactError
+    from prunevid.exporter.validate import tolerance_of
+
+    manifest = {"quantization": {"format": "int4-awq", "graphs": {"decoder_late": {}},
+                                 "tolerance": {"atol": 99.0, "rtol": 99.0}}}  # a folder claiming a loose tolerance
+    assert tolerance_of(manifest, "decoder_late") == FORMATS["int4-awq"].tolerance
+    assert tolerance_of(manifest, "encoder") is None  # not quantized: the float tolerances
+    assert tolerance_of({}, "decoder_late") is None
+    manifest["quantization"]["format"] = "int3-magic"
+    with pytest.raises(ArtifactError, match="int3-magic"):
+        tolerance_of(manifest, "decoder_late")
+
+
+def test_float_roles_are_a_declared_table_per_format():
+    """Which roles stay float is data per format; the LM head stays float in every format (its int4
+    weights cost next-token agreement on the tiny model: benchmarks/quant_int4_choices.py)."""
+    from prunevid.calibration.formats import FLOAT_ROLES
+
+    for fmt in FORMATS.values():
+        assert set(fmt.float_roles) <= set(FLOAT_ROLES)
+        assert {"layer_k_scoring", "lm_head"} <= set(fmt.float_roles), fmt.name
+
+
+def test_float_roles_select_nodes(tiny_export):
+    late = _load(tiny_export, "decoder_late")
+    assert scales.float_nodes("decoder_late", late, ("layer_k_scoring",)) == {}  # lm_head quantized then
+    assert scales.float_nodes("decoder_late", late, ("lm_head",)) == {"/lm_head/MatMul": "lm_head"}
+
+
+def test_margin_stats_explain_flips():
+    from prunevid.calibration.report import margin_stats
+
+    f = [np.array([3.0, 1.0, 0.0]), np.array([1.0, 0.9, 0.0]), np.array([0.0, 5.0, 1.0])]
+    q = [np.array([2.9, 1.1, 0.0]), np.array([0.9, 1.0, 0.0]), np.array([0.0, 5.0, 1.0])]
+    m = margin_stats(f, q)
+    # margins 2.0, 0.1, 4.0; errors 0.1, 0.1, 0.0; only the second flips, where error >= margin / 2
+    assert m["flips"] == 1 and m["flips_where_flippable"] == 1
+    assert m["flippable_share"] == pytest.approx(1 / 3) and m["flipped_share"] == pytest.approx(1 / 3)
+    assert m["top1_margin_q10_q50_q90"][1] == pytest.approx(2.0)
+    assert m["logit_error_q10_q50_q90"][1] == pytest.approx(0.1)
+    assert m["error_over_margin_median"] == pytest.approx(0.05)
+
+
+def test_qdq_sits_on_projection_inputs_only(int8_export, tiny_export):
+    """Q/DQ only on the weight MatMuls' inputs: no MatMul output is quantized (so neither the KV cache,
+    the attention products nor the residual stream), and the RoPE permutation (a signed permutation,
+    held by one node in the one-layer decoder_late) stays float with its input."""
+    out, _ = int8_export
+    for name in QUANTIZED_GRAPHS:
+        model = _load(out, name)
+        producers = {o: n for n in model.graph.node for o in n.output}
+        inits = scales.initializers(model)
+        for node in model.graph.node:
+            if node.op_type == "QuantizeLinear" and node.input[0] not in inits:
+                consumers = [c for c in model.graph.node if node.output[0] in c.input]
+                dq_users = {u.op_type for c in consumers for u in model.graph.node if c.output[0] in u.input}
+                assert producers[node.input[0]].op_type != "MatMul", node.name  # no MatMul output quantized
+                assert dq_users == {"MatMul"}, (node.name, dq_users)
+        float_model = _load(tiny_export, name)
+        perms = [n.name for n in float_model.graph.node if n.op_type == "MatMul"
+                 and n.input[1] in scales.initializers(float_model)
+                 and scales.signed_permutation(scales.initializers(float_model)[n.input[1]])]
+        assert perms  # RoPE's rotate-half is there ...
+        assert not set(perms) & {n.name for n in scales.weight_matmuls(float_model)}  # ... and never a weight
+        by_name = {n.name: n for n in model.graph.node}
+        for p in perms:
+            assert not any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
+                           for i in by_name[p].input), p

@@ -23,7 +23,9 @@ class Format:
     ``tolerance``: ``(atol, rtol)`` of ``prunevid check`` for the quantized graphs' float outputs.
     ``weight_form`` (weight-only formats): ``nbits`` (ONNX Runtime's ``MatMulNBits`` contrib op) or
     ``qdq`` (standard ``DequantizeLinear`` of blocked INT4 weights before ``MatMul``, opset 21, the
-    form TensorRT parses).
+    form TensorRT parses). ``float_roles``: which entries of :data:`FLOAT_ROLES` stay float in this
+    format (the others are quantized like any projection); chosen per format by measurement
+    (README, "Quantization").
     """
 
     name: str
@@ -36,8 +38,18 @@ class Format:
     block_size: int = 32
     weight_form: str = "nbits"
     targets: tuple[str, ...] = ()
+    float_roles: tuple[str, ...] = ("layer_k_scoring", "lm_head")
     tolerance: tuple[float, float] = (0.0, 0.0)
     doc: str = ""
+
+    def block_for(self, rows: int) -> int:
+        """The block of a weight with ``rows`` input rows: ``block_size``, halved (down to 16, the
+        smallest ``MatMulNBits`` takes) while it exceeds ``rows``, so that a narrow weight is not
+        padded to a block mostly of zeros."""
+        block = self.block_size
+        while block > 16 and block > rows:
+            block //= 2
+        return block
 
 
 FORMATS: dict[str, Format] = {
@@ -49,10 +61,10 @@ FORMATS: dict[str, Format] = {
         Format("fp8", "qdq", "float8e4m3fn", 8, "smoothquant", alpha=0.5, targets=("thor", "hopper"),
                tolerance=(0.5, 0.5),
                doc="W8A8 FP8 E4M3, SmoothQuant (alpha 0.5), per-tensor scales (TensorRT explicit quantization)"),
-        Format("int4-awq", "weight_only", "int4", 4, "awq", block_size=32, targets=("orin", "thor", "hopper", "cpu"),
+        Format("int4-awq", "weight_only", "int4", 4, "awq", block_size=128, targets=("orin", "thor", "hopper", "cpu"),
                tolerance=(0.5, 0.5),
-               doc="W4A16: int4 weights in blocks of 32 along the input dimension, AWQ scales, float activations"),
-        Format("int4-awq-qdq", "weight_only", "int4", 4, "awq", block_size=32, weight_form="qdq",
+               doc="W4A16: int4 weights in blocks of 128 along the input dimension, AWQ scales, float activations"),
+        Format("int4-awq-qdq", "weight_only", "int4", 4, "awq", block_size=128, weight_form="qdq",
                targets=("orin", "thor", "hopper"), tolerance=(0.5, 0.5),
                doc="int4-awq with standard DequantizeLinear(INT4, blocked) before MatMul (opset 21), for TensorRT"),
     )

@@ -58,8 +58,9 @@ def _quantize_static(model, dst: Path, feeds: list[dict], fmt: Format, nodes: li
 
     wanted = {n.name for n in model.graph.node if n.name in nodes}
     inits = scales.initializers(model)
-    tensors = sorted({t for n in model.graph.node if n.name in wanted for t in (*n.input, *n.output)
-                      if t and t not in inits})
+    # the MatMuls' activation inputs only: their outputs (q/k/v, hence the KV cache and the attention
+    # products, and the o/down projections into the residual stream) stay float
+    tensors = sorted({t for n in model.graph.node if n.name in wanted for t in n.input if t and t not in inits})
     ranges = scales.tensor_ranges(model, feeds, tensors)
     fp8 = fmt.element == "float8e4m3fn"
     method = CalibrationMethod.Distribution if fp8 else CalibrationMethod.MinMax
@@ -72,22 +73,40 @@ def _quantize_static(model, dst: Path, feeds: list[dict], fmt: Format, nodes: li
         per_channel=not fp8, activation_type=qtype, weight_type=qtype, nodes_to_quantize=nodes,
         calibrate_method=method, calibration_cache_path=str(cache),
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True,
-                       "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}},
+                       "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+                       # ONNX Runtime's QDQ quantizer also quantizes a MatMul's output by default, and
+                       # from there the Reshape/Transpose/Slice after it: Q/DQ would land on the KV
+                       # cache, the attention products and the residual stream. Inputs only.
+                       "OpTypesToExcludeOutputQuantization": ["MatMul"]},
     )
 
 
-def _quantize_weights(model, dst: Path, fmt: Format, exclude: list[str]) -> None:
+def _quantize_weights(model, dst: Path, fmt: Format, targets: list[str]) -> dict[str, int]:
+    """ONNX Runtime's ``MatMulNBitsQuantizer`` on ``targets``, one pass per block size
+    (:meth:`Format.block_for` of each weight's input rows); every other MatMul stays float. Returns
+    the block of each quantized node."""
     import onnx
     from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
+    from prunevid.calibration import scales
+
+    inits = scales.initializers(model)
+    blocks = {n.name: fmt.block_for(int(inits[n.input[1]].dims[0]))
+              for n in model.graph.node if n.name in set(targets)}
     form = QuantFormat.QDQ if fmt.weight_form == "qdq" else QuantFormat.QOperator
-    config = DefaultWeightOnlyQuantConfig(block_size=fmt.block_size, is_symmetric=True, bits=fmt.bits,
-                                          op_types_to_quantize=("MatMul",), quant_format=form)
-    quantizer = MatMulNBitsQuantizer(model, bits=fmt.bits, block_size=fmt.block_size, is_symmetric=True,
-                                     nodes_to_exclude=exclude, algo_config=config)
-    quantizer.process()
-    onnx.save_model(quantizer.model.model, str(dst))
+    for block in sorted(set(blocks.values()), reverse=True):
+        # every MatMul not quantized in this pass is excluded: the declared float roles, the constants
+        # that are not projection weights (the RoPE permutation several layers share), other blocks
+        exclude = sorted(n.name for n in model.graph.node if n.op_type == "MatMul" and blocks.get(n.name) != block)
+        config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, bits=fmt.bits,
+                                              op_types_to_quantize=("MatMul",), quant_format=form)
+        quantizer = MatMulNBitsQuantizer(model, bits=fmt.bits, block_size=block, is_symmetric=True,
+                                         nodes_to_exclude=exclude, algo_config=config)
+        quantizer.process()
+        model = quantizer.model.model
+    onnx.save_model(model, str(dst))
+    return blocks
 
 
 @contextlib.contextmanager
@@ -113,10 +132,11 @@ def quantize_graph(name: str, src: Path, dst: Path, feeds: list[dict], fmt: Form
     # quantized graphs keep the standard attention form: ONNX Runtime's quantizer does not handle the
     # stored form's If branches (prunevid.exporter.attention)
     to_standard(model)
-    floats = scales.float_nodes(name, model)
+    floats = scales.float_nodes(name, model, fmt.float_roles)
     weights = [n.name for n in scales.weight_matmuls(model)]
     targets = [n for n in weights if n not in floats]
     smoothed = {"folded": 0, "mul": 0}
+    blocks: dict[str, int] = {}
     exponents = []
     if fmt.smooth != "none":
         grouped = scales.groups(model, set(targets))
@@ -127,21 +147,20 @@ def quantize_graph(name: str, src: Path, dst: Path, feeds: list[dict], fmt: Form
             if fmt.smooth == "smoothquant":
                 s = scales.smoothquant_scale(stats[tensor], ws, fmt.alpha)
             else:
-                s, a = scales.awq_scale(stats[tensor], ws, fmt.bits, fmt.block_size, fmt.grid)
+                s, a = scales.awq_scale(stats[tensor], ws, fmt.bits, fmt.block_for(ws[0].shape[0]), fmt.grid)
                 exponents.append(a)
             smoothed[scales.apply_scale(model, tensor, members, s)] += 1
     with _quiet_logging():
         if fmt.kind == "qdq":
             _quantize_static(model, dst, feeds, fmt, targets, work)
         else:
-            # every other MatMul stays float: the declared float roles and those whose constant is not
-            # a projection weight (the RoPE permutation several layers share)
-            keep = sorted(n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in set(targets))
-            _quantize_weights(model, dst, fmt, keep)
+            blocks = _quantize_weights(model, dst, fmt, targets)
     onnx.checker.check_model(str(dst))
     entry: dict[str, Any] = {"weight_matmuls": len(weights), "quantized": len(targets),
                              "float": {n: floats[n] for n in sorted(floats)}, "smoothing": fmt.smooth,
                              "scales_folded": smoothed["folded"], "scales_as_mul": smoothed["mul"]}
+    if blocks:
+        entry["blocks"] = {str(b): sum(1 for v in blocks.values() if v == b) for b in sorted(set(blocks.values()))}
     if exponents:
         entry["awq_exponent_mean"] = float(sum(exponents) / len(exponents))
     return entry
@@ -259,7 +278,7 @@ def quantize_export(export_dir: str | Path, out: str | Path, fmt: Format | str, 
                 "graphs": done,
                 "float_graphs": {**FLOAT_GRAPHS, **{n: "kept float by --keep-float" for n in options.keep_float}},
                 "float_roles": {role: {"graph": g_, "outputs": list(o), "why": why}
-                                for role, (g_, o, why) in FLOAT_ROLES.items()},
+                                for role, (g_, o, why) in FLOAT_ROLES.items() if role in fmt.float_roles},
                 "calibration": {
                     "clips": [{"file": c.path.name, "sha256": c.sha256} for c in clips],
                     "questions": questions,

@@ -8,7 +8,10 @@ On held-out (clip, question) pairs, both exports answer with PruneVid on:
 * end to end, teacher-forced on the float model's greedy tokens: next-token agreement (argmax
   equal), top-5 overlap (shared tokens / 5), the kept visual-token set after layer K against the
   float one (IoU; text rows are always kept and do not count), and whether the greedy answer is
-  identical (every teacher-forced argmax agrees).
+  identical (every teacher-forced argmax agrees);
+* why a next token flips: per teacher-forced position the float model's top-1 margin (top-1 minus
+  top-2 logit) against the logit error ``max |q - f|`` there; a token can only flip where the error
+  reaches half the margin, so near-flat logits (a random model's) flip under small errors.
 """
 
 from __future__ import annotations
@@ -73,6 +76,28 @@ class PairRunner:
         return want
 
 
+def margin_stats(flogits: list[np.ndarray], qlogits: list[np.ndarray]) -> dict:
+    """Quantiles (0.1, 0.5, 0.9) of the float top-1 margin and of the logit error ``max |q - f|`` over
+    the teacher-forced positions, their ratio's median, and the share of positions whose error
+    reaches half the margin (flippable) and of flips among those."""
+    margins, errors, flips = [], [], []
+    for f, q in zip(flogits, qlogits):
+        f, q = np.asarray(f, np.float64).ravel(), np.asarray(q, np.float64).ravel()
+        top2 = np.sort(f)[-2:]  # [second, first]
+        margins.append(float(top2[1] - top2[0]))
+        errors.append(float(np.abs(q - f).max()))
+        flips.append(int(np.argmax(q)) != int(np.argmax(f)))
+    m, e, flipped = np.asarray(margins), np.asarray(errors), np.asarray(flips)
+    flippable = e >= m / 2
+    q3 = (0.1, 0.5, 0.9)
+    return {"top1_margin_q10_q50_q90": [float(v) for v in np.quantile(m, q3)],
+            "logit_error_q10_q50_q90": [float(v) for v in np.quantile(e, q3)],
+            "error_over_margin_median": float(np.median(e / np.maximum(m, 1e-12))),
+            "flippable_share": float(flippable.mean()),
+            "flipped_share": float(flipped.mean()),
+            "flips_where_flippable": int((flipped & flippable).sum()), "flips": int(flipped.sum())}
+
+
 def _forced_logits(chain, state, tokens: list[int]) -> list[np.ndarray]:
     """Logits before each of ``tokens`` when ``tokens`` are fed one by one (teacher forcing)."""
     out = [state.logits]
@@ -89,6 +114,7 @@ def evaluate(float_backend, quant_backend, geometry: spec.Geometry, pairs: list,
     pair = PairRunner(float_backend, quant_backend, quantized)
     fchain, qchain = Chain(pair, geometry), Chain(quant_backend, geometry)
     agree, top5, ious, identical = [], [], [], 0
+    all_f, all_q = [], []
     for clip, question in pairs:
         prompt = prompt_of(question)
         ids = np.asarray(prompt.ids, dtype=np.int64)
@@ -109,6 +135,8 @@ def evaluate(float_backend, quant_backend, geometry: spec.Geometry, pairs: list,
         top5.extend(len(set(np.argsort(-q)[:5].tolist()) & set(np.argsort(-f)[:5].tolist())) / 5
                     for q, f in zip(qlogits, flogits))
         identical += all(same)
+        all_f.extend(flogits)
+        all_q.extend(qlogits)
     graphs = {}
     for (graph, output), rows in sorted(pair.rows.items()):
         graphs.setdefault(graph, {})[output] = {"cosine_min": min(r[0] for r in rows),
@@ -123,6 +151,7 @@ def evaluate(float_backend, quant_backend, geometry: spec.Geometry, pairs: list,
         "greedy_identical": identical,
         "greedy_answers": len(pairs),
         "teacher_forced_tokens": len(agree),
+        "margins": margin_stats(all_f, all_q),
     }
 
 
@@ -146,4 +175,9 @@ def format_report(report: dict) -> list[str]:
                  f"(min {report['kept_iou_min']:.3f}), next-token agreement {report['next_token_agreement']:.3f} "
                  f"over {report['teacher_forced_tokens']} tokens, top-5 overlap {report['top5_overlap']:.3f}, "
                  f"greedy answers identical {report['greedy_identical']}/{report['greedy_answers']}")
+    m = report.get("margins")
+    if m:
+        lines.append(f"float top-1 margin median {m['top1_margin_q10_q50_q90'][1]:.3g} vs logit error median "
+                     f"{m['logit_error_q10_q50_q90'][1]:.3g}: {m['flippable_share']:.0%} of positions flippable "
+                     f"(error >= margin/2), {m['flips']} flips, {m['flips_where_flippable']} of them there")
     return lines

@@ -28,17 +28,31 @@ def initializers(model) -> dict:
     return {t.name: t for t in model.graph.initializer}
 
 
+def signed_permutation(init) -> bool:
+    """Whether the 2-D initializer ``init`` is a square matrix with one nonzero per row and column, each
+    +1 or -1: RoPE's rotate-half as a MatMul, computation rather than a learned weight."""
+    from onnx import numpy_helper
+
+    if len(init.dims) != 2 or init.dims[0] != init.dims[1]:
+        return False
+    w = numpy_helper.to_array(init)
+    nonzero = w != 0
+    return bool((nonzero.sum(axis=0) == 1).all() and (nonzero.sum(axis=1) == 1).all()
+                and np.isin(w[nonzero], (-1.0, 1.0)).all())
+
+
 def weight_matmuls(model) -> list:
     """MatMul nodes whose second input is a 2-D float initializer (``x @ W``, ``W [in, out]``) read by
-    that node alone. A constant several nodes share (the rotate-half permutation that every layer's
-    RoPE applies) is part of the computation, not a layer's projection weight: it is never quantized."""
+    that node alone and not a signed permutation. The rotate-half permutation that RoPE applies is part
+    of the computation, not a projection weight, whether several layers share it or a graph of one
+    layer holds it alone: it is never quantized, nor is its input."""
     from onnx import TensorProto
 
     inits = initializers(model)
     uses = _consumers(model)
     return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits
             and len(inits[n.input[1]].dims) == 2 and inits[n.input[1]].data_type == TensorProto.FLOAT
-            and len(uses[n.input[1]]) == 1]
+            and len(uses[n.input[1]]) == 1 and not signed_permutation(inits[n.input[1]])]
 
 
 def _producers(model) -> dict:
@@ -76,12 +90,12 @@ def matmuls_feeding(model, outputs: tuple[str, ...]) -> set[str]:
     return found
 
 
-def float_nodes(graph: str, model) -> dict[str, str]:
-    """The weight MatMuls of ``graph`` that stay float, by node name, with their role
-    (:data:`prunevid.calibration.formats.FLOAT_ROLES`)."""
+def float_nodes(graph: str, model, roles: tuple[str, ...] = tuple(FLOAT_ROLES)) -> dict[str, str]:
+    """The weight MatMuls of ``graph`` that stay float, by node name, with their role: the entries
+    ``roles`` of :data:`prunevid.calibration.formats.FLOAT_ROLES` (a format's ``float_roles``)."""
     out: dict[str, str] = {}
     for role, (where, outputs, _why) in FLOAT_ROLES.items():
-        if where == graph:
+        if where == graph and role in roles:
             out.update({name: role for name in matmuls_feeding(model, outputs)})
     return out
 
@@ -104,7 +118,7 @@ class ChannelStats:
         return np.concatenate(self.rows) if self.rows else np.zeros((0, self.amax.shape[0]), np.float32)
 
 
-def _probe_session(model, tensors: list[str]):
+def probe_session(model, tensors: list[str]):
     """An ONNX Runtime CPU session of ``model`` with ``tensors`` exposed as extra outputs."""
     import onnx
     import onnxruntime as ort
@@ -124,7 +138,7 @@ def activation_stats(model, feeds: list[dict], tensors: list[str], rows_per_feed
                      seed: int = 0) -> dict[str, ChannelStats]:
     """Run ``model`` on every feed; per-channel statistics of each of ``tensors`` (flattened to
     ``[rows, C]``), streamed: nothing but the statistics and the row sample is kept."""
-    session = _probe_session(model, tensors)
+    session = probe_session(model, tensors)
     rng = np.random.default_rng(seed)
     stats: dict[str, ChannelStats] = {}
     for feed in feeds:
@@ -143,7 +157,7 @@ def activation_stats(model, feeds: list[dict], tensors: list[str], rows_per_feed
 def tensor_ranges(model, feeds: list[dict], tensors: list[str]) -> dict[str, dict[str, float]]:
     """Per-tensor ``lowest``, ``highest``, ``avg`` and ``std`` over every feed (streamed), what ONNX
     Runtime's quantizer reads from a calibration (min/max for int8, avg/std for float8)."""
-    session = _probe_session(model, tensors)
+    session = probe_session(model, tensors)
     acc: dict[str, list[float]] = {}
     for feed in feeds:
         for name, value in zip(tensors, session.run(tensors, feed)):

@@ -80,12 +80,21 @@ class CheckReport:
 
 
 def tolerance_of(manifest: dict, graph: str) -> tuple[float, float] | None:
-    """``(atol, rtol)`` of a graph that ``prunevid quantize`` quantized (its format's, recorded in the
-    manifest), else None (the float tolerances of :data:`TOLERANCES`)."""
+    """``(atol, rtol)`` of a graph that ``prunevid quantize`` quantized: its format's, from the code's
+    format table (:data:`prunevid.calibration.formats.FORMATS`), never a number read from the checked
+    folder; None for a float graph (the float tolerances of :data:`TOLERANCES`). A format this version
+    does not know is a one-line :class:`ArtifactError`."""
+    from prunevid.calibration.formats import FORMATS
+    from prunevid.errors import ArtifactError
+
     quant = manifest.get("quantization")
     if not quant or graph not in quant.get("graphs", {}):
         return None
-    return (float(quant["tolerance"]["atol"]), float(quant["tolerance"]["rtol"]))
+    fmt = FORMATS.get(quant.get("format"))
+    if fmt is None:
+        raise ArtifactError(f"quantization format {quant.get('format')!r} of this export is unknown to this "
+                            f"prunevid (known: {', '.join(FORMATS)})")
+    return fmt.tolerance
 
 
 def compare(graph: str, name: str, got: np.ndarray, want: np.ndarray,

@@ -86,6 +86,17 @@ class Deployment:
         }
 
 
+def export_graph_bytes(sizes: dict[str, int], dtype: str, precision: str,
+                       quantized: tuple[str, ...] = ()) -> dict[str, int]:
+    """Weight bytes per engine of an export built at ``precision``, from its graphs' bytes on disk
+    (``sizes``): a float graph's scaled from the export's ``dtype`` to ``precision``; a graph that
+    ``prunevid quantize`` quantized (``quantized``, the manifest's ``quantization.graphs``) at its real
+    bytes, since its integer weights keep their size whatever the build precision (its few float
+    MatMuls, LM head and layer K's projection, are counted at the export's dtype: an upper bound)."""
+    scale = DTYPE_BYTES[precision] / DTYPE_BYTES[dtype]
+    return {k: v if k in quantized else round(v * scale) for k, v in sizes.items()}
+
+
 @dataclass(frozen=True)
 class Budget:
     """The budget's lines in bytes, against one target."""

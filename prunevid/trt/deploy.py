@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prunevid import spec
 from prunevid.errors import ConfigError
-from prunevid.trt.budget import DTYPE_BYTES, Budget, Deployment, check_budget
+from prunevid.trt.budget import Budget, Deployment, check_budget, export_graph_bytes
 from prunevid.trt.engines import PLUGIN_MODES, EnginePlan, Limits, Settings, make_plan, resolve_precision
 from prunevid.trt.targets import Target, get_target
 
@@ -61,12 +61,13 @@ def graph_weight_bytes(artifact) -> dict[str, int]:
 
 
 def deployment_of(artifact, precision: str, limits: Limits) -> Deployment:
-    """The budget's view of an export: its config, K, measured graph sizes at ``precision``."""
+    """The budget's view of an export: its config, K, measured graph sizes at ``precision`` (quantized
+    graphs at their real bytes)."""
     from prunevid.model.config import read_config
 
     cfg = read_config(artifact.root)
-    scale = DTYPE_BYTES[precision] / DTYPE_BYTES[artifact.manifest["dtype"]]
-    sizes = {k: round(v * scale) for k, v in graph_weight_bytes(artifact).items()}
+    quantized = tuple(artifact.manifest.get("quantization", {}).get("graphs", {}))
+    sizes = export_graph_bytes(graph_weight_bytes(artifact), artifact.manifest["dtype"], precision, quantized)
     return Deployment(cfg, artifact.geometry.layer, precision, limits.frames, limits.max_prompt_tokens,
                       limits.max_new_tokens, sizes)
 

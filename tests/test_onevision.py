@@ -206,6 +206,59 @@ def test_eager_pipeline_unpruned_answers_as_transformers(ov_dir, ov_model, hf_mo
     assert answer.visual_tokens["encoder"] == cfg.num_frames * cfg.tokens_per_frame
 
 
+def _hub_preprocessor(size: int) -> dict:
+    """``preprocessor_config.json`` as the llava-hf OneVision repositories ship it (the image
+    processor's: no ``do_center_crop`` nor ``crop_size``, anyres padding and grid pinpoints), at ``size``."""
+    return {"do_convert_rgb": True, "do_normalize": True, "do_pad": True, "do_rescale": True, "do_resize": True,
+            "image_grid_pinpoints": [[size * h, size * w] for h in range(1, 4) for w in range(1, 4)],
+            "image_mean": [0.5, 0.5, 0.5], "image_processor_type": "LlavaOnevisionImageProcessor",
+            "image_std": [0.5, 0.5, 0.5], "processor_class": "LlavaOnevisionProcessor", "resample": 3,
+            "rescale_factor": 0.00392156862745098, "size": {"height": size, "width": size}}
+
+
+def test_hub_preprocessor_config_loads_exports_and_equals_transformers(ov_dir, ov_model, tmp_path, real_clips,
+                                                                       scene_cut_clip) -> None:
+    """A OneVision folder with the hub's preprocessor config (crop not named: the family's default, off)
+    runs eagerly and exports; both read it as transformers' LlavaOnevisionImageProcessor (its first
+    anyres patch, the whole frame resized to the square) on real frames."""
+    module = pytest.importorskip("transformers.models.llava_onevision.image_processing_pil_llava_onevision")
+    from prunevid.exporter.export import ExportOptions, export
+    from prunevid.reference import EagerPipeline
+    from prunevid.runtime.pipeline import RuntimePipeline
+    from prunevid.runtime.video import preprocess_frames, read_frames
+
+    _, cfg = ov_model
+    size = cfg.vision.image_size
+    folder = _broken_copy(ov_dir, tmp_path, lambda f: (f / "preprocessor_config.json").write_text(
+        json.dumps(_hub_preprocessor(size))))
+    eager = EagerPipeline(folder, PruneConfig())
+    out = export(folder, tmp_path / "export", PruneConfig(), ExportOptions())
+    runtime = RuntimePipeline(out)
+    assert not eager.preprocess.do_center_crop and eager.preprocess == runtime.preprocess
+    processor = module.LlavaOnevisionImageProcessorPil.from_pretrained(folder)
+    frames = read_frames(_clip(real_clips, scene_cut_clip, "bikes"), 4)
+    ref = np.asarray(processor(list(frames), return_tensors="np", input_data_format="channels_last")["pixel_values"])
+    assert ref.shape[0] == 4 and ref.shape[1] > 1 and ref.shape[2:] == (3, size, size)  # whole frame + anyres patches
+    for pp in (eager.preprocess, runtime.preprocess):
+        ours = preprocess_frames(frames, pp)
+        assert ours.shape == (4, 3, size, size)
+        assert np.abs(ours - ref[:, 0]).max() <= 1e-6
+    pixels = runtime.prepare(_clip(real_clips, scene_cut_clip, "bikes"))
+    assert np.array_equal(pixels, eager.load_pixels(_clip(real_clips, scene_cut_clip, "bikes")).numpy())
+
+
+def test_a_missing_center_crop_still_means_crop_for_pllava(tiny_model_dir, tmp_path) -> None:
+    """The family default is OneVision's alone: PLLaVA's CLIPImageProcessor crops when the key is absent."""
+    from prunevid.reference import EagerPipeline
+
+    folder = tmp_path / "pllava"
+    shutil.copytree(tiny_model_dir, folder)
+    data = json.loads((folder / "preprocessor_config.json").read_text())
+    data.pop("do_center_crop")
+    (folder / "preprocessor_config.json").write_text(json.dumps(data))
+    assert EagerPipeline(folder, PruneConfig()).preprocess.do_center_crop
+
+
 @pytest.mark.parametrize("name", ["bigbuckbunny", "bikes", "carphone_distorted", "carphone_pristine"])
 def test_preprocessing_equals_transformers_siglip(real_clips, name: str) -> None:
     """OneVision's video preprocessing (square bicubic resize to 384, mean/std 0.5) equals

@@ -242,7 +242,7 @@ def explain(model_dir, engine_dir, video, question, out, frames, mode, force):
 @click.option("--model", "family", type=click.Choice(list(FAMILIES)), default="pllava",
               show_default=True, help="Model family; the checkpoint's config.json must match.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
-              help="Checkpoint folder [the demo's tiny PLLaVA, built on first use].")
+              help="Checkpoint folder [the demo's tiny random model of --model, built on first use].")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Export folder to write.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--opset", type=int, default=18, show_default=True)
@@ -256,7 +256,7 @@ def export(family, checkpoint, out, dtype, opset, template, force, preset, mode,
     from prunevid.model.config import read_config
 
     cfg = build_config(preset, mode, no_prune, **{k: v for k, v in overrides.items() if k != "frames"})
-    checkpoint = checkpoint or demo_model()
+    checkpoint = checkpoint or demo_model(family)
     if read_config(checkpoint).family != family:
         from prunevid.errors import ModelDirError
 
@@ -580,11 +580,11 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def demo_model() -> Path:
-    """The demo's tiny PLLaVA in the cache folder, built on first use."""
+def demo_model(family: str = "pllava") -> Path:
+    """The demo's tiny random model of ``family`` in the cache folder, built on first use."""
     from prunevid.demo import cached_model
 
-    return cached_model(cache_dir(), "tiny", Progress())
+    return cached_model(cache_dir(), "tiny", Progress(), family)
 
 
 def demo_clip(cache: Path) -> Path:

@@ -499,6 +499,18 @@ def test_export_refuses_a_family_mismatch(ov_dir, tmp_path) -> None:
     assert not out.exists()
 
 
+def test_export_without_checkpoint_exports_the_family_tiny_model(tmp_path) -> None:
+    """``export --model llava-onevision`` with no --checkpoint exports the cached tiny OneVision."""
+    from test_cli import invoke
+
+    cache, out = tmp_path / "cache", tmp_path / "export"
+    result = invoke(["export", "--model", "llava-onevision", "--out", out], env={"PRUNEVID_CACHE": str(cache)})
+    assert result.exit_code == 0, (result.output, result.exception)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["family"] == "llava-onevision" and manifest["model"]["template"] == "ov-chat"
+    assert Path(manifest["source"]["path"]).resolve() == (cache / "tiny-llava-onevision").resolve()
+
+
 def test_make_tiny_refuses_a_geometry_of_the_other_family(tmp_path) -> None:
     from test_cli import assert_one_line_error, invoke
 

@@ -83,6 +83,48 @@ def test_config_defaults_are_the_transformers_ones() -> None:
     assert cfg.num_frames * cfg.tokens_per_frame + len(cfg.after_visual_ids) == 6273
 
 
+# transformers >= 5 saves LlavaOnevisionForConditionalGeneration under these names (legacy -> new)
+_TRANSFORMERS5_PREFIXES = (("language_model.model.", "model.language_model."), ("language_model.lm_head.", "lm_head."),
+                           ("vision_tower.", "model.vision_tower."),
+                           ("multi_modal_projector.", "model.multi_modal_projector."),
+                           ("image_newline", "model.image_newline"))
+
+
+def _rename_to_transformers5(folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    from prunevid.model.checkpoint import read_tensors, weight_files
+
+    files = weight_files(folder)
+    state = {}
+    for key, value in read_tensors(files):
+        old, new = next((o, n) for o, n in _TRANSFORMERS5_PREFIXES if key.startswith(o))
+        state[new + key[len(old):]] = value
+    for f in [*files, folder / "model.safetensors.index.json"]:
+        f.unlink(missing_ok=True)
+    save_file(state, str(folder / "model.safetensors"))
+
+
+def test_transformers5_key_names_load_as_the_legacy_ones(ov_dir, ov_model, tmp_path) -> None:
+    """A OneVision checkpoint saved with transformers-5 names (model.image_newline,
+    model.language_model.*, lm_head.*) loads into the same weights as the legacy-named one."""
+    from safetensors import safe_open
+
+    from prunevid.model.checkpoint import load_model
+
+    folder = _broken_copy(ov_dir, tmp_path, _rename_to_transformers5)
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert "model.image_newline" in keys and "image_newline" not in keys
+    assert any(k.startswith("model.language_model.layers.") for k in keys) and "lm_head.weight" in keys
+    legacy, _ = ov_model
+    renamed, cfg = load_model(folder)
+    assert cfg.family == "llava-onevision"
+    ours, theirs = renamed.state_dict(), legacy.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
 # ---------------------------------------------------------------- parity with transformers
 
 

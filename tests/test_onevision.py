@@ -238,7 +238,12 @@ def test_eager_pipeline_unpruned_answers_as_transformers(ov_dir, ov_model, hf_mo
     _, cfg = ov_model
     hf, _ = hf_model
     clip = _clip(real_clips, scene_cut_clip, "carphone_pristine")
-    answer = EagerPipeline(ov_dir, PruneConfig(mode=Mode.NONE)).run(clip, QUESTION, max_new_tokens=8)
+    pipeline = EagerPipeline(ov_dir, PruneConfig(mode=Mode.NONE))
+    answer = pipeline.run(clip, QUESTION, max_new_tokens=8)
+    # not vacuous: all 8 tokens, or fewer ending in the first EOS
+    eos = pipeline.tokenizer.eos_id
+    assert len(answer.token_ids) == 8 or (answer.token_ids and answer.token_ids[-1] == eos)
+    assert eos not in answer.token_ids[:-1]
     prompt = _prompt(ov_dir, cfg)
     ids = torch.tensor([_hf_ids(prompt, cfg, cfg.num_frames * cfg.tokens_per_frame)])
     with torch.inference_mode():

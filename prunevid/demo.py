@@ -1,4 +1,5 @@
-"""``prunevid demo``: the deployment path on a random PLLaVA, PruneVid against the plain baseline.
+"""``prunevid demo``: the deployment path on a random model of either family (PLLaVA or
+LLaVA-OneVision), PruneVid against the plain baseline.
 
     make (or reuse) the random model in the cache
     -> export it (or reuse the cached export, keyed by the checkpoint's hash and the settings)
@@ -7,7 +8,8 @@
 
 The weights are random, so the answers are noise: the demo shows cost and which tokens are kept,
 not accuracy. On the tiny geometry fixed per-call costs dominate the times, so the FLOPs carry the
-saving; the ``bench`` geometry (PLLaVA-7B's token layout, a 32-layer LLM) shows it in time too.
+saving; the ``bench`` geometry (PLLaVA-7B's token layout, a 32-layer LLM) shows it in time too, and
+``ov32`` runs OneVision-7B's token layout (32 frames of 14 x 14 tokens) with the tiny towers.
 """
 
 from __future__ import annotations

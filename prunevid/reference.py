@@ -148,6 +148,7 @@ class EagerPipeline:
 
     def __init__(self, model_dir: str | Path, cfg: PruneConfig):
         from prunevid.model.checkpoint import load_model
+        from prunevid.model.config import FAMILIES
         from prunevid.runtime.text import TextTokenizer
         from prunevid.runtime.video import Preprocess
 
@@ -155,7 +156,8 @@ class EagerPipeline:
         self.model, self.model_cfg = load_model(self.model_dir, cfg.lora_alpha)
         self.cfg = cfg.with_frames_from(self.model_cfg.num_frames).validate(self.model_cfg.text.num_hidden_layers)
         self.tokenizer = TextTokenizer.from_dir(self.model_dir)
-        self.preprocess = Preprocess.from_json(self.model_dir / "preprocessor_config.json", self.model_cfg.vision.image_size)
+        self.preprocess = Preprocess.from_json(self.model_dir / "preprocessor_config.json", self.model_cfg.vision.image_size,
+                                               FAMILIES[self.model_cfg.family].preprocessor_defaults)
         self.last_trace: dict = {}  # hook for prunevid.explain: merging and selection of the last run
 
     def load_pixels(self, video: str | Path) -> torch.Tensor:

@@ -83,6 +83,48 @@ def test_config_defaults_are_the_transformers_ones() -> None:
     assert cfg.num_frames * cfg.tokens_per_frame + len(cfg.after_visual_ids) == 6273
 
 
+# transformers >= 5 saves LlavaOnevisionForConditionalGeneration under these names (legacy -> new)
+_TRANSFORMERS5_PREFIXES = (("language_model.model.", "model.language_model."), ("language_model.lm_head.", "lm_head."),
+                           ("vision_tower.", "model.vision_tower."),
+                           ("multi_modal_projector.", "model.multi_modal_projector."),
+                           ("image_newline", "model.image_newline"))
+
+
+def _rename_to_transformers5(folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    from prunevid.model.checkpoint import read_tensors, weight_files
+
+    files = weight_files(folder)
+    state = {}
+    for key, value in read_tensors(files):
+        old, new = next((o, n) for o, n in _TRANSFORMERS5_PREFIXES if key.startswith(o))
+        state[new + key[len(old):]] = value
+    for f in [*files, folder / "model.safetensors.index.json"]:
+        f.unlink(missing_ok=True)
+    save_file(state, str(folder / "model.safetensors"))
+
+
+def test_transformers5_key_names_load_as_the_legacy_ones(ov_dir, ov_model, tmp_path) -> None:
+    """A OneVision checkpoint saved with transformers-5 names (model.image_newline,
+    model.language_model.*, lm_head.*) loads into the same weights as the legacy-named one."""
+    from safetensors import safe_open
+
+    from prunevid.model.checkpoint import load_model
+
+    folder = _broken_copy(ov_dir, tmp_path, _rename_to_transformers5)
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert "model.image_newline" in keys and "image_newline" not in keys
+    assert any(k.startswith("model.language_model.layers.") for k in keys) and "lm_head.weight" in keys
+    legacy, _ = ov_model
+    renamed, cfg = load_model(folder)
+    assert cfg.family == "llava-onevision"
+    ours, theirs = renamed.state_dict(), legacy.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
 # ---------------------------------------------------------------- parity with transformers
 
 
@@ -196,7 +238,12 @@ def test_eager_pipeline_unpruned_answers_as_transformers(ov_dir, ov_model, hf_mo
     _, cfg = ov_model
     hf, _ = hf_model
     clip = _clip(real_clips, scene_cut_clip, "carphone_pristine")
-    answer = EagerPipeline(ov_dir, PruneConfig(mode=Mode.NONE)).run(clip, QUESTION, max_new_tokens=8)
+    pipeline = EagerPipeline(ov_dir, PruneConfig(mode=Mode.NONE))
+    answer = pipeline.run(clip, QUESTION, max_new_tokens=8)
+    # not vacuous: all 8 tokens, or fewer ending in the first EOS
+    eos = pipeline.tokenizer.eos_id
+    assert len(answer.token_ids) == 8 or (answer.token_ids and answer.token_ids[-1] == eos)
+    assert eos not in answer.token_ids[:-1]
     prompt = _prompt(ov_dir, cfg)
     ids = torch.tensor([_hf_ids(prompt, cfg, cfg.num_frames * cfg.tokens_per_frame)])
     with torch.inference_mode():
@@ -204,6 +251,59 @@ def test_eager_pipeline_unpruned_answers_as_transformers(ov_dir, ov_model, hf_mo
                           do_sample=False, eos_token_id=None)
     assert answer.token_ids == out[0, ids.shape[1]:].tolist()[: len(answer.token_ids)]
     assert answer.visual_tokens["encoder"] == cfg.num_frames * cfg.tokens_per_frame
+
+
+def _hub_preprocessor(size: int) -> dict:
+    """``preprocessor_config.json`` as the llava-hf OneVision repositories ship it (the image
+    processor's: no ``do_center_crop`` nor ``crop_size``, anyres padding and grid pinpoints), at ``size``."""
+    return {"do_convert_rgb": True, "do_normalize": True, "do_pad": True, "do_rescale": True, "do_resize": True,
+            "image_grid_pinpoints": [[size * h, size * w] for h in range(1, 4) for w in range(1, 4)],
+            "image_mean": [0.5, 0.5, 0.5], "image_processor_type": "LlavaOnevisionImageProcessor",
+            "image_std": [0.5, 0.5, 0.5], "processor_class": "LlavaOnevisionProcessor", "resample": 3,
+            "rescale_factor": 0.00392156862745098, "size": {"height": size, "width": size}}
+
+
+def test_hub_preprocessor_config_loads_exports_and_equals_transformers(ov_dir, ov_model, tmp_path, real_clips,
+                                                                       scene_cut_clip) -> None:
+    """A OneVision folder with the hub's preprocessor config (crop not named: the family's default, off)
+    runs eagerly and exports; both read it as transformers' LlavaOnevisionImageProcessor (its first
+    anyres patch, the whole frame resized to the square) on real frames."""
+    module = pytest.importorskip("transformers.models.llava_onevision.image_processing_pil_llava_onevision")
+    from prunevid.exporter.export import ExportOptions, export
+    from prunevid.reference import EagerPipeline
+    from prunevid.runtime.pipeline import RuntimePipeline
+    from prunevid.runtime.video import preprocess_frames, read_frames
+
+    _, cfg = ov_model
+    size = cfg.vision.image_size
+    folder = _broken_copy(ov_dir, tmp_path, lambda f: (f / "preprocessor_config.json").write_text(
+        json.dumps(_hub_preprocessor(size))))
+    eager = EagerPipeline(folder, PruneConfig())
+    out = export(folder, tmp_path / "export", PruneConfig(), ExportOptions())
+    runtime = RuntimePipeline(out)
+    assert not eager.preprocess.do_center_crop and eager.preprocess == runtime.preprocess
+    processor = module.LlavaOnevisionImageProcessorPil.from_pretrained(folder)
+    frames = read_frames(_clip(real_clips, scene_cut_clip, "bikes"), 4)
+    ref = np.asarray(processor(list(frames), return_tensors="np", input_data_format="channels_last")["pixel_values"])
+    assert ref.shape[0] == 4 and ref.shape[1] > 1 and ref.shape[2:] == (3, size, size)  # whole frame + anyres patches
+    for pp in (eager.preprocess, runtime.preprocess):
+        ours = preprocess_frames(frames, pp)
+        assert ours.shape == (4, 3, size, size)
+        assert np.abs(ours - ref[:, 0]).max() <= 1e-6
+    pixels = runtime.prepare(_clip(real_clips, scene_cut_clip, "bikes"))
+    assert np.array_equal(pixels, eager.load_pixels(_clip(real_clips, scene_cut_clip, "bikes")).numpy())
+
+
+def test_a_missing_center_crop_still_means_crop_for_pllava(tiny_model_dir, tmp_path) -> None:
+    """The family default is OneVision's alone: PLLaVA's CLIPImageProcessor crops when the key is absent."""
+    from prunevid.reference import EagerPipeline
+
+    folder = tmp_path / "pllava"
+    shutil.copytree(tiny_model_dir, folder)
+    data = json.loads((folder / "preprocessor_config.json").read_text())
+    data.pop("do_center_crop")
+    (folder / "preprocessor_config.json").write_text(json.dumps(data))
+    assert EagerPipeline(folder, PruneConfig()).preprocess.do_center_crop
 
 
 @pytest.mark.parametrize("name", ["bigbuckbunny", "bikes", "carphone_distorted", "carphone_pristine"])
@@ -446,6 +546,18 @@ def test_export_refuses_a_family_mismatch(ov_dir, tmp_path) -> None:
     assert not out.exists()
 
 
+def test_export_without_checkpoint_exports_the_family_tiny_model(tmp_path) -> None:
+    """``export --model llava-onevision`` with no --checkpoint exports the cached tiny OneVision."""
+    from test_cli import invoke
+
+    cache, out = tmp_path / "cache", tmp_path / "export"
+    result = invoke(["export", "--model", "llava-onevision", "--out", out], env={"PRUNEVID_CACHE": str(cache)})
+    assert result.exit_code == 0, (result.output, result.exception)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["family"] == "llava-onevision" and manifest["model"]["template"] == "ov-chat"
+    assert Path(manifest["source"]["path"]).resolve() == (cache / "tiny-llava-onevision").resolve()
+
+
 def test_make_tiny_refuses_a_geometry_of_the_other_family(tmp_path) -> None:
     from test_cli import assert_one_line_error, invoke
 
@@ -524,6 +636,17 @@ def test_llm_layer_params_count_qwen2_biases(ov_model) -> None:
     model, cfg = ov_model
     layer = model.language_model.model.layers[0]
     assert llm_layer_params(cfg.text) == sum(p.numel() for p in layer.parameters())
+
+
+@pytest.mark.parametrize("command", ["make-tiny", "demo"])
+def test_geometry_help_describes_every_choice_for_any_family(command: str) -> None:
+    """``--geometry`` help names each choice (ov32 included) and the command's help no family alone."""
+    from prunevid.cli import cli
+
+    option = next(p for p in cli.commands[command].params if "--geometry" in p.opts)
+    assert "ov32" in option.type.choices
+    assert all(f"{choice}:" in option.help for choice in option.type.choices), option.help
+    assert "random PLLaVA" not in cli.commands[command].help
 
 
 @pytest.mark.parametrize("command", ["export", "make-tiny", "demo"])

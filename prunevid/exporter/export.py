@@ -12,6 +12,7 @@ The folder is built beside the target and renamed into place at the end (see
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import warnings
 from collections.abc import Callable
@@ -23,7 +24,7 @@ import torch
 
 from prunevid import __version__, spec
 from prunevid.config import PruneConfig
-from prunevid.errors import ConfigError, ModelDirError
+from prunevid.errors import ConfigError, ModelDirError, read_json_object
 from prunevid.plugins.ops import DOMAIN, DOMAIN_VERSION
 from prunevid.runtime.artifact import sha256, write_manifest
 
@@ -94,13 +95,16 @@ class Exporter:
 
     def __init__(self, checkpoint: Path, cfg: PruneConfig, options: ExportOptions, progress: Progress):
         from prunevid.model.checkpoint import load_model
-        from prunevid.model.config import read_config
+        from prunevid.model.config import FAMILIES, read_config
         from prunevid.runtime.text import TextTokenizer, build_prompt
         from prunevid.runtime.video import Preprocess
 
         self.checkpoint, self.options, self.progress = Path(checkpoint), options, progress
         # refuse a preprocessor config the encoder cannot take before loading any weight
-        Preprocess.from_json(self.checkpoint / spec.PREPROCESSOR_FILE, read_config(self.checkpoint).vision.image_size)
+        model_cfg = read_config(self.checkpoint)
+        self.preprocessor_defaults = FAMILIES[model_cfg.family].preprocessor_defaults
+        Preprocess.from_json(self.checkpoint / spec.PREPROCESSOR_FILE, model_cfg.vision.image_size,
+                             self.preprocessor_defaults)
         self.external_data_bytes = EXTERNAL_DATA_BYTES
         self.model, self.model_cfg = load_model(self.checkpoint, cfg.lora_alpha)
         frames = next(f for f in (options.frames, cfg.frames, self.model_cfg.num_frames) if f is not None)
@@ -229,16 +233,30 @@ class Exporter:
         }
 
 
-def copy_support_files(src: Path, out: Path) -> dict[str, str]:
-    """Tokenizer, preprocessor and config files the runtime reads, with their hashes."""
+def copy_support_files(src: Path, out: Path, preprocessor_defaults: tuple[tuple[str, Any], ...] = ()) -> dict[str, str]:
+    """Tokenizer, preprocessor and config files the runtime reads, with their hashes.
+
+    The preprocessor config gets the family's ``preprocessor_defaults`` written in for the keys it
+    leaves out, so that the torch-free runtime reads the export's file as the eager reference reads
+    the checkpoint's, without knowing the family."""
     hashes = {}
     for name in (*spec.TOKENIZER_FILES, spec.PREPROCESSOR_FILE, "config.json"):
         if (src / name).is_file():
             shutil.copy2(src / name, out / name)
+            if name == spec.PREPROCESSOR_FILE:
+                _fill_defaults(out / name, preprocessor_defaults)
             hashes[name] = sha256(out / name)
     if "tokenizer.json" not in hashes:
         raise ModelDirError(f"no tokenizer.json in {src}")
     return hashes
+
+
+def _fill_defaults(path: Path, defaults: tuple[tuple[str, Any], ...]) -> None:
+    """Add to the JSON object in ``path`` each ``(key, value)`` of ``defaults`` whose key it lacks."""
+    data = read_json_object(path, ConfigError, f"preprocessor config {path}")
+    missing = {key: value for key, value in defaults if key not in data}
+    if missing:
+        path.write_text(json.dumps({**data, **missing}, indent=2) + "\n")
 
 
 def export(checkpoint: str | Path, out: str | Path, cfg: PruneConfig, options: ExportOptions,
@@ -259,6 +277,6 @@ def export(checkpoint: str | Path, out: str | Path, cfg: PruneConfig, options: E
             entries[name] = exporter.export_graph(name, module, args, tmp)
         progress("hashing the source checkpoint")
         manifest = exporter.manifest(entries)
-        manifest["files"] = copy_support_files(exporter.checkpoint, tmp)
+        manifest["files"] = copy_support_files(exporter.checkpoint, tmp, exporter.preprocessor_defaults)
         write_manifest(tmp, manifest)
     return out

@@ -125,7 +125,8 @@ class Family:
     Everything that differs between families is declared here once: which ``config.json`` they
     come with, the defaults of the transformers config classes for fields a checkpoint leaves out,
     the module that builds the model, the prompt token the visual rows replace, whether a learned
-    newline row follows the video, how each frame's grid is pooled, and the default template.
+    newline row follows the video, how each frame's grid is pooled, the default template, and the
+    defaults of the family's image processor for ``preprocessor_config.json`` keys left out.
     """
 
     name: str
@@ -146,6 +147,8 @@ class Family:
     tokenizer_style: str = "llama"  # prunevid.model.tiny_tokenizer.STYLES
     exact_patch_grid: bool = True  # image_size must be a multiple of patch_size (SigLIP-384: 27 patches of 14 px)
     tower: VisionTower = CLIP_TOWER
+    # preprocessor_config.json keys the family's processor defaults differently from CLIPImageProcessor
+    preprocessor_defaults: tuple[tuple[str, Any], ...] = ()
 
 
 FAMILIES: dict[str, Family] = {
@@ -183,6 +186,8 @@ FAMILIES: dict[str, Family] = {
         tokenizer_style="chatml",
         exact_patch_grid=False,
         tower=SIGLIP_TOWER,
+        # LlavaOnevisionImageProcessor / VideoProcessor: do_center_crop None (no crop); the hub configs omit it
+        preprocessor_defaults=(("do_center_crop", False),),
     ),
 }
 

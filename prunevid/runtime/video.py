@@ -84,8 +84,11 @@ class Preprocess:
             raise ConfigError(f"preprocess image_std must be non-zero, got {self.image_std!r}")
 
     @classmethod
-    def from_json(cls, path: str | pathlib.Path, image_size: int | None = None) -> Preprocess:
-        """Read a Hugging Face ``preprocessor_config.json``; missing keys take CLIP defaults.
+    def from_json(cls, path: str | pathlib.Path, image_size: int | None = None,
+                  defaults: tuple[tuple[str, Any], ...] = ()) -> Preprocess:
+        """Read a Hugging Face ``preprocessor_config.json``; a missing key takes its value in
+        ``defaults`` (the model family's, :attr:`prunevid.model.config.Family.preprocessor_defaults`),
+        else CLIPImageProcessor's.
 
         Every field read is checked for type and range (:data:`PREPROCESS_FIELDS`). With
         ``image_size`` (the side the model's vision tower takes), the config must produce frames of
@@ -94,7 +97,7 @@ class Preprocess:
         """
         path = pathlib.Path(path)
         data = read_json_object(path, ConfigError, f"preprocessor config {path}")
-        pp = cls._from_dict(data, str(path))
+        pp = cls._from_dict({**dict(defaults), **data}, str(path))
         if image_size is not None:
             pp.check_output_size(image_size, str(path))
         return pp

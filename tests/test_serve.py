@@ -552,3 +552,39 @@ def test_fuzzed_requests_never_get_a_5xx(live, media):
 
         check()
     idle(live)
+
+
+# --- review fixes: descriptor leak, overflow after merging -----------------------------------------
+
+def test_file_url_requests_leak_no_descriptors(live, media):
+    from prunevid.serve.app import prepare_pixels
+
+    async def many(n: int) -> None:
+        for _ in range(n):
+            pixels = await prepare_pixels(live.state, file_url(media))
+            assert pixels.shape[0] == live.state.facts.frames
+
+    asyncio.run(many(3))  # warm: lazily opened files (libraries, the pool) are counted before
+    before = len(os.listdir("/proc/self/fd"))
+    asyncio.run(many(20))
+    assert len(os.listdir("/proc/self/fd")) - before < 5
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_context_overflow_found_after_merging_is_a_400(live, media, stream):
+    ctx = live.state.facts.max_positions
+    body = chat(file_url(media), mode="prunevid", max_tokens=ctx - 100, stream=stream)
+    r = post(live, body)
+    if stream:  # the 200 was sent before the merge: the error is the last event before [DONE]
+        assert r.status_code == 200
+        events = [json.loads(x[6:]) for x in r.text.split("\n\n") if x.startswith("data: {")]
+        error = events[-1]["error"]
+    else:
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+    assert error["code"] == 400 and error["param"] == "max_tokens" and error["type"] == "invalid_request_error"
+    assert "exceeds the model's context" in error["message"]
+    idle(live)
+    ok = post(live, chat(file_url(media), mode="prunevid", max_tokens=4))
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] is not None
+    assert httpx.get(live.url + "/health/ready", timeout=10).status_code == 200

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -88,7 +89,12 @@ async def read_body(request, cap: int) -> bytes:
 async def prepare_pixels(state: ServerState, url: str) -> np.ndarray:
     """Fetch/locate and decode the video; every temporary file is removed before returning."""
     path, owned = await obtain(url, state.workdir, state.settings, state.policy)
-    out = path.with_suffix(".npy") if owned else Path(tempfile.mkstemp(suffix=".npy", dir=state.workdir)[1])
+    if owned:
+        out = path.with_suffix(".npy")
+    else:
+        fd, name = tempfile.mkstemp(suffix=".npy", dir=state.workdir)
+        os.close(fd)  # only the name is wanted: the decode worker writes the file
+        out = Path(name)
     try:
         await decode(path, out, state.job, state.settings)
         return np.load(out)  # [T, 3, S, S] float32
@@ -212,9 +218,19 @@ def _check_prompt(state: ServerState, req: protocol.ChatRequest) -> None:
 
 
 def _as_api_error(error: BaseException) -> ApiError:
-    """An engine failure as an HTTP error: typed ones keep their status, anything else is a 500."""
+    """An engine failure as an HTTP error: typed ones keep their status, a request's own fault (a
+    prompt that does not fit once the video is merged, a bad mode or video) is a 400, anything else
+    (a broken export included) is a 500."""
+    from prunevid.errors import ConfigError, PromptError, VideoError, one_line
+
     if isinstance(error, ApiError):
         return error
+    if isinstance(error, PromptError):
+        return ApiError(400, one_line(error), param="max_tokens")
+    if isinstance(error, ConfigError):
+        return ApiError(400, one_line(error), param="mode")
+    if isinstance(error, VideoError):
+        return ApiError(400, one_line(error), param="messages")
     return ApiError(500, f"engine error: {type(error).__name__}: {error}", "engine_error", outcome="error")
 
 

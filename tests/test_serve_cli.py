@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import os
@@ -229,3 +230,52 @@ def test_serve_profiles_and_setting_errors(tmp_path):
         result = CliRunner().invoke(cli, ["serve", "--engine-dir", str(tmp_path), *args])
         assert result.exit_code == 1 and message in result.output, result.output
         assert result.output.count("\n") == 1
+
+
+def test_ray_classify_maps_replica_errors_without_a_cluster():
+    """A replica's errors as the ingress sees them: Ray wraps the replica's exception (``cause``)."""
+    from prunevid.errors import ArtifactError, PromptError
+    from prunevid.serve.ray_app import EngineReplica, classify
+
+    class RayTaskError(Exception):  # the shape Ray gives: its own type, the replica's exception as .cause
+        def __init__(self, cause):
+            super().__init__(f"ray::generate()\nTraceback (most recent call last):\n  ...\n{cause!r}")
+            self.cause = cause
+
+    class BackPressureError(Exception):
+        pass
+
+    class ActorDiedError(Exception):
+        pass
+
+    class Refusing:  # an engine whose up-front prompt check refuses, as the replica's would
+        def check(self, question, max_tokens, mode):
+            raise PromptError("prompt of 300 tokens (20 text + 280 visual) plus 4000 new tokens exceeds the "
+                              "model's context of 4096 positions")
+
+    replica = EngineReplica.__new__(EngineReplica)
+    replica.engine = Refusing()
+
+    async def first():
+        return await replica.generate(None, "What?", "none", 4000).__anext__()
+
+    with pytest.raises(Exception) as raised:  # what the replica raises is what Ray ships as the cause
+        asyncio.run(first())
+    overflow = raised.value
+    err = classify(RayTaskError(overflow))
+    assert (err.status, err.param, err.type, err.outcome) == (400, "max_tokens", "invalid_request_error", "bad_request")
+    assert err.message == str(overflow)
+    assert classify(overflow).status == 400
+    busy = classify(BackPressureError("queue full"))
+    assert (busy.status, busy.outcome, busy.headers) == (429, "rejected_queue", {"Retry-After": "1"})
+    assert classify(RayTaskError(ActorDiedError())).status == 503
+    broken = classify(RayTaskError(ArtifactError("graph missing")))
+    assert (broken.status, broken.type) == (500, "engine_error")
+
+    exceptions = pytest.importorskip("ray.exceptions")
+    real = exceptions.RayTaskError("generate", "Traceback ...", overflow).as_instanceof_cause()
+    err = classify(real)
+    assert (err.status, err.param, err.message) == (400, "max_tokens", str(overflow))
+    from ray.serve.exceptions import BackPressureError as RealBackPressure
+
+    assert classify(RealBackPressure(num_queued_requests=3, max_queued_requests=2)).status == 429

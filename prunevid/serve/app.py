@@ -219,18 +219,13 @@ def _check_prompt(state: ServerState, req: protocol.ChatRequest) -> None:
 
 def _as_api_error(error: BaseException) -> ApiError:
     """An engine failure as an HTTP error: typed ones keep their status, a request's own fault (a
-    prompt that does not fit once the video is merged, a bad mode or video) is a 400, anything else
-    (a broken export included) is a 500."""
-    from prunevid.errors import ConfigError, PromptError, VideoError, one_line
-
+    prompt that does not fit once the video is merged, a bad mode or video) is a 400
+    (:func:`protocol.user_error`), anything else (a broken export included) is a 500."""
     if isinstance(error, ApiError):
         return error
-    if isinstance(error, PromptError):
-        return ApiError(400, one_line(error), param="max_tokens")
-    if isinstance(error, ConfigError):
-        return ApiError(400, one_line(error), param="mode")
-    if isinstance(error, VideoError):
-        return ApiError(400, one_line(error), param="messages")
+    user = protocol.user_error(error)
+    if user is not None:
+        return user
     return ApiError(500, f"engine error: {type(error).__name__}: {error}", "engine_error", outcome="error")
 
 

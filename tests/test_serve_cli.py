@@ -279,3 +279,31 @@ def test_ray_classify_maps_replica_errors_without_a_cluster():
     from ray.serve.exceptions import BackPressureError as RealBackPressure
 
     assert classify(RealBackPressure(num_queued_requests=3, max_queued_requests=2)).status == 429
+
+
+def test_serve_without_fastapi_is_one_line(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from prunevid.cli import cli
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # `import fastapi` raises ImportError
+    monkeypatch.delitem(sys.modules, "prunevid.serve.app", raising=False)
+    result = CliRunner().invoke(cli, ["serve", "--engine-dir", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert result.output == "Error: prunevid serve needs fastapi: pip install 'prunevid[serve]'\n"
+
+
+def test_serve_binds_before_loading_and_a_busy_port_is_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from prunevid.cli import cli
+
+    with socket.create_server(("127.0.0.1", 0)) as held:  # the port is in use: found before the export is read
+        port = held.getsockname()[1]
+        result = CliRunner().invoke(cli, ["serve", "--engine-dir", str(tmp_path / "no-export"), "--port", str(port)])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(f"Error: cannot listen on 127.0.0.1:{port}: Address already in use")
+    # an address this machine does not have (the guard resolves intranet.test to 10.1.2.3)
+    result = CliRunner().invoke(cli, ["serve", "--engine-dir", str(tmp_path), "--host", "intranet.test"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith("Error: cannot listen on intranet.test:8000: ")

@@ -118,7 +118,7 @@ def test_negative_max_redirects_is_refused():
     from prunevid.errors import ConfigError
     from prunevid.serve.settings import ServeSettings
 
-    with pytest.raises(ConfigError, match="--max-redirects must be >= 0"):
+    with pytest.raises(ConfigError, match="^the max_redirects setting must be >= 0, got -1$"):
         ServeSettings(max_redirects=-1).check()
 
 
@@ -226,7 +226,11 @@ def test_serve_profiles_and_setting_errors(tmp_path):
     assert ServeSettings.profile("default").max_video_bytes == 256 * MiB
     for args, message in ((["--allow-modes", "prunevid,fast"], "Error: --allow-modes: fast is not one of"),
                           (["--media-dir", str(tmp_path / "nope")], "is not a folder"),
-                          (["--max-video-seconds", "0"], "--max-video-seconds must be > 0")):
+                          (["--max-video-seconds", "0"], "--max-video-seconds must be > 0"),
+                          (["--queue-timeout", "0"], "Error: --queue-timeout must be > 0, got 0.0"),
+                          (["--decode-timeout", "-1"], "Error: --decode-timeout must be > 0, got -1.0"),
+                          (["--replicas", "3"], "Error: --replicas needs --ray"),
+                          (["--gpus-per-replica", "0.5"], "Error: --gpus-per-replica needs --ray")):
         result = CliRunner().invoke(cli, ["serve", "--engine-dir", str(tmp_path), *args])
         assert result.exit_code == 1 and message in result.output, result.output
         assert result.output.count("\n") == 1

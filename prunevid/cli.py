@@ -538,8 +538,14 @@ def serve(engine_dir, host, port, profile, queue, queue_timeout, allow_modes, me
           allowed_media_domains, max_video_bytes, max_video_seconds, max_new_tokens, decode_timeout,
           served_model_name, threads, use_ray, replicas, gpus_per_replica, step_delay, decode_delay):
     """Serve an export over an OpenAI-compatible HTTP API (POST /v1/chat/completions with a video)."""
+    from prunevid.errors import ConfigError
     from prunevid.serve.server import serve as run_server
     from prunevid.serve.settings import ServeSettings
+
+    given = click.get_current_context().get_parameter_source
+    for name in ("replicas", "gpus_per_replica"):
+        if not use_ray and given(name) is click.core.ParameterSource.COMMANDLINE:
+            raise ConfigError(f"--{name.replace('_', '-')} needs --ray")
 
     def split(text):
         return tuple(x.strip() for x in text.split(",") if x.strip()) if text else None

@@ -552,3 +552,78 @@ def test_fuzzed_requests_never_get_a_5xx(live, media):
 
         check()
     idle(live)
+
+
+# --- review fixes: descriptor leak, overflow after merging -----------------------------------------
+
+def test_file_url_requests_leak_no_descriptors(live, media):
+    from prunevid.serve.app import prepare_pixels
+
+    async def many(n: int) -> None:
+        for _ in range(n):
+            pixels = await prepare_pixels(live.state, file_url(media))
+            assert pixels.shape[0] == live.state.facts.frames
+
+    asyncio.run(many(3))  # warm: lazily opened files (libraries, the pool) are counted before
+    before = len(os.listdir("/proc/self/fd"))
+    asyncio.run(many(20))
+    assert len(os.listdir("/proc/self/fd")) - before < 5
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_context_overflow_found_after_merging_is_a_400(live, media, stream):
+    ctx = live.state.facts.max_positions
+    body = chat(file_url(media), mode="prunevid", max_tokens=ctx - 100, stream=stream)
+    r = post(live, body)
+    if stream:  # the 200 was sent before the merge: the error is the last event before [DONE]
+        assert r.status_code == 200
+        events = [json.loads(x[6:]) for x in r.text.split("\n\n") if x.startswith("data: {")]
+        error = events[-1]["error"]
+    else:
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+    assert error["code"] == 400 and error["param"] == "max_tokens" and error["type"] == "invalid_request_error"
+    assert "exceeds the model's context" in error["message"]
+    idle(live)
+    ok = post(live, chat(file_url(media), mode="prunevid", max_tokens=4))
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] is not None
+    assert httpx.get(live.url + "/health/ready", timeout=10).status_code == 200
+
+
+def test_health_answers_during_warm_up_and_ready_after(tiny_export):
+    import threading
+
+    import uvicorn
+
+    from prunevid.serve.app import ServerState, build_app
+    from prunevid.serve.engine import Engine
+    from prunevid.serve.settings import ServeSettings
+
+    engine, release = Engine(tiny_export), threading.Event()
+    warm_up = engine.warm_up
+    engine.warm_up = lambda: (release.wait(30), warm_up())  # a warm-up that lasts until the test says
+    state = ServerState(engine, ServeSettings())
+    server = uvicorn.Server(uvicorn.Config(build_app(state), host="127.0.0.1", port=0, log_level="warning",
+                                           lifespan="on", access_log=False, loop="asyncio"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        assert httpx.get(url + "/health", timeout=10).json() == {"status": "ok"}
+        starting = httpx.get(url + "/health/ready", timeout=10)
+        assert starting.status_code == 503 and "starting" in starting.json()["error"]["message"]
+        assert httpx.post(url + "/v1/chat/completions", json={}, timeout=10).status_code == 503
+        release.set()
+        while not state.ready:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert httpx.get(url + "/health/ready", timeout=10).json() == {"status": "ready"}
+    finally:
+        release.set()
+        server.should_exit = True
+        thread.join(15)
+        engine.close()

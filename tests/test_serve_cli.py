@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import os
@@ -117,7 +118,7 @@ def test_negative_max_redirects_is_refused():
     from prunevid.errors import ConfigError
     from prunevid.serve.settings import ServeSettings
 
-    with pytest.raises(ConfigError, match="--max-redirects must be >= 0"):
+    with pytest.raises(ConfigError, match="^the max_redirects setting must be >= 0, got -1$"):
         ServeSettings(max_redirects=-1).check()
 
 
@@ -225,7 +226,88 @@ def test_serve_profiles_and_setting_errors(tmp_path):
     assert ServeSettings.profile("default").max_video_bytes == 256 * MiB
     for args, message in ((["--allow-modes", "prunevid,fast"], "Error: --allow-modes: fast is not one of"),
                           (["--media-dir", str(tmp_path / "nope")], "is not a folder"),
-                          (["--max-video-seconds", "0"], "--max-video-seconds must be > 0")):
+                          (["--max-video-seconds", "0"], "--max-video-seconds must be > 0"),
+                          (["--queue-timeout", "0"], "Error: --queue-timeout must be > 0, got 0.0"),
+                          (["--decode-timeout", "-1"], "Error: --decode-timeout must be > 0, got -1.0"),
+                          (["--replicas", "3"], "Error: --replicas needs --ray"),
+                          (["--gpus-per-replica", "0.5"], "Error: --gpus-per-replica needs --ray")):
         result = CliRunner().invoke(cli, ["serve", "--engine-dir", str(tmp_path), *args])
         assert result.exit_code == 1 and message in result.output, result.output
         assert result.output.count("\n") == 1
+
+
+def test_ray_classify_maps_replica_errors_without_a_cluster():
+    """A replica's errors as the ingress sees them: Ray wraps the replica's exception (``cause``)."""
+    from prunevid.errors import ArtifactError, PromptError
+    from prunevid.serve.ray_app import EngineReplica, classify
+
+    class RayTaskError(Exception):  # the shape Ray gives: its own type, the replica's exception as .cause
+        def __init__(self, cause):
+            super().__init__(f"ray::generate()\nTraceback (most recent call last):\n  ...\n{cause!r}")
+            self.cause = cause
+
+    class BackPressureError(Exception):
+        pass
+
+    class ActorDiedError(Exception):
+        pass
+
+    class Refusing:  # an engine whose up-front prompt check refuses, as the replica's would
+        def check(self, question, max_tokens, mode):
+            raise PromptError("prompt of 300 tokens (20 text + 280 visual) plus 4000 new tokens exceeds the "
+                              "model's context of 4096 positions")
+
+    replica = EngineReplica.__new__(EngineReplica)
+    replica.engine = Refusing()
+
+    async def first():
+        return await replica.generate(None, "What?", "none", 4000).__anext__()
+
+    with pytest.raises(Exception) as raised:  # what the replica raises is what Ray ships as the cause
+        asyncio.run(first())
+    overflow = raised.value
+    err = classify(RayTaskError(overflow))
+    assert (err.status, err.param, err.type, err.outcome) == (400, "max_tokens", "invalid_request_error", "bad_request")
+    assert err.message == str(overflow)
+    assert classify(overflow).status == 400
+    busy = classify(BackPressureError("queue full"))
+    assert (busy.status, busy.outcome, busy.headers) == (429, "rejected_queue", {"Retry-After": "1"})
+    assert classify(RayTaskError(ActorDiedError())).status == 503
+    broken = classify(RayTaskError(ArtifactError("graph missing")))
+    assert (broken.status, broken.type) == (500, "engine_error")
+
+    exceptions = pytest.importorskip("ray.exceptions")
+    real = exceptions.RayTaskError("generate", "Traceback ...", overflow).as_instanceof_cause()
+    err = classify(real)
+    assert (err.status, err.param, err.message) == (400, "max_tokens", str(overflow))
+    from ray.serve.exceptions import BackPressureError as RealBackPressure
+
+    assert classify(RealBackPressure(num_queued_requests=3, max_queued_requests=2)).status == 429
+
+
+def test_serve_without_fastapi_is_one_line(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from prunevid.cli import cli
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # `import fastapi` raises ImportError
+    monkeypatch.delitem(sys.modules, "prunevid.serve.app", raising=False)
+    result = CliRunner().invoke(cli, ["serve", "--engine-dir", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert result.output == "Error: prunevid serve needs fastapi: pip install 'prunevid[serve]'\n"
+
+
+def test_serve_binds_before_loading_and_a_busy_port_is_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from prunevid.cli import cli
+
+    with socket.create_server(("127.0.0.1", 0)) as held:  # the port is in use: found before the export is read
+        port = held.getsockname()[1]
+        result = CliRunner().invoke(cli, ["serve", "--engine-dir", str(tmp_path / "no-export"), "--port", str(port)])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(f"Error: cannot listen on 127.0.0.1:{port}: Address already in use")
+    # an address this machine does not have (the guard resolves intranet.test to 10.1.2.3)
+    result = CliRunner().invoke(cli, ["serve", "--engine-dir", str(tmp_path), "--host", "intranet.test"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith("Error: cannot listen on intranet.test:8000: ")

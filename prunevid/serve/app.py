@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -44,6 +45,7 @@ class ServerState:
     draining: bool = False
     workdir: Path | None = None
     slots: int = 1  # answers generated at once (Ray: one per engine replica)
+    warm_up_error: BaseException | None = None
 
     def __post_init__(self) -> None:
         from prunevid import __version__
@@ -88,7 +90,12 @@ async def read_body(request, cap: int) -> bytes:
 async def prepare_pixels(state: ServerState, url: str) -> np.ndarray:
     """Fetch/locate and decode the video; every temporary file is removed before returning."""
     path, owned = await obtain(url, state.workdir, state.settings, state.policy)
-    out = path.with_suffix(".npy") if owned else Path(tempfile.mkstemp(suffix=".npy", dir=state.workdir)[1])
+    if owned:
+        out = path.with_suffix(".npy")
+    else:
+        fd, name = tempfile.mkstemp(suffix=".npy", dir=state.workdir)
+        os.close(fd)  # only the name is wanted: the decode worker writes the file
+        out = Path(name)
     try:
         await decode(path, out, state.job, state.settings)
         return np.load(out)  # [T, 3, S, S] float32
@@ -98,19 +105,31 @@ async def prepare_pixels(state: ServerState, url: str) -> np.ndarray:
             path.unlink(missing_ok=True)
 
 
+async def _warm_up(state: ServerState) -> None:
+    """Warm the engine up, then mark the server ready; a failure is kept in ``state.warm_up_error``
+    (the single-process server then stops with it)."""
+    t0 = time.perf_counter()
+    try:
+        await state.engine.ready()
+    except Exception as exc:  # noqa: BLE001 - reported by the server loop, not lost in a task
+        logging.getLogger("prunevid.serve").exception("warm-up failed")
+        state.warm_up_error = exc
+        return
+    state.metrics.load_seconds.set(state.engine.load_seconds + time.perf_counter() - t0)
+    state.ready = True
+
+
 def build_app(state: ServerState):
     """The ASGI app (FastAPI, so Ray Serve can mount it as an ingress)."""
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         state.workdir = Path(tempfile.mkdtemp(prefix="prunevid-serve-"))
+        warming = asyncio.ensure_future(_warm_up(state))  # /health answers meanwhile; readiness is 503
         try:
-            t0 = time.perf_counter()
-            await state.engine.ready()
-            state.metrics.load_seconds.set(state.engine.load_seconds + time.perf_counter() - t0)
-            state.ready = True
             yield
         finally:
             state.ready = False
+            warming.cancel()
             shutil.rmtree(state.workdir, ignore_errors=True)  # our own folder: every request's temp files
 
     app = FastAPI(title="prunevid", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -129,7 +148,7 @@ def build_app(state: ServerState):
     async def ready():
         if state.ready and not state.draining:
             return {"status": "ready"}
-        reason = "draining" if state.draining else "starting"
+        reason = "draining" if state.draining else "warm-up failed" if state.warm_up_error else "starting"
         return json_response(503, protocol.error_body(503, f"not ready: {reason}", "server_unavailable"))
 
     @app.get("/metrics")
@@ -212,9 +231,14 @@ def _check_prompt(state: ServerState, req: protocol.ChatRequest) -> None:
 
 
 def _as_api_error(error: BaseException) -> ApiError:
-    """An engine failure as an HTTP error: typed ones keep their status, anything else is a 500."""
+    """An engine failure as an HTTP error: typed ones keep their status, a request's own fault (a
+    prompt that does not fit once the video is merged, a bad mode or video) is a 400
+    (:func:`protocol.user_error`), anything else (a broken export included) is a 500."""
     if isinstance(error, ApiError):
         return error
+    user = protocol.user_error(error)
+    if user is not None:
+        return user
     return ApiError(500, f"engine error: {type(error).__name__}: {error}", "engine_error", outcome="error")
 
 

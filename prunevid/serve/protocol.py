@@ -39,6 +39,17 @@ def error_body(status: int, message: str, type_: str, param: str | None = None) 
     return {"error": {"message": " ".join(message.split()), "type": type_, "param": param, "code": status}}
 
 
+def user_error(error: BaseException) -> ApiError | None:
+    """The 400 for an engine error that is the request's own fault (a prompt that does not fit once
+    the video is merged, a bad mode, a bad video); None for anything else (a broken export is a 500)."""
+    from prunevid.errors import ConfigError, PromptError, VideoError, one_line
+
+    for kind, param in ((PromptError, "max_tokens"), (ConfigError, "mode"), (VideoError, "messages")):
+        if isinstance(error, kind):
+            return ApiError(400, one_line(error), param=param)
+    return None
+
+
 def bad(message: str, param: str | None = None) -> ApiError:
     return ApiError(400, message, param=param)
 

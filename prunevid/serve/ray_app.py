@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, replace
 
 from prunevid.serve.engine import Event, ExportFacts
-from prunevid.serve.protocol import ApiError
+from prunevid.serve.protocol import ApiError, user_error
 
 ENGINE, ENGINE_APP, INGRESS, INGRESS_APP = "PrunevidEngine", "prunevid-engine", "PrunevidIngress", "prunevid"
 
@@ -47,8 +47,10 @@ def classify(exc: BaseException) -> ApiError:
     if names & _GONE:
         return ApiError(503, "the engine replica serving this request failed; retry", "server_unavailable",
                         outcome="error", headers={"Retry-After": "1"})
-    if "PromptError" in names:
-        return ApiError(400, str(cause or exc).splitlines()[-1], param="max_tokens")
+    for error in (cause, exc):  # Ray's RayTaskError carries the replica's own exception as ``cause``
+        user = user_error(error) if error is not None else None
+        if user is not None:
+            return user
     return ApiError(500, f"engine error: {type(exc).__name__}", "engine_error", outcome="error")
 
 
@@ -113,12 +115,7 @@ class EngineReplica:
         return {**asdict(self.engine.facts), "pid": os.getpid()}
 
     async def generate(self, pixels, question, mode, max_tokens):
-        from prunevid.errors import PruneVidError
-
-        try:
-            self.engine.check(question, max_tokens, mode)
-        except PruneVidError as exc:
-            raise ValueError(f"PromptError: {exc}") from exc
+        self.engine.check(question, max_tokens, mode)  # PromptError crosses to the ingress as Ray's cause
         gen = self.engine.start(pixels, question, mode, max_tokens)
         try:
             async for event in gen.events():

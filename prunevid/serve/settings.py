@@ -67,13 +67,24 @@ class ServeSettings:
 
         for name in ("queue", "max_redirects"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{_named(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("max_video_bytes", "max_video_seconds", "max_frame_pixels", "max_new_tokens", "fetch_timeout_s",
                      "decode_timeout_s", "queue_timeout_s", "drain_timeout_s"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+                raise ConfigError(f"{_named(name)} must be > 0, got {getattr(self, name)}")
         bad = [m for m in self.allow_modes if m not in MODES]
         if bad:
             raise ConfigError(f"--allow-modes: {bad[0]} is not one of {', '.join(MODES)}")
         if self.media_dir is not None and not Path(self.media_dir).is_dir():
             raise ConfigError(f"--media-dir {self.media_dir} is not a folder")
+
+
+# The `prunevid serve` option of each checked setting; the others are set from Python only.
+OPTIONS = {"queue": "--queue", "queue_timeout_s": "--queue-timeout", "decode_timeout_s": "--decode-timeout",
+           "max_video_bytes": "--max-video-bytes", "max_video_seconds": "--max-video-seconds",
+           "max_new_tokens": "--max-new-tokens"}
+
+
+def _named(name: str) -> str:
+    """A setting as a user knows it: its CLI option, else its ServeSettings field."""
+    return OPTIONS.get(name, f"the {name} setting")

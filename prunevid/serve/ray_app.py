@@ -214,6 +214,17 @@ def run(engine_dir, settings, replicas: int, gpus_per_replica: float, echo=print
         # a local cluster stays on loopback when the server does (an open Ray port runs any code sent to it)
         local = {"_node_ip_address": "127.0.0.1"} if settings.host in ("127.0.0.1", "localhost", "::1") else {}
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
+    # first SIGTERM/SIGINT: drain (as the single-process server does); a second one: stop at once.
+    # Installed before the applications start: the ingress answers as soon as its replica is up, before
+    # serve.run returns, and a signal then must drain, not meet Ray's own handler (which kills the driver).
+    first, second = threading.Event(), threading.Event()
+
+    def on_signal(*_):
+        (second if first.is_set() else first).set()
+
+    if block:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
     serve.start(http_options={"host": settings.host, "port": settings.port})
     engine, ingress = applications(engine_dir, settings, replicas, gpus_per_replica)
     serve.run(engine, name=ENGINE_APP, route_prefix=None)
@@ -221,14 +232,6 @@ def run(engine_dir, settings, replicas: int, gpus_per_replica: float, echo=print
     echo(f"prunevid serve (Ray Serve, {replicas} engine replicas) on http://{settings.host}:{settings.port}")
     if not block:
         return
-    # first SIGTERM/SIGINT: drain (as the single-process server does); a second one: stop at once
-    first, second = threading.Event(), threading.Event()
-
-    def on_signal(*_):
-        (second if first.is_set() else first).set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
     try:
         while not first.wait(0.5):  # a bounded wait keeps the main thread able to run the handler
             pass

@@ -85,7 +85,7 @@ def plugin_onnx(onnx_path: str | Path, trt_version: str | Sequence[int]) -> Path
     prunevid functions is written (beside the original, so relative external-data paths still
     resolve) and returned; a model with no prunevid function is returned unchanged.
     """
-    from prunevid.trt.variant import tensorrt_onnx, to_tensorrt
+    from prunevid.trt.variant import save_sibling, tensorrt_onnx, to_tensorrt
 
     onnx_path = Path(onnx_path)
     if not needs_function_strip(trt_version):
@@ -96,16 +96,7 @@ def plugin_onnx(onnx_path: str | Path, trt_version: str | Sequence[int]) -> Path
     to_tensorrt(model)  # the TensorRT variant of the stored graph
     if not any(f.domain == DOMAIN and f.name in OPS for f in model.functions):
         return tensorrt_onnx(onnx_path)
-    out = onnx_path.with_name(f"{onnx_path.stem}.plugins{onnx_path.suffix}")
-    tmp = out.with_name(f".{out.name}.partial")
-    try:
-        onnx.save(strip_functions_for_plugins(model, OPS), str(tmp))
-        tmp.replace(out)
-    except OSError as exc:
-        raise ArtifactError(f"cannot write {out}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return save_sibling(strip_functions_for_plugins(model, OPS), onnx_path, "plugins")
 
 
 def check_record(record: dict, trt_version: str, gpu_arch: str | None) -> None:

@@ -47,7 +47,15 @@ def tensorrt_onnx(onnx_path: str | Path) -> Path:
     model = onnx.load(str(onnx_path), load_external_data=False)
     if not to_tensorrt(model):
         return onnx_path
-    out = onnx_path.with_name(f"{onnx_path.stem}.trt{onnx_path.suffix}")
+    return save_sibling(model, onnx_path, "trt")
+
+
+def save_sibling(model, onnx_path: Path, tag: str) -> Path:
+    """Write ``model`` as ``<stem>.<tag>.onnx`` beside ``onnx_path`` (so relative external-data paths
+    resolve), through a hidden ``.partial`` name and a rename: never a half-written sibling."""
+    import onnx
+
+    out = onnx_path.with_name(f"{onnx_path.stem}.{tag}{onnx_path.suffix}")
     tmp = out.with_name(f".{out.name}.partial")
     try:
         onnx.save(model, str(tmp))

@@ -116,6 +116,30 @@ class LiveServer:
         self.thread.join(15)
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on (at the time of asking)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc, within: float, exited=None) -> None:
+    """Poll ``url``'s readiness until 200; fail if ``proc`` exits first (``exited()`` says why) or
+    after ``within`` seconds."""
+    import httpx
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, exited() if exited else f"the server exited with {proc.returncode}"
+        try:
+            if httpx.get(url + "/health/ready", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("the server was not ready in time")
+
+
 def chat(video_url: str, question: str = "What is it?", **extra) -> dict:
     """A chat request body with one video part and one text part."""
     return {"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": video_url}},

@@ -20,39 +20,20 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from serve_helpers import chat, guard  # noqa: E402,F401
+from serve_helpers import chat, free_port, guard, wait_ready  # noqa: E402,F401
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, within: float = 60) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read()
-        try:
-            if httpx.get(url + "/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server not ready in time")
-
-
 def test_serve_ask_and_sigterm_drain(tiny_export, scene_cut_clip, tmp_path):
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "prunevid.cli", "serve", "--engine-dir", str(tiny_export),
                              "--port", str(port), "--media-dir", str(scene_cut_clip.parent), "--step-delay", "0.15"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        _wait_ready(url, proc)
+        wait_ready(url, proc, within=60, exited=proc.stderr.read)
         # prunevid ask: streamed text equals `prunevid run`
         ask = subprocess.run([sys.executable, "-m", "prunevid.cli", "ask", "--server", url, "--video",
                               str(scene_cut_clip), "--question", "What is it?", "--max-tokens", "5"],
@@ -123,7 +104,7 @@ def test_negative_max_redirects_is_refused():
 
 
 def test_ask_unreachable_server_is_one_line(scene_cut_clip):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     result = subprocess.run([sys.executable, "-m", "prunevid.cli", "ask", "--server", f"http://127.0.0.1:{port}",
                              "--video", str(scene_cut_clip), "--question", "x", "--timeout", "5"],
                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)

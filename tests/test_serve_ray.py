@@ -20,17 +20,11 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 
-from serve_helpers import chat, guard  # noqa: E402,F401
+from serve_helpers import chat, free_port, guard  # noqa: E402,F401
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +37,7 @@ def cluster(tiny_export, scene_cut_clip):
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False,
              _node_ip_address="127.0.0.1")
-    port = _free_port()
+    port = free_port()
     settings = ServeSettings(port=port, queue=1, media_dir=scene_cut_clip.parent, step_delay_s=0.2)
     try:
         ray_app.run(str(tiny_export), settings, replicas=2, gpus_per_replica=0.0, block=False)

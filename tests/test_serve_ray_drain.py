@@ -22,36 +22,15 @@ pytest.importorskip("ray")
 pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 
-from serve_helpers import chat, guard  # noqa: E402,F401
+from serve_helpers import chat, free_port, guard, wait_ready  # noqa: E402,F401
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, within: float) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the server exited with {proc.returncode}"
-        try:
-            if httpx.get(url + "/health/ready", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError("the Ray server was not ready in time")
-
-
 def test_ray_sigterm_drains_then_exits(tiny_export, scene_cut_clip, tmp_path):
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
@@ -62,7 +41,7 @@ def test_ray_sigterm_drains_then_exits(tiny_export, scene_cut_clip, tmp_path):
                              "--media-dir", str(scene_cut_clip.parent), "--step-delay", "0.3"],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        _wait_ready(url, proc, within=240)
+        wait_ready(url, proc, within=240)
         lines: list[str] = []
         started = threading.Event()
 

@@ -266,6 +266,54 @@ def test_ray_classify_maps_replica_errors_without_a_cluster():
     assert classify(RealBackPressure(num_queued_requests=3, max_queued_requests=2)).status == 429
 
 
+def test_ray_refused_call_is_a_429_and_gives_its_slot_back_although_cancel_raises():
+    """Ray's ``DeploymentResponseGenerator.cancel`` re-raises a call's failure (seen in CI: a
+    BackPressureError from a full replica queue came out of ``cancel`` in the cleanup, which made the
+    answer a 500 and leaked the ingress slot): the client gets the 429 and ``on_done`` still runs."""
+    from prunevid.serve.ray_app import RemoteEngine
+
+    class BackPressureError(Exception):
+        pass
+
+    refusal = BackPressureError("Request dropped due to backpressure (num_queued_requests=1)")
+
+    class Response:  # iterating raises the refusal, and so does cancel, as Ray 2.60's does
+        def __aiter__(self):
+            return self
+
+        async def __anext__(self):
+            raise refusal
+
+        def cancel(self):
+            raise refusal
+
+    class Handle:
+        def options(self, **kwargs):
+            assert kwargs == {"stream": True}
+            return self
+
+        @property
+        def generate(self):
+            return type("Method", (), {"remote": staticmethod(lambda *args: Response())})()
+
+    done = []
+    gen = RemoteEngine(Handle(), facts=type("Facts", (), {"mode": "prunevid"})()).start(
+        None, "What?", "prunevid", 4, on_done=done.append)
+
+    async def drain():
+        events = gen.events()
+        seen = [event async for event in events]
+        await events.aclose()
+        return seen
+
+    events = asyncio.run(drain())
+    assert len(events) == 1 and events[0].error is not None
+    err = events[0].error
+    assert (err.status, err.type, err.outcome, err.headers) == (429, "server_overloaded", "rejected_queue",
+                                                                {"Retry-After": "1"})
+    assert done == [err]  # the slot went back, with the outcome the metrics record
+
+
 def test_serve_without_fastapi_is_one_line(tmp_path, monkeypatch):
     from click.testing import CliRunner
 

@@ -97,7 +97,8 @@ def test_ray_burst_gives_answers_and_429s_then_serves_again(cluster, scene_cut_c
     responses = asyncio.run(_burst(cluster, _body(scene_cut_clip), 32))
     codes = [r.status_code for r in responses]
     # 2 replicas x (1 running + queue 1) = the ingress admits 4; the rest are 429, none 5xx
-    assert codes.count(200) >= 2 and codes.count(429) >= 24 and set(codes) <= {200, 429}, codes
+    others = [r.text for r in responses if r.status_code not in (200, 429)]
+    assert codes.count(200) >= 2 and codes.count(429) >= 24 and not others, (codes, others)
     for r in responses:
         if r.status_code == 429:
             assert r.json()["error"]["type"] == "server_overloaded" and "retry-after" in r.headers

@@ -77,10 +77,14 @@ class RemoteGeneration:
             result = classify(exc)
             yield Event(error=result, at=time.perf_counter())
         finally:
-            self._response.cancel()  # a no-op once finished; otherwise the replica's generator is cancelled
-            if self._on_done is not None:
-                self._on_done(result)
-                self._on_done = None
+            try:
+                self._response.cancel()  # a no-op once finished; otherwise the replica's generator is cancelled
+            except Exception:  # noqa: BLE001 - Ray's cancel re-raises a call that failed (BackPressureError
+                pass  # when the replica queue was full): nothing runs there to cancel
+            finally:  # the slot goes back whatever cancel did
+                if self._on_done is not None:
+                    self._on_done(result)
+                    self._on_done = None
 
 
 class RemoteEngine:

@@ -144,6 +144,7 @@ def test_int8_sq_graphs_report_and_manifest(int8_export, tiny_export):
     for name in FLOAT_GRAPHS:  # copied byte for byte
         assert (out / spec.GRAPH_DIR / f"{name}.onnx").read_bytes() == (tiny_export / spec.GRAPH_DIR / f"{name}.onnx").read_bytes()
     assert report == quant["report"]
+    assert manifest["attention"]["stored"] == dict.fromkeys(QUANTIZED_GRAPHS, "standard")
     assert 0.0 <= report["kept_iou_min"] <= report["kept_iou_mean"] <= 1.0
     logits = report["graphs"]["decoder_late"]["logits"]
     assert logits["cosine_min"] > 0.99 and 0 < logits["rel_err_max"] < 0.1  # quantized, but close
@@ -295,6 +296,13 @@ def test_keep_float_decoder_early_keeps_the_kept_tokens_exactly(tiny_export, cli
     assert (out / spec.GRAPH_DIR / name).read_bytes() == (tiny_export / spec.GRAPH_DIR / name).read_bytes()
     quant = json.loads((out / spec.MANIFEST).read_text())["quantization"]
     assert "decoder_early" in quant["float_graphs"] and set(quant["graphs"]) == {"decoder_late"}
+    # the manifest says which decoder is in which attention form, and the graphs agree
+    attention = json.loads((out / spec.MANIFEST).read_text())["attention"]
+    assert attention["stored"] == {"decoder_early": spec.STORED_ATTENTION, "decoder_late": "standard"}
+    for name, form in attention["stored"].items():
+        ifs = [n for n in _load(out, name).graph.node
+               if n.op_type == "If" and n.name.startswith(spec.ATTENTION_NODE)]
+        assert bool(ifs) == (form == "ort"), (name, form)
     with pytest.raises(ConfigError, match="nothing would be quantized"):
         quantize_export(tiny_export, tmp_path / "q2", "int8-sq",
                         QuantizeOptions(keep_float=("decoder_early", "decoder_late")))

@@ -262,8 +262,15 @@ def quantize_export(export_dir: str | Path, out: str | Path, fmt: Format | str, 
         opsets = {o.domain or "ai.onnx": o.version
                   for o in onnx.load(str(tmp / spec.GRAPH_DIR / "decoder_late.onnx"), load_external_data=False).opset_import}
         manifest = {k: v for k, v in artifact.manifest.items() if k != "manifest_sha256"}
+        # the quantized decoders are stored in the standard form (quantize_graph); a decoder kept float
+        # keeps the source's stored form, so the block says which graph is in which
+        stored = artifact.manifest["attention"]["stored"]
+        forms = {n: ("standard" if n in done else stored) for n in QUANTIZED_GRAPHS}  # the decoders
         manifest.update({
             "graphs": graphs,
+            "attention": {"stored": forms, "targets": {backend: "standard" for backend in spec.TARGET_ATTENTION},
+                          "why": "quantized decoder graphs keep the standard form: ONNX Runtime's quantizer "
+                                 "does not handle the fused form's If branches"},
             "opset": max(manifest["opset"], opsets.get("ai.onnx", 0)),
             "versions": {**manifest.get("versions", {}), "prunevid": __version__, "onnxruntime": onnxruntime.__version__},
             "quantization": {

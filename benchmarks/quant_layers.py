@@ -92,7 +92,8 @@ def main() -> None:
         preprocess = Preprocess.from_json(artifact.root / spec.PREPROCESSOR_FILE, g.image_size)
         clips = data.read_clips(data.default_videos(Path(work)), g.frames, preprocess)
         _, held = data.split(clips, data.read_questions(None), 1, args.samples)
-        backend = OrtBackend({n: artifact.graph_path(n) for n in spec.GRAPH_ORDER}, ["CPUExecutionProvider"])
+        backend = OrtBackend({n: artifact.graph_path(n) for n in spec.GRAPH_ORDER}, ["CPUExecutionProvider"],
+                             disabled_optimizers=spec.disabled_optimizers(artifact.manifest["graphs"]))
         print(f"recording decoder feeds on {len(held)} held-out pair(s) ...", file=sys.stderr)
         feeds = data.record_feeds(backend, g, held, lambda q: export_prompt(tokenizer, artifact.manifest["model"], q),
                                   ("decoder_early", "decoder_late"))

@@ -27,6 +27,16 @@ MANIFEST = "manifest.json"
 GRAPH_DIR = "graphs"
 FORMAT_VERSION = 2
 
+ORT_DISABLED_OPTIMIZERS = "ort_disabled_optimizers"
+"""Key of a manifest ``graphs`` entry: ONNX Runtime optimizers its session turns off (quantized graphs)."""
+
+
+def disabled_optimizers(graphs: dict) -> dict[str, tuple[str, ...]]:
+    """``{graph: optimizer names}`` from a manifest's ``graphs`` block, for the ONNX Runtime sessions."""
+    return {name: tuple(entry[ORT_DISABLED_OPTIMIZERS]) for name, entry in graphs.items()
+            if entry.get(ORT_DISABLED_OPTIMIZERS)}
+
+
 # Files copied from the checkpoint into an export, so the runtime needs nothing else.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 PREPROCESSOR_FILE = "preprocessor_config.json"

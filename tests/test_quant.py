@@ -206,8 +206,10 @@ def test_quantized_export_runs_and_checks(int8_export, scene_cut_clip):
     from prunevid.runtime.pipeline import RuntimePipeline
 
     out, _ = int8_export
-    answer = RuntimePipeline(out).run(scene_cut_clip, "What happens?", max_new_tokens=4)
+    pipeline = RuntimePipeline(out)
+    answer = pipeline.run(scene_cut_clip, "What happens?", max_new_tokens=4)
     assert len(answer.token_ids) >= 1 and answer.visual_tokens["kept"] > 0
+    assert pipeline.backend.disabled_optimizers == dict.fromkeys(QUANTIZED_GRAPHS, ("MatMulAddFusion",))
     report = check_export(out)
     assert report.quantized == "int8-sq" and report.ok
     tol = FORMATS["int8-sq"].tolerance
@@ -393,3 +395,43 @@ def test_qdq_sits_on_projection_inputs_only(int8_export, tiny_export):
         for p in perms:
             assert not any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
                            for i in by_name[p].input), p
+
+
+def test_every_quantized_projection_runs_as_an_integer_matmul_in_the_runtime(int8_export, tmp_path):
+    """ONNX Runtime's MatMulAddFusion made the MLP down projection (MatMul + residual Add) a Gemm
+    before the Q/DQ fusion ran, so that projection dequantized its whole weight on every call: the
+    manifest turns it off for the quantized graphs and the runtime's sessions obey it. Checked on the
+    graphs ONNX Runtime actually runs (its optimized model), with and without the manifest's setting."""
+    import onnx
+
+    from prunevid.runtime.artifact import open_artifact
+    from prunevid.runtime.backend import OrtBackend
+
+    out, _ = int8_export
+    artifact = open_artifact(out)
+    off = spec.disabled_optimizers(artifact.manifest["graphs"])
+    assert off == dict.fromkeys(QUANTIZED_GRAPHS, ("MatMulAddFusion",))
+
+    def optimized(name, disabled):
+        target = tmp_path / f"{name}-{bool(disabled)}.onnx"
+
+        class Saving(OrtBackend):
+            def configure(self, opts, graph):
+                opts.optimized_model_filepath = str(target)
+
+        Saving({name: artifact.graph_path(name)}, ["CPUExecutionProvider"], threads=1,
+               disabled_optimizers=disabled).session(name)
+        return onnx.load(str(target))
+
+    for name in QUANTIZED_GRAPHS:
+        quantized = json.loads((out / spec.MANIFEST).read_text())["quantization"]["graphs"][name]["quantized"]
+        for disabled, want_float_dq in ((off, 0), ({}, None)):
+            model = optimized(name, disabled)
+            made = {o: n for n in model.graph.node for o in n.output}
+            integer = sum(n.op_type == "MatMulIntegerToFloat" for n in model.graph.node)
+            float_dq = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "FusedMatMul")
+                        and any(made.get(i) is not None and made[i].op_type == "DequantizeLinear" for i in n.input)]
+            if want_float_dq == 0:  # the runtime's setting: every quantized projection is an integer product
+                assert integer == quantized and float_dq == [], (name, integer, quantized, float_dq)
+            else:  # without it the down projections fall back (the reason for the setting)
+                assert integer < quantized and float_dq, (name, integer, float_dq)

@@ -25,7 +25,11 @@ class Format:
     ``qdq`` (standard ``DequantizeLinear`` of blocked INT4 weights before ``MatMul``, opset 21, the
     form TensorRT parses). ``float_roles``: which entries of :data:`FLOAT_ROLES` stay float in this
     format (the others are quantized like any projection); chosen per format by measurement
-    (README, "Quantization").
+    (README, "Quantization"). ``ort_disabled_optimizers``: ONNX Runtime graph optimizers the runtime
+    turns off for this format's quantized graphs (written into the manifest per graph): its
+    ``MatMulAddFusion`` turns a projection and the residual add after it into a ``Gemm`` before the
+    Q/DQ fusions run, which leaves that projection dequantizing its whole weight on every call (in
+    the decoder's MLP down projection: one MatMul in four of ``int8-sq``).
     """
 
     name: str
@@ -40,6 +44,7 @@ class Format:
     targets: tuple[str, ...] = ()
     float_roles: tuple[str, ...] = ("layer_k_scoring", "lm_head")
     tolerance: tuple[float, float] = (0.0, 0.0)
+    ort_disabled_optimizers: tuple[str, ...] = ()
     doc: str = ""
 
     def block_for(self, rows: int) -> int:
@@ -56,10 +61,10 @@ FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
         Format("int8-sq", "qdq", "int8", 8, "smoothquant", alpha=0.5, targets=("orin", "thor", "hopper", "cpu"),
-               tolerance=(0.5, 0.5),
+               tolerance=(0.5, 0.5), ort_disabled_optimizers=("MatMulAddFusion",),
                doc="W8A8 int8, SmoothQuant (alpha 0.5), symmetric per-channel weights, symmetric per-tensor activations"),
         Format("fp8", "qdq", "float8e4m3fn", 8, "smoothquant", alpha=0.5, targets=("thor", "hopper"),
-               tolerance=(0.5, 0.5),
+               tolerance=(0.5, 0.5), ort_disabled_optimizers=("MatMulAddFusion",),
                doc="W8A8 FP8 E4M3, SmoothQuant (alpha 0.5), per-tensor scales (TensorRT explicit quantization)"),
         Format("int4-awq", "weight_only", "int4", 4, "awq", block_size=128, targets=("orin", "thor", "hopper", "cpu"),
                tolerance=(0.5, 0.5),

@@ -247,10 +247,12 @@ def quantize_export(export_dir: str | Path, out: str | Path, fmt: Format | str, 
             dst.parent.mkdir(parents=True, exist_ok=True)
             done[name] = quantize_graph(name, paths[name], dst, feeds[name], fmt, Path(work))
             graphs[name] = {**graphs[name], "sha256": {dst.name: sha256(dst)}, "external_data": False}
+            if fmt.ort_disabled_optimizers:
+                graphs[name][spec.ORT_DISABLED_OPTIMIZERS] = list(fmt.ort_disabled_optimizers)
         del feeds
         progress(f"accuracy report on {len(held)} held-out samples")
         quant_backend = OrtBackend({n: tmp / spec.GRAPH_DIR / f"{n}.onnx" for n in spec.GRAPH_ORDER},
-                                   ["CPUExecutionProvider"])
+                                   ["CPUExecutionProvider"], disabled_optimizers=spec.disabled_optimizers(graphs))
         report = evaluate(float_backend, quant_backend, g, held, prompt_of, quantized, options.new_tokens)
         gates = Gates(options.min_iou, options.min_agreement)
         failed = gate_failures(report, gates)

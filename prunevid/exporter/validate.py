@@ -147,7 +147,8 @@ class GraphChecker:
         self.artifact, self.geometry, self.tokenizer = artifact, g, tokenizer
         self.graphs = spec.graphs(g)
         self.torch = TorchRunner(build_stages(model, cfg, g), self.graphs)
-        self.backend = OrtBackend({n: artifact.graph_path(n) for n in spec.GRAPH_ORDER})
+        self.backend = OrtBackend({n: artifact.graph_path(n) for n in spec.GRAPH_ORDER},
+                                  disabled_optimizers=spec.disabled_optimizers(artifact.manifest["graphs"]))
         self.report = CheckReport()
         self.use_polygraphy = use_polygraphy
 

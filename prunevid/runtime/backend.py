@@ -48,7 +48,9 @@ class OrtBackend:
     """Lazily created ``InferenceSession``s, one per graph, sharing one device."""
 
     def __init__(self, paths: dict[str, Path], providers: list[str] | None = None, threads: int = 0,
-                 trim_after_ms: float = TRIM_AFTER_MS):
+                 trim_after_ms: float = TRIM_AFTER_MS, disabled_optimizers: dict[str, tuple[str, ...]] | None = None):
+        """``disabled_optimizers``: per graph, ONNX Runtime optimizers to turn off (the manifest's, see
+        :func:`prunevid.spec.disabled_optimizers`)."""
         import onnxruntime as ort
 
         self._ort = ort
@@ -57,6 +59,7 @@ class OrtBackend:
         first = self.providers[0] if isinstance(self.providers[0], str) else self.providers[0][0]  # (name, options)
         self.device = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt"}.get(first, "cpu")
         self.paths, self.threads = paths, threads
+        self.disabled_optimizers = dict(disabled_optimizers or {})
         self.sessions: dict[str, Any] = {}
         self._outputs: dict[str, list[str]] = {}  # output names per graph
         self.trim_after_ms = trim_after_ms
@@ -79,7 +82,9 @@ class OrtBackend:
         if name not in self.sessions:
             opts = self.options()
             self.configure(opts, name)
-            self.sessions[name] = self._ort.InferenceSession(str(self.paths[name]), opts, providers=self.providers)
+            self.sessions[name] = self._ort.InferenceSession(
+                str(self.paths[name]), opts, providers=self.providers,
+                disabled_optimizers=list(self.disabled_optimizers.get(name, ())))
             self.release()  # the parsed protobuf and the unpacked weights are freed by now
         return self.sessions[name]
 
@@ -118,14 +123,14 @@ BACKENDS = ("ort", "ort-trt", "trt")
 
 
 def open_backend(kind: str, paths: dict[str, Path], providers: list[str] | None = None, threads: int = 0,
-                 engine_dir: Path | None = None):
+                 engine_dir: Path | None = None, disabled_optimizers: dict[str, tuple[str, ...]] | None = None):
     """The runner ``kind`` names: ``ort`` (ONNX Runtime, CUDA if available, else CPU), ``ort-trt``
     (ONNX Runtime's TensorRT provider, engine cache under ``engine_dir/engines/ort-trt``) or ``trt``
     (:class:`prunevid.trt.runner.TrtRunner` on the engines ``prunevid build`` wrote)."""
     from prunevid.errors import ConfigError
 
     if kind == "ort":
-        return OrtBackend(paths, providers, threads)
+        return OrtBackend(paths, providers, threads, disabled_optimizers=disabled_optimizers)
     if kind == "ort-trt":
         import onnxruntime as ort
 
@@ -136,7 +141,7 @@ def open_backend(kind: str, paths: dict[str, Path], providers: list[str] | None 
                               "(onnxruntime-gpu and TensorRT's libraries); this one has "
                               f"{', '.join(ort.get_available_providers())}")
 
-        return OrtBackend(paths, ort_trt_providers(engine_dir), threads)
+        return OrtBackend(paths, ort_trt_providers(engine_dir), threads, disabled_optimizers=disabled_optimizers)
     if kind == "trt":
         try:
             import tensorrt  # noqa: F401

@@ -42,7 +42,8 @@ class RuntimePipeline:
         self.preprocess = Preprocess.from_json(self.artifact.root / spec.PREPROCESSOR_FILE, self.geometry.image_size)
         self.float_type = np.float16 if self.artifact.manifest.get("dtype") == "fp16" else np.float32
         paths = {name: self.artifact.graph_path(name) for name in spec.GRAPH_ORDER}
-        self.backend = (open_backend(backend, paths, providers, threads, self.artifact.root)
+        self.backend = (open_backend(backend, paths, providers, threads, self.artifact.root,
+                                     spec.disabled_optimizers(self.artifact.manifest["graphs"]))
                         if isinstance(backend, str) else backend)
         self.backend.warm_up()
         self.chain = Chain(self.backend, self.geometry, self.float_type)

@@ -70,8 +70,10 @@ class CaptureRunner:
 class ProfilingOrt(OrtBackend):
     """:class:`OrtBackend` with ONNX Runtime's profiler on in every session."""
 
-    def __init__(self, paths: dict[str, Path], folder: Path, threads: int = 0):
-        super().__init__(paths, ["CPUExecutionProvider"] if not _cuda_available() else None, threads)
+    def __init__(self, paths: dict[str, Path], folder: Path, threads: int = 0,
+                 disabled_optimizers: dict[str, tuple[str, ...]] | None = None):
+        super().__init__(paths, ["CPUExecutionProvider"] if not _cuda_available() else None, threads,
+                         disabled_optimizers=disabled_optimizers)
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -285,7 +287,9 @@ def capture(req: ProfileRequest, mode: str, work: Path) -> tuple[CaptureRunner, 
 
     artifact = open_artifact(req.export_dir)
     paths = {n: artifact.graph_path(n) for n in spec.GRAPH_ORDER}
-    inner = ProfilingOrt(paths, work / "ort" / mode, req.threads) if req.backend == "ort" else OrtBackend(paths, None, req.threads)
+    off = spec.disabled_optimizers(artifact.manifest["graphs"])
+    inner = (ProfilingOrt(paths, work / "ort" / mode, req.threads, disabled_optimizers=off) if req.backend == "ort"
+             else OrtBackend(paths, None, req.threads, disabled_optimizers=off))
     rec = CaptureRunner(inner)
     pipeline = RuntimePipeline(req.export_dir, mode=mode, backend=rec)
     answers = [pipeline.run(req.video, req.question, max_new_tokens=req.max_new_tokens) for _ in range(req.runs + 1)]

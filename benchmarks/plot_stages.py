@@ -46,9 +46,10 @@ def figures_plot(path: Path, title: str, configs: dict[str, dict], decode: dict[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.9 + 0.8 * max(len(configs), len(decode))),
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 1.4 + 0.8 * max(len(configs), len(decode))),
                                       gridspec_kw={"width_ratios": [2, 1]})
     _draw_stages(left, configs, "time to first token (ms)")
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=3, fontsize="small")  # clear of the bars
     names = list(decode)
     right.barh([i + 0.2 for i in range(len(names))], [decode[n]["ms_per_token"] for n in names], height=0.4,
                color="C3", label="measured")
@@ -56,7 +57,7 @@ def figures_plot(path: Path, title: str, configs: dict[str, dict], decode: dict[
                color="C7", label="bandwidth bound")
     right.set_yticks(range(len(names)), names)
     right.set_xlabel("decode ms / token")
-    right.legend(loc="best")
+    right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=2, fontsize="small")  # under the axis
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

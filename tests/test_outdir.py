@@ -40,8 +40,12 @@ def the_error(stderr: str) -> str:
 def cli_process(*args: object, cwd: Path | None = None) -> subprocess.Popen:
     """``prunevid ARGS`` in a subprocess running this checkout."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    # SIGINT back to its default in the child: a shell without job control starts a background job
+    # (`.ci/run > log &`) with SIGINT ignored, children inherit that, and Python then installs no
+    # KeyboardInterrupt handler, so the interrupt tests' SIGINT would be dropped (seen in a CI run)
     return subprocess.Popen([sys.executable, "-m", "prunevid.cli", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_staging(parent: Path, name: str, proc: subprocess.Popen, timeout: float = 120.0,

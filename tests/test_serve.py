@@ -257,36 +257,47 @@ def test_a_decode_that_never_ends_is_killed_at_the_time_cap(live, media, tuned):
     assert httpx.get(live.url + "/health/ready", timeout=10).status_code == 200
 
 
-def _live_playlist(media: Path) -> Path:
-    """A real input that decodes forever: a live HLS playlist (no #EXT-X-ENDLIST, so no duration for
-    the header checks) whose one segment, an MPEG-TS remux of the clip, lies beside it. The demuxer
-    plays the segment, then waits for the playlist to grow, reloading it for ever."""
+def _ts_remux(src: Path, segment: Path) -> Path:
+    """An MPEG-TS remux of ``src`` (a playlist's segment)."""
     import av
 
-    segment = media / "live-0.ts"
-    with av.open(str(media / "clip.mp4")) as src, av.open(str(segment), "w", format="mpegts") as dst:
-        stream = src.streams.video[0]
+    with av.open(str(src)) as inp, av.open(str(segment), "w", format="mpegts") as dst:
+        stream = inp.streams.video[0]
         out = dst.add_stream_from_template(stream)
-        for packet in src.demux(stream):
+        for packet in inp.demux(stream):
             if packet.dts is not None:
                 packet.stream = out
                 dst.mux(packet)
-    playlist = media / "live.m3u8"
-    playlist.write_text("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n"
-                        f"#EXTINF:2.0,\n{segment.name}\n")
-    return playlist
+    return segment
 
 
-def test_a_live_playlist_that_never_ends_is_killed_at_the_time_cap(live, media, tuned):
-    playlist = _live_playlist(media)
-    tuned(decode_timeout_s=3.0)
-    t0 = time.monotonic()
-    r = post(live, chat(file_url(media, playlist.name), max_tokens=2))
-    assert r.status_code == 504 and r.json()["error"]["type"] == "timeout", r.text
-    assert 3.0 <= time.monotonic() - t0 < 10
+@pytest.mark.parametrize("kind", ["hls-vod", "hls-live", "ffconcat"])
+def test_a_playlist_under_the_media_dir_is_refused_without_reading_what_it_lists(live, media, tuned, tmp_path,
+                                                                                 kind):
+    """--media-dir confines file:// URLs to that folder; a playlist placed there would make FFmpeg read
+    the files it lists, wherever they are (before the decode worker's container allow-list, FFmpeg's
+    HLS demuxer decoded all 48 frames of a segment outside the folder, and a live playlist decoded
+    for ever). Now the worker opens self-contained containers only: 422, and the listed file is never
+    opened (its access time is checked on a file only this test reads)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    segment = _ts_remux(media / "clip.mp4", outside / "secret-0.ts")
+    clip = outside / "secret.mp4"
+    clip.write_bytes((media / "clip.mp4").read_bytes())
+    lines = {"hls-vod": f"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n{segment}\n#EXT-X-ENDLIST\n",
+             "hls-live": f"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:2.0,\n{segment}\n",
+             "ffconcat": f"ffconcat version 1.0\nfile '{clip}'\n"}
+    name = {"hls-vod": "vod.m3u8", "hls-live": "live.m3u8", "ffconcat": "list.ffconcat"}[kind]
+    (media / name).write_text(lines[kind])
+    listed = segment if kind.startswith("hls") else clip
+    os.utime(listed, (1_000_000, 1_000_000))  # an access time no read can leave
+    tuned(decode_timeout_s=20.0)
+    r = post(live, chat(file_url(media, name), max_tokens=2))
+    assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_media", r.text
+    assert "self-contained container" in r.json()["error"]["message"]
+    assert listed.stat().st_atime == 1_000_000  # never opened for reading
     assert _decode_children() == []
     idle(live)
-    assert httpx.get(live.url + "/health/ready", timeout=10).status_code == 200
     assert post(live, chat(file_url(media), max_tokens=2)).status_code == 200
 
 

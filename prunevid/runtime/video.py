@@ -214,6 +214,18 @@ def sample_indices(num_frames_in_clip: int, num_segments: int) -> np.ndarray:
     return np.asarray(indices, dtype=np.int64)
 
 
+SELF_CONTAINED_FORMATS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "mpegts", "flv",
+                          "ogg", "asf", "gif", "h264", "hevc", "mpeg", "m4v")
+"""FFmpeg demuxers whose files carry their own media (no playlists: HLS, DASH, concat and the like
+open the files or URLs they list, wherever those are). The server's decode worker opens only these
+(``format_whitelist``); the command line opens what the user names."""
+
+
+def _open_options(formats: tuple[str, ...] | None) -> dict[str, str] | None:
+    """``av.open`` options restricting the demuxer to ``formats`` (None: any)."""
+    return None if formats is None else {"format_whitelist": ",".join(formats)}
+
+
 def _av_errors() -> tuple[type[BaseException], ...]:
     """The exception classes PyAV raises for bad input, across PyAV versions, plus OSError."""
     import av
@@ -245,7 +257,8 @@ def _open_video_stream(container: Any, path: pathlib.Path) -> Any:
     return stream
 
 
-def _count_frames(path: pathlib.Path, errors: tuple[type[BaseException], ...]) -> int:
+def _count_frames(path: pathlib.Path, errors: tuple[type[BaseException], ...],
+                  formats: tuple[str, ...] | None = None) -> int:
     """First pass: count decodable frames without converting them to RGB.
 
     A decode error after at least one good frame ends the count there (truncated clip);
@@ -254,7 +267,7 @@ def _count_frames(path: pathlib.Path, errors: tuple[type[BaseException], ...]) -
     import av
 
     count = 0
-    with av.open(str(path)) as container:
+    with av.open(str(path), options=_open_options(formats)) as container:
         stream = _open_video_stream(container, path)
         try:
             for _ in container.decode(stream):
@@ -265,13 +278,13 @@ def _count_frames(path: pathlib.Path, errors: tuple[type[BaseException], ...]) -
     return count
 
 
-def _decode_selected(path: pathlib.Path, wanted: set[int]) -> dict[int, np.ndarray]:
+def _decode_selected(path: pathlib.Path, wanted: set[int], formats: tuple[str, ...] | None = None) -> dict[int, np.ndarray]:
     """Second pass: convert only the frames whose decode index is in ``wanted`` to RGB."""
     import av
 
     last = max(wanted)
     rgb: dict[int, np.ndarray] = {}
-    with av.open(str(path)) as container:
+    with av.open(str(path), options=_open_options(formats)) as container:
         stream = _open_video_stream(container, path)
         for index, frame in enumerate(container.decode(stream)):
             if index in wanted:
@@ -281,13 +294,14 @@ def _decode_selected(path: pathlib.Path, wanted: set[int]) -> dict[int, np.ndarr
     return rgb
 
 
-def read_frames(path: str | pathlib.Path, num_frames: int) -> np.ndarray:
+def read_frames(path: str | pathlib.Path, num_frames: int, formats: tuple[str, ...] | None = None) -> np.ndarray:
     """Decode a video and return ``num_frames`` RGB frames as uint8 ``[T, H, W, 3]``.
 
     The frame count comes from decoding (container metadata is not trusted); frames are taken
     at :func:`sample_indices` ``(total, num_frames)``, so short clips repeat frames.
     Raises :class:`VideoError` (one-line message) for a missing, empty, corrupt or
-    stream-less file, and :class:`ConfigError` if ``num_frames < 1``.
+    stream-less file, and :class:`ConfigError` if ``num_frames < 1``. ``formats``: the demuxers
+    allowed (e.g. :data:`SELF_CONTAINED_FORMATS`); a file of another container is a VideoError.
     """
     if num_frames < 1:
         raise ConfigError(f"number of frames to sample must be >= 1, got {num_frames}")
@@ -295,11 +309,11 @@ def read_frames(path: str | pathlib.Path, num_frames: int) -> np.ndarray:
     _check_path(path)
     errors = _av_errors()
     try:
-        total = _count_frames(path, errors)
+        total = _count_frames(path, errors, formats)
         if total == 0:
             raise VideoError(f"no decodable frames in {path}")
         indices = sample_indices(total, num_frames)
-        rgb = _decode_selected(path, set(indices.tolist()))
+        rgb = _decode_selected(path, set(indices.tolist()), formats)
     except errors as exc:
         raise VideoError(f"cannot decode video {path}: {one_line(exc)}") from None
     return _stack_frames(rgb, indices, path)
@@ -407,9 +421,11 @@ def encoder_view(frames: np.ndarray, pp: Preprocess) -> np.ndarray:
     return np.stack(out, axis=0)  # [T, crop_h, crop_w, 3] uint8
 
 
-def load_video(path: str | pathlib.Path, num_frames: int, pp: Preprocess) -> np.ndarray:
-    """Read ``num_frames`` frames of a video and CLIP-preprocess them: float32 ``[T, 3, h, w]``."""
-    return preprocess_frames(read_frames(path, num_frames), pp)
+def load_video(path: str | pathlib.Path, num_frames: int, pp: Preprocess,
+               formats: tuple[str, ...] | None = None) -> np.ndarray:
+    """Read ``num_frames`` frames of a video and CLIP-preprocess them: float32 ``[T, 3, h, w]``
+    (``formats``: as for :func:`read_frames`)."""
+    return preprocess_frames(read_frames(path, num_frames, formats), pp)
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,10 +27,10 @@ def probe(path: Path, max_seconds: float, max_pixels: int) -> None:
     import av
 
     from prunevid.errors import VideoError
-    from prunevid.runtime.video import _av_errors
+    from prunevid.runtime.video import SELF_CONTAINED_FORMATS, _av_errors, _open_options
 
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), options=_open_options(SELF_CONTAINED_FORMATS)) as container:
             if not container.streams.video:
                 raise VideoError("no video stream in the file")
             stream = container.streams.video[0]
@@ -45,21 +45,25 @@ def probe(path: Path, max_seconds: float, max_pixels: int) -> None:
             if seconds is not None and seconds > max_seconds:
                 raise TooLarge(f"the clip lasts {seconds:.1f} s, over the {max_seconds:g} s limit")
     except _av_errors() as exc:
-        raise VideoError(f"cannot open the video: {' '.join(str(exc).split())}") from None
+        raise VideoError(f"cannot open the video as a self-contained container ({', '.join(SELF_CONTAINED_FORMATS)}; "
+                         f"no playlists): {' '.join(str(exc).split())}") from None
 
 
 def main(argv: list[str]) -> int:
     import numpy as np
 
     from prunevid.errors import PruneVidError
-    from prunevid.runtime.video import Preprocess, load_video
+    from prunevid.runtime.video import SELF_CONTAINED_FORMATS, Preprocess, load_video
 
     video, out, preprocessor, image_size, frames, max_seconds, max_pixels, delay = argv
     if float(delay) > 0:
         time.sleep(float(delay))
     try:
         probe(Path(video), float(max_seconds), int(max_pixels))
-        pixels = load_video(video, int(frames), Preprocess.from_json(preprocessor, int(image_size)))  # [T, 3, S, S]
+        # only self-contained containers: a playlist (HLS, concat) under --media-dir would make FFmpeg
+        # read the files it lists, wherever they are
+        pixels = load_video(video, int(frames), Preprocess.from_json(preprocessor, int(image_size)),
+                            SELF_CONTAINED_FORMATS)  # [T, 3, S, S]
     except TooLarge as exc:
         print(exc, file=sys.stderr)
         return EXIT_TOO_LARGE

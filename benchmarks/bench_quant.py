@@ -90,16 +90,23 @@ def ort_kernels(folder: Path, threads: int) -> dict[str, int]:
     import collections
     import tempfile
 
+    import json
+
     import onnx
     import onnxruntime as ort
 
+    from prunevid import spec
+
+    graphs = json.loads((folder / spec.MANIFEST).read_text())["graphs"]
+    off = list(spec.disabled_optimizers(graphs).get("decoder_late", ()))  # as the runtime runs it
     with tempfile.TemporaryDirectory() as tmp:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
         opts.intra_op_num_threads = max(threads, 1)
         opts.log_severity_level = 3
-        ort.InferenceSession(str(folder / "graphs" / "decoder_late.onnx"), opts, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(str(folder / "graphs" / "decoder_late.onnx"), opts, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=off)
         model = onnx.load(opts.optimized_model_filepath, load_external_data=False)
     return dict(collections.Counter(n.op_type for n in model.graph.node).most_common())
 

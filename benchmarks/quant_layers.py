@@ -26,12 +26,17 @@ def stream_tensors(model) -> list[str]:
 
 
 def session(path: Path, extra: list[str]):
-    """A CPU session of the graph at ``path`` with ``extra`` tensors exposed as outputs."""
+    """A CPU session of the graph at ``path`` (``<export>/graphs/<name>.onnx``) with ``extra`` tensors
+    exposed as outputs, with the ONNX Runtime optimizers its export's manifest turns off."""
+    import json
+
     import onnx
 
+    from prunevid import spec
     from prunevid.calibration.scales import probe_session
 
-    return probe_session(onnx.load(str(path)), extra)
+    graphs = json.loads((path.parent.parent / spec.MANIFEST).read_text())["graphs"]
+    return probe_session(onnx.load(str(path)), extra, spec.disabled_optimizers(graphs).get(path.stem, ()))
 
 
 def compare(float_dir: Path, quant_dir: Path, feeds: dict[str, list]) -> dict:

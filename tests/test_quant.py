@@ -401,7 +401,9 @@ def test_every_quantized_projection_runs_as_an_integer_matmul_in_the_runtime(int
     """ONNX Runtime's MatMulAddFusion made the MLP down projection (MatMul + residual Add) a Gemm
     before the Q/DQ fusion ran, so that projection dequantized its whole weight on every call: the
     manifest turns it off for the quantized graphs and the runtime's sessions obey it. Checked on the
-    graphs ONNX Runtime actually runs (its optimized model), with and without the manifest's setting."""
+    graphs ONNX Runtime actually runs (its optimized model). Without the setting, ONNX Runtime 1.32
+    left one quantized MatMul per layer unfused (a Gemm on dequantized weights): printed, not
+    asserted, since a later ONNX Runtime may fuse it."""
     import onnx
 
     from prunevid.runtime.artifact import open_artifact
@@ -425,13 +427,13 @@ def test_every_quantized_projection_runs_as_an_integer_matmul_in_the_runtime(int
 
     for name in QUANTIZED_GRAPHS:
         quantized = json.loads((out / spec.MANIFEST).read_text())["quantization"]["graphs"][name]["quantized"]
-        for disabled, want_float_dq in ((off, 0), ({}, None)):
+        for disabled in (off, {}):
             model = optimized(name, disabled)
             made = {o: n for n in model.graph.node for o in n.output}
             integer = sum(n.op_type == "MatMulIntegerToFloat" for n in model.graph.node)
             float_dq = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "FusedMatMul")
                         and any(made.get(i) is not None and made[i].op_type == "DequantizeLinear" for i in n.input)]
-            if want_float_dq == 0:  # the runtime's setting: every quantized projection is an integer product
+            if disabled:  # the runtime's setting: every quantized projection is an integer product
                 assert integer == quantized and float_dq == [], (name, integer, quantized, float_dq)
-            else:  # without it the down projections fall back (the reason for the setting)
-                assert integer < quantized and float_dq, (name, integer, float_dq)
+            else:
+                print(f"{name} with MatMulAddFusion on: {integer} of {quantized} fused, float on DQ: {float_dq}")

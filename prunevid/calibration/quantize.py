@@ -266,11 +266,12 @@ def quantize_export(export_dir: str | Path, out: str | Path, fmt: Format | str, 
         manifest = {k: v for k, v in artifact.manifest.items() if k != "manifest_sha256"}
         # the quantized decoders are stored in the standard form (quantize_graph); a decoder kept float
         # keeps the source's stored form, so the block says which graph is in which
-        stored = artifact.manifest["attention"]["stored"]
+        stored = artifact.manifest.get("attention", {}).get("stored", spec.STORED_ATTENTION)
         forms = {n: ("standard" if n in done else stored) for n in QUANTIZED_GRAPHS}  # the decoders
         manifest.update({
             "graphs": graphs,
-            "attention": {"stored": forms, "targets": {backend: "standard" for backend in spec.TARGET_ATTENTION},
+            # ONNX Runtime runs each decoder in its stored form; TensorRT the standard one (trt.variant)
+            "attention": {"stored": forms, "targets": {"onnxruntime": forms, "tensorrt": "standard"},
                           "why": "quantized decoder graphs keep the standard form: ONNX Runtime's quantizer "
                                  "does not handle the fused form's If branches"},
             "opset": max(manifest["opset"], opsets.get("ai.onnx", 0)),

@@ -118,8 +118,9 @@ class ChannelStats:
         return np.concatenate(self.rows) if self.rows else np.zeros((0, self.amax.shape[0]), np.float32)
 
 
-def probe_session(model, tensors: list[str]):
-    """An ONNX Runtime CPU session of ``model`` with ``tensors`` exposed as extra outputs."""
+def probe_session(model, tensors: list[str], disabled_optimizers: tuple[str, ...] = ()):
+    """An ONNX Runtime CPU session of ``model`` with ``tensors`` exposed as extra outputs
+    (``disabled_optimizers``: as the runtime's session of that graph has them)."""
     import onnx
     import onnxruntime as ort
 
@@ -131,7 +132,8 @@ def probe_session(model, tensors: list[str]):
             probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    return ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(disabled_optimizers))
 
 
 def activation_stats(model, feeds: list[dict], tensors: list[str], rows_per_feed: int = 32,

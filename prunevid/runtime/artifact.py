@@ -77,6 +77,7 @@ GRAPH_FIELDS: tuple[Field, ...] = (
     Field("inputs", "list", item=Field("", "object")),
     Field("outputs", "list", item=Field("", "object")),
     Field("doc", "str"),
+    Field(spec.ORT_DISABLED_OPTIMIZERS, "list", item=Field("", "str")),
 )
 _DIM = Field("", "int", 0, MAX_INDEX)
 TENSOR_FIELDS: tuple[Field, ...] = (

@@ -215,15 +215,19 @@ def sample_indices(num_frames_in_clip: int, num_segments: int) -> np.ndarray:
 
 
 SELF_CONTAINED_FORMATS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "mpegts", "flv",
-                          "ogg", "asf", "gif", "h264", "hevc", "mpeg", "m4v")
+                          "ogg", "asf", "gif", "h264", "hevc", "mpeg", "mpegvideo", "m4v", "ivf", "mxf", "dv", "nut",
+                          "yuv4mpegpipe")
 """FFmpeg demuxers whose files carry their own media (no playlists: HLS, DASH, concat and the like
 open the files or URLs they list, wherever those are). The server's decode worker opens only these
 (``format_whitelist``); the command line opens what the user names."""
 
 
 def _open_options(formats: tuple[str, ...] | None) -> dict[str, str] | None:
-    """``av.open`` options restricting the demuxer to ``formats`` (None: any)."""
-    return None if formats is None else {"format_whitelist": ",".join(formats)}
+    """``av.open`` options restricting the demuxer to ``formats`` (None: any), reading local files
+    only, and with QuickTime external data references off (FFmpeg's default, made explicit)."""
+    if formats is None:
+        return None
+    return {"format_whitelist": ",".join(formats), "protocol_whitelist": "file", "enable_drefs": "0"}
 
 
 def _av_errors() -> tuple[type[BaseException], ...]:

@@ -90,15 +90,12 @@ def ort_kernels(folder: Path, threads: int) -> dict[str, int]:
     import collections
     import tempfile
 
-    import json
-
     import onnx
     import onnxruntime as ort
 
-    from prunevid import spec
+    from prunevid.runtime.artifact import open_artifact
 
-    graphs = json.loads((folder / spec.MANIFEST).read_text())["graphs"]
-    off = list(spec.disabled_optimizers(graphs).get("decoder_late", ()))  # as the runtime runs it
+    off = list(open_artifact(folder, verify=False).disabled_optimizers.get("decoder_late", ()))  # as the runtime runs it
     with tempfile.TemporaryDirectory() as tmp:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -28,15 +28,13 @@ def stream_tensors(model) -> list[str]:
 def session(path: Path, extra: list[str]):
     """A CPU session of the graph at ``path`` (``<export>/graphs/<name>.onnx``) with ``extra`` tensors
     exposed as outputs, with the ONNX Runtime optimizers its export's manifest turns off."""
-    import json
-
     import onnx
 
-    from prunevid import spec
     from prunevid.calibration.scales import probe_session
+    from prunevid.runtime.artifact import open_artifact
 
-    graphs = json.loads((path.parent.parent / spec.MANIFEST).read_text())["graphs"]
-    return probe_session(onnx.load(str(path)), extra, spec.disabled_optimizers(graphs).get(path.stem, ()))
+    off = open_artifact(path.parent.parent, verify=False).disabled_optimizers.get(path.stem, ())
+    return probe_session(onnx.load(str(path)), extra, off)
 
 
 def compare(float_dir: Path, quant_dir: Path, feeds: dict[str, list]) -> dict:
@@ -98,7 +96,7 @@ def main() -> None:
         clips = data.read_clips(data.default_videos(Path(work)), g.frames, preprocess)
         _, held = data.split(clips, data.read_questions(None), 1, args.samples)
         backend = OrtBackend({n: artifact.graph_path(n) for n in spec.GRAPH_ORDER}, ["CPUExecutionProvider"],
-                             disabled_optimizers=spec.disabled_optimizers(artifact.manifest["graphs"]))
+                             disabled_optimizers=artifact.disabled_optimizers)
         print(f"recording decoder feeds on {len(held)} held-out pair(s) ...", file=sys.stderr)
         feeds = data.record_feeds(backend, g, held, lambda q: export_prompt(tokenizer, artifact.manifest["model"], q),
                                   ("decoder_early", "decoder_late"))

@@ -411,7 +411,7 @@ def test_every_quantized_projection_runs_as_an_integer_matmul_in_the_runtime(int
 
     out, _ = int8_export
     artifact = open_artifact(out)
-    off = spec.disabled_optimizers(artifact.manifest["graphs"])
+    off = artifact.disabled_optimizers
     assert off == dict.fromkeys(QUANTIZED_GRAPHS, ("MatMulAddFusion",))
 
     def optimized(name, disabled):

@@ -148,7 +148,7 @@ class GraphChecker:
         self.graphs = spec.graphs(g)
         self.torch = TorchRunner(build_stages(model, cfg, g), self.graphs)
         self.backend = OrtBackend({n: artifact.graph_path(n) for n in spec.GRAPH_ORDER},
-                                  disabled_optimizers=spec.disabled_optimizers(artifact.manifest["graphs"]))
+                                  disabled_optimizers=artifact.disabled_optimizers)
         self.report = CheckReport()
         self.use_polygraphy = use_polygraphy
 

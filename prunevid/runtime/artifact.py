@@ -42,6 +42,11 @@ class Artifact:
     def graph_path(self, name: str) -> Path:
         return self.root / self.manifest["graphs"][name]["file"]
 
+    @property
+    def disabled_optimizers(self) -> dict[str, tuple[str, ...]]:
+        """ONNX Runtime optimizers each graph's session turns off (:func:`prunevid.spec.disabled_optimizers`)."""
+        return spec.disabled_optimizers(self.manifest["graphs"])
+
 
 DIGEST_FIELD = "manifest_sha256"
 MAX_INDEX = 1 << 24  # ids, positions and sizes: far above any model, far below int overflow

@@ -43,7 +43,7 @@ class RuntimePipeline:
         self.float_type = np.float16 if self.artifact.manifest.get("dtype") == "fp16" else np.float32
         paths = {name: self.artifact.graph_path(name) for name in spec.GRAPH_ORDER}
         self.backend = (open_backend(backend, paths, providers, threads, self.artifact.root,
-                                     spec.disabled_optimizers(self.artifact.manifest["graphs"]))
+                                     self.artifact.disabled_optimizers)
                         if isinstance(backend, str) else backend)
         self.backend.warm_up()
         self.chain = Chain(self.backend, self.geometry, self.float_type)

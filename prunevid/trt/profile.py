@@ -287,7 +287,7 @@ def capture(req: ProfileRequest, mode: str, work: Path) -> tuple[CaptureRunner, 
 
     artifact = open_artifact(req.export_dir)
     paths = {n: artifact.graph_path(n) for n in spec.GRAPH_ORDER}
-    off = spec.disabled_optimizers(artifact.manifest["graphs"])
+    off = artifact.disabled_optimizers
     inner = (ProfilingOrt(paths, work / "ort" / mode, req.threads, disabled_optimizers=off) if req.backend == "ort"
              else OrtBackend(paths, None, req.threads, disabled_optimizers=off))
     rec = CaptureRunner(inner)

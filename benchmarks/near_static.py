@@ -203,9 +203,10 @@ def classify_call(x: np.ndarray, k: int, num_clusters: int, op_labels: np.ndarra
 
 
 class TracedMerger:
-    """The exported merger with the inputs and outputs of its two PvDpcKnn nodes (the temporal one,
-    then the batched spatial one) as extra graph outputs, run by ONNX Runtime: what the op itself
-    received and decided inside the merger, with no re-computation."""
+    """The exported merger with the inputs and outputs of its three PvDpcKnn nodes (the temporal one,
+    then the batched spatial ones of the static groups and of the frames' dynamic groups) as extra
+    graph outputs, run by ONNX Runtime: what the op itself received and decided inside the merger,
+    with no re-computation."""
 
     def __init__(self, cfg, frames: int, tokens: int, hidden: int):
         import onnx
@@ -217,7 +218,7 @@ class TracedMerger:
         model = onnx.load_from_string(merger_onnx(cfg, frames, tokens, hidden))
         self.outputs = [o.name for o in model.graph.output]
         nodes = [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == DPC_KNN.name]
-        assert len(nodes) == 2, "expected the temporal and the spatial PvDpcKnn node"
+        assert len(nodes) == 3, "expected the temporal, the static and the dynamic PvDpcKnn node"
         self.traced = [[*n.input, *n.output] for n in nodes]  # x, num_valid, num_clusters, labels, centers
         for names in self.traced:
             for name in names:
@@ -227,10 +228,11 @@ class TracedMerger:
         self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, video: np.ndarray):
-        """``(merger outputs, [temporal (x, num_valid, num_clusters, labels, centers), spatial (...)])``."""
+        """``(merger outputs, [temporal, static, dynamic])``, each call's ``(x, num_valid,
+        num_clusters, labels, centers)``."""
         out = self.session.run(None, {"visual_features": video})
         n = len(self.outputs)
-        return out[:n], [out[n:n + 5], out[n + 5:n + 10]]
+        return out[:n], [out[n + 5 * i:n + 5 * i + 5] for i in range(3)]
 
 
 def classify_clip(video, cfg, merger: TracedMerger) -> Verdict:
@@ -245,7 +247,7 @@ def classify_clip(video, cfg, merger: TracedMerger) -> Verdict:
 
     t, l, c = video.shape
     v = video.numpy()
-    _, (temporal, spatial) = merger(v)
+    _, (temporal, *spatial) = merger(v)
     frames = video.mean(dim=1).numpy()  # [T, C], as the eager reference
     nc = int(t * cfg.temporal_segment_ratio)
     verdict = classify_call(frames, cfg.temporal_k, nc, temporal[3][0], temporal[4][0, :nc], "temporal",
@@ -267,23 +269,28 @@ def classify_clip(video, cfg, merger: TracedMerger) -> Verdict:
             sim = torch.einsum("wlc,tlc->wtl", normed, normed)  # [w, w, L]
             sim = ((sim.sum(dim=-2) - 1).sum(dim=-2) / (w * (w - 1))).clamp(max=1.0)  # [L]
             gap = float((sim.double() - cfg.tau).abs().min())
-            # each cosine: two normalisations and a C-term dot product; then w*w of them summed
-            bound = 2 * (gamma(c + 3) + gamma(w * w + 1)) * w / (w - 1)
+            # eager: each cosine from two normalisations and a C-term dot product, w*w of them summed;
+            # the merger: each from a C-term dot product over two norms that are C-term sums themselves
+            bound = (3 * gamma(c + 3) + 2 * gamma(w * w + 1)) * w / (w - 1)
             if gap / bound < closest[0] / max(closest[1], 1e-300):
                 closest = (gap, bound)
         start += w
-    groups = [g for g in statics + dynamics if g[1].shape[0] >= MERGE_MIN_GROUP]
-    x_op, n_op, _, labels, centers = spatial
-    sizes = [int(n) for n in n_op[: len(groups)]] if groups else []
-    if sizes == [g[1].shape[0] for g in groups]:  # same groups: compare each clustering
-        for (name, x, err), lab, cen, xo in zip(groups, labels, centers, x_op, strict=False):
+    same_groups = True
+    for kind, call in zip((statics, dynamics), spatial, strict=True):  # one batched call per kind
+        groups = [g for g in kind if g[1].shape[0] >= MERGE_MIN_GROUP]
+        x_op, n_op, _, labels, centers = call
+        sizes = [int(n) for n in n_op[: len(groups)]] if groups else []
+        if sizes != [g[1].shape[0] for g in groups]:
+            same_groups = False
+            continue
+        for (name, x, err), lab, cen, xo in zip(groups, labels, centers, x_op, strict=False):  # compare each clustering
             n = x.shape[0]
             nc = int(n * cfg.cluster_ratio)
             verdict = classify_call(x, cfg.spatial_k, nc, lab[:n], cen[:nc], name, err, xo[:n])
             if verdict is not None:
                 return verdict
     return Verdict("static test", "static test" if closest[1] > 0 else "unexplained", closest[0], closest[1],
-                   "no DPC-KNN call differs" if sizes == [g[1].shape[0] for g in groups] else "groups differ")
+                   "no DPC-KNN call differs" if same_groups else "groups differ")
 
 
 def floor(hidden: int, clips: int, epsilons) -> None:

@@ -98,6 +98,8 @@ class MergerStage(nn.Module):
         self.cfg = cfg
         self.frames, self.tokens = frames, tokens_per_frame
         self.temporal_clusters = int(frames * cfg.temporal_segment_ratio)
+        # a group that passes through has at most this many members (gathered per group up front)
+        self.pass_width = min(tokens_per_frame, MERGE_MIN_GROUP - 1)
         sizes = range(tokens_per_frame + 1)
         clustered = [n >= MERGE_MIN_GROUP for n in sizes]
         self.register_buffer("clustered", torch.tensor(clustered), persistent=False)  # [L+1]
@@ -119,115 +121,144 @@ class MergerStage(nn.Module):
         return torch.cumsum(change, 0)  # [T]
 
     def static_split(self, video: torch.Tensor, seg: torch.Tensor):
-        """Stage B: static mask ``[S, L]`` (S = T slots), window sizes ``[S]``, static means ``[S, L, C]``."""
+        """Stage B on the ``S = seg[-1] + 1`` real segments: static mask ``[S, L]``, window sizes
+        ``[S]`` (each at least 1) and static means ``[S, L, C]``.
+
+        The mean cross-frame cosine of a location comes from the per-location frame Gram
+        ``[L, T, T]``, whose diagonal gives the norms: no normalised copy of the clip is made.
+        """
         t, l, c = video.shape
-        member = seg[None, :] == torch.arange(t)[:, None]  # [S, T]: frame t in segment s
+        member = seg[None, :] == _range(seg[-1] + 1)[:, None]  # [S, T]: frame t in segment s
         w = member.long().sum(1)  # [S]
-        normed = F.normalize(video, p=2, dim=-1)  # [T, L, C]
-        gram = torch.einsum("tlc,ulc->ltu", normed, normed)  # [L, T, T]
+        per_location = video.transpose(0, 1)  # [L, T, C]
+        gram = per_location @ per_location.transpose(1, 2)  # [L, T, T]
+        frames = torch.arange(t)
+        eye = frames[:, None] == frames[None, :]  # [T, T]
+        norm = (gram * eye).sum(-1).clamp(min=0).sqrt().clamp(min=1e-12)  # [L, T], as F.normalize's eps
+        cos = gram / (norm[:, :, None] * norm[:, None, :])  # [L, T, T]
         same = (seg[:, None] == seg[None, :]).float()  # [T, T]
-        inner = (gram * same).sum(-1) - 1  # [L, T]: sum over the frame's own window, minus 1
+        inner = (cos * same).sum(-1) - 1  # [L, T]: sum over the frame's own window, minus 1
         sim = member.float() @ inner.t()  # [S, L]
         pairs = (w * (w - 1)).clamp(min=1).float()  # [S]
         static = ((sim / pairs[:, None]).clamp(max=1.0) > self.cfg.tau) & (w > 1)[:, None]  # [S, L]
-        means = (member.float() @ video.reshape(t, l * c)).reshape(t, l, c)  # [S, L, C] sums
-        means = means / w.clamp(min=1).float()[:, None, None]
+        means = (member.float() @ video.reshape(t, l * c)).reshape(-1, l, c)  # [S, L, C] sums
+        means = means / w.float()[:, None, None]
         return static, w, means
 
-    def merge_groups(self, tokens: torch.Tensor, mask: torch.Tensor):
-        """Stage C on all groups: ``[G, L, C]`` with member masks ``[G, L]``.
+    def merge_groups(self, source: torch.Tensor, mask: torch.Tensor):
+        """Stage C on the groups of one kind (the static groups, or the frames' dynamic groups):
+        group ``g`` has the members ``mask[g]`` of row ``g`` of ``source [K, L, C]``.
 
         Work follows the real groups: DPC-KNN and the cluster sums run only on the clustered groups
-        (more than 14 members), compacted to the front of a batch sized by their number, and the
-        sums only over the ``Kmax`` cluster rows any group can have; pass-through groups are never
-        copied (the output gathers their rows from ``tokens``). Gathers read flattened ``[rows, C]``
-        tensors with one index per row.
+        (more than 14 members), compacted to the front of a batch sized by their number and cut to
+        the longest of them (``N'`` member columns); the sums run over the ``K'`` cluster rows they
+        have. The two kinds are batched apart because their sizes differ (a static group has the
+        locations a dynamic group lacks), so neither pads the other. Gathers read the flattened
+        ``[K*L, C]`` source with one index per row.
 
-        Returns ``means [G'*Kmax, C]`` (cluster means of the clustered groups, group-major),
-        ``place [G]`` (a clustered group's index in that batch), ``clustered [G]``, ``src [G, L]``
-        (the token slot of a group's ``w``-th member, raster order), the output counts ``[G]`` and,
-        per group and location, the group's output row the member went into (``[G, L]``).
+        Returns ``means [K''*K', C]`` (cluster means of the clustered groups, batch-major), ``K'``,
+        ``place [K]`` (a clustered group's index in that batch), ``clustered [K]``, the pass-through
+        rows ``[K*P, C]`` (the first ``P`` members of every group, raster order), the output counts
+        ``[K]`` and, per group and location, the group's output row the member went into ``[K, L]``.
         """
         from prunevid.plugins.torch_ops import dpc_knn_op
 
-        g, l, c = tokens.shape
-        kmax = int(self.num_clusters.max())
+        l, c = mask.shape[1], source.shape[-1]
+        flat = source.reshape(-1, c)  # [K*L, C]
+        k = _size0(mask)
         slots = torch.arange(l)
-        groups = torch.arange(g)
-        pos = torch.cumsum(mask.long(), 1) - 1  # [G, L] slot of each member
-        src = torch.argsort(torch.where(mask, slots[None, :], slots[None, :] + l), dim=1)  # [G, L(slot)]: members first, raster order
-        n = mask.long().sum(1)  # [G]
-        clustered = self.clustered.index_select(0, n)  # [G]
+        groups = _range(k)  # [K]
+        pos = torch.cumsum(mask.long(), 1) - 1  # [K, L] slot of each member
+        src = torch.argsort(torch.where(mask, slots[None, :], slots[None, :] + l), dim=1)  # [K, L(slot)]: members first, raster order
+        n = mask.long().sum(1)  # [K]
+        clustered = self.clustered.index_select(0, n)  # [K]
 
         # the clustered groups only, compacted to the front (at least one row, a dummy)
-        order = torch.argsort(torch.where(clustered, groups, groups + g))  # [G]: clustered first
+        order = torch.argsort(torch.where(clustered, groups, groups + k))  # [K]: clustered first
         batch = clustered.long().sum().clamp(min=1)
-        picked = order.index_select(0, _range(batch))  # [G']
-        rows = (picked[:, None] * l + src.index_select(0, picked)).reshape(-1)  # [G'*L]
-        compact = tokens.reshape(g * l, c).index_select(0, rows).reshape(-1, l, c)  # [G', L, C], members first
-        sub_n = n.index_select(0, picked)  # [G']
-        sub_clusters = self.num_clusters.index_select(0, sub_n).clamp(min=1)  # [G']
-        labels, _ = dpc_knn_op(compact, sub_n.int(), sub_clusters.int(), self.cfg.spatial_k)  # [G', L], -1 past n
+        picked = order.index_select(0, _range(batch))  # [K'']
+        sub_n = n.index_select(0, picked)  # [K'']
+        width = sub_n.max().clamp(min=1)  # N': the longest clustered group
+        member_slot = src.index_select(0, picked).index_select(1, _range(width))  # [K'', N'], members first
+        rows = (picked[:, None] * l + member_slot).reshape(-1)  # [K''*N']
+        compact = flat.index_select(0, rows).reshape(-1, width, c)  # [K'', N', C]
+        sub_clusters = self.num_clusters.index_select(0, sub_n).clamp(min=1)  # [K'']
+        labels, _ = dpc_knn_op(compact, sub_n.int(), sub_clusters.int(), self.cfg.spatial_k)  # [K'', N'], -1 past n
 
-        # cluster sums as one batched product with the member matrix of the Kmax cluster rows (a GEMM;
-        # measured: ONNX Runtime's ScatterElements-add, the TensorRT-compatible segment sum, was 3x slower)
-        member = (labels[:, None, :] == torch.arange(kmax)[None, :, None]).float()  # [G', Kmax, L]
-        means = (member @ compact) / member.sum(-1).clamp(min=1)[:, :, None]  # [G', Kmax, C]
+        # cluster sums as one batched product with the member matrix of the K' cluster rows, as the
+        # eager reference (measured: ONNX Runtime's ScatterElements-add, the TensorRT-compatible
+        # segment sum, was 3x slower; ScatterND-add is not in TensorRT)
+        kr = sub_clusters.max()  # K'
+        member = (labels[:, None, :] == _range(kr)[None, :, None]).float()  # [K'', K', N']
+        means = (member @ compact) / member.sum(-1).clamp(min=1)[:, :, None]  # [K'', K', C]
 
-        place = torch.zeros_like(order).scatter(0, order, groups)  # [G]: position of each group in order
-        labels = labels.index_select(0, place.clamp(max=batch - 1))  # [G, L], rows of clustered groups
-        row_of_slot = torch.where(clustered[:, None], labels, slots[None, :])  # [G, L(slot)]
-        row_of_location = torch.gather(row_of_slot, 1, pos.clamp(min=0))  # [G, L(loc)], members only
-        clusters = self.num_clusters.index_select(0, n)  # [G]
-        counts = torch.where(clustered, clusters, n)
-        return means.reshape(-1, c), place, clustered, src, counts, row_of_location
+        # pass-through groups have at most P members: the first P of every group, gathered once
+        passthrough = flat.index_select(0, (groups[:, None] * l + src.index_select(1, torch.arange(self.pass_width)))
+                                        .reshape(-1))  # [K*P, C]
+
+        place = torch.zeros_like(order).scatter(0, order, groups)  # [K]: position of each group in order
+        labels = labels.index_select(0, place.clamp(max=batch - 1))  # [K, N'], rows of clustered groups
+        label_of_location = torch.gather(labels, 1, torch.minimum(pos.clamp(min=0), width - 1))  # [K, L(loc)]
+        row_of_location = torch.where(clustered[:, None], label_of_location, pos)  # [K, L(loc)], members only
+        counts = torch.where(clustered, self.num_clusters.index_select(0, n), n)  # [K]
+        return means.reshape(-1, c), kr, place, clustered, passthrough, counts, row_of_location
 
     def forward(self, video: torch.Tensor):
         dtype = video.dtype  # float16 exports still merge in float32: the decisions are thresholds
-        video = video.float()
+        if dtype != torch.float32:
+            video = video.float()
         t, l, c = video.shape
         seg = self.segments(video)  # [T]
-        static, w, means = self.static_split(video, seg)
+        static, w, static_means = self.static_split(video, seg)  # [S, L], [S], [S, L, C]
+        num_static = _size0(w)  # S
         dynamic = ~static.index_select(0, seg)  # [T, L]: frame t's dynamic locations
-        tokens = torch.cat([means, video]).reshape(2 * t * l, c)  # [2T*L, C]: static slot s, then frame t
-        mask = torch.cat([static & (w > 0)[:, None], dynamic])  # [2T, L]
-        cluster_means, place, clustered, src, counts, row_of_location = self.merge_groups(
-            tokens.reshape(2 * t, l, c), mask)
+        kinds = [self.merge_groups(static_means, static), self.merge_groups(video, dynamic)]
 
-        # token order: static group of segment s at key 2*start_s, frame t at 2t + 1; unused slots last
-        member = seg[None, :] == torch.arange(t)[:, None]  # [S, T]
+        # the G = S + T groups in slot order (static group of segment s, then frame t), their rows in
+        # source = [static cluster means; dynamic cluster means; static pass-through; dynamic
+        # pass-through; a zero row]
+        means = [kind[0] for kind in kinds]
+        passthrough = [kind[4] for kind in kinds]
+        mean_base = [_scalar(0), _size0(means[0])]
+        pass_base = [_size0(means[0]) + _size0(means[1]), _size0(means[0]) + _size0(means[1]) + _size0(passthrough[0])]
+        first_mean = torch.cat([kind[2] * kind[1] + base for kind, base in zip(kinds, mean_base)])  # [G]
+        first_pass = torch.cat([_range(_size0(kind[3])) * self.pass_width + base
+                                for kind, base in zip(kinds, pass_base)])  # [G]
+        clustered = torch.cat([kind[3] for kind in kinds])  # [G]
+        counts = torch.cat([kind[5] for kind in kinds])  # [G]
+        row_of_location = torch.cat([kind[6] for kind in kinds])  # [G, L]
+
+        # token order: static group of segment s at key 2*start_s, frame t at 2t + 1
+        member = seg[None, :] == _range(num_static)[:, None]  # [S, T]
         start = torch.argmax(member.long(), dim=1)  # [S]: first frame of each segment
-        slot_key = torch.where(w > 0, 2 * start, 4 * t + torch.arange(t))  # [S]
-        keys = torch.cat([slot_key, 2 * torch.arange(t) + 1])  # [2T]
-        order = torch.argsort(keys)  # [2T]
-        group_start = torch.cumsum(counts.index_select(0, order), 0) - counts.index_select(0, order)  # [2T]
-        group_start = torch.zeros_like(group_start).scatter(0, order, group_start)  # [2T], slot order
-        token_of_cell = self.provenance(row_of_location + group_start[:, None], static, seg)  # [T, L]
-        counts = counts.index_select(0, order)  # [2T], token order
-        ends = torch.cumsum(counts, 0)  # [2T]
+        frames = torch.arange(t)
+        order = torch.argsort(torch.cat([2 * start, 2 * frames + 1]))  # [G]: groups in token order
+        g = _size0(order)
+        counts = counts.index_select(0, order)  # [G], token order
+        ends = torch.cumsum(counts, 0)  # [G]
+        group_start = torch.zeros_like(ends).scatter(0, order, ends - counts)  # [G], slot order
+        token_at = row_of_location + group_start[:, None]  # [G, L]: merged row of each member location
+        static_token = token_at.index_select(0, seg)  # [T, L]: the frame's segment's static group
+        token_of_cell = torch.where(static.index_select(0, seg), static_token,
+                                    token_at.index_select(0, num_static + frames))  # [T, L]
         total = ends[-1]
-        rows = torch.arange(t * l)  # [T*L]
-        group = (ends[None, :] <= rows[:, None]).long().sum(1).clamp(max=2 * t - 1)  # [T*L], token order
-        within = (rows - (ends - counts).index_select(0, group)).clamp(min=0, max=l - 1)  # [T*L]
-        slot = order.index_select(0, group)  # [T*L]: the group's slot
-        # each merged row gathered once: a cluster mean, or a pass-through group's member token
-        kmax = int(self.num_clusters.max())
-        mean_row = (place.index_select(0, slot) * kmax + within.clamp(max=kmax - 1))  # [T*L]
-        mean_row = mean_row.clamp(max=_size0(cluster_means) - 1)
-        token_row = slot * l + src.reshape(-1).index_select(0, slot * l + within)  # [T*L]
-        merged = torch.where(clustered.index_select(0, slot)[:, None], cluster_means.index_select(0, mean_row),
-                             tokens.index_select(0, token_row))  # [T*L, C]
-        merged = merged * (rows < total).float()[:, None]
-        return merged.to(dtype), total, counts, w, token_of_cell
 
-    @staticmethod
-    def provenance(token_at: torch.Tensor, static: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        """``token_of_cell [T, L]`` from ``token_at [2T, L]`` (merged row of each member location of
-        static slot s, then of frame t) and the static mask ``[S, L]``: a cell takes its segment's
-        static group when static there, else its frame's dynamic group."""
-        t = seg.shape[0]
-        static_token = token_at[:t].index_select(0, seg)  # [T, L]
-        return torch.where(static.index_select(0, seg), static_token, token_at[t:])  # [T, L]
+        # each merged row gathered once from the source
+        source = torch.cat([*means, *passthrough, torch.zeros(1, c)])  # [R, C]
+        rows = torch.arange(t * l)  # [T*L]
+        group = torch.minimum((ends[None, :] <= rows[:, None]).long().sum(1), g - 1)  # [T*L], token order
+        within = rows - (ends - counts).index_select(0, group)  # [T*L]
+        slot = order.index_select(0, group)  # [T*L]: the group's slot
+        index = torch.where(clustered.index_select(0, slot), first_mean.index_select(0, slot),
+                            first_pass.index_select(0, slot)) + within
+        index = torch.where(rows < total, index, _size0(source) - 1)  # rows past the total: zeros
+        merged = source.index_select(0, index)  # [T*L, C]
+        if dtype != torch.float32:
+            merged = merged.to(dtype)
+        pad = torch.zeros(2 * t, dtype=torch.int64)
+        group_sizes = torch.cat([counts, pad]).index_select(0, torch.arange(2 * t))  # [2T], trailing zeros
+        window_sizes = torch.cat([w, pad]).index_select(0, torch.arange(t))  # [T], trailing zeros
+        return merged, total, group_sizes, window_sizes, token_of_cell
 
 
 def merger_onnx(cfg: PruneConfig, frames: int, tokens_per_frame: int, hidden: int, opset: int = 18,

@@ -6,11 +6,11 @@
 Four synthetic 16 x 144-token clips per width, chosen to move the work around: ``random`` (every
 token dynamic, every frame's group clustered), ``two scenes`` (a cut at frame 8, 60 of 144 locations
 still), ``four scenes`` (cuts at 4, 8, 12, 100 locations still: static groups larger than dynamic
-ones) and ``still`` (one scene: nearly every location static). Each repeat runs, in an order rotated
-per repeat: the exported merger with the ONNX Runtime function bodies, with the TensorRT variant's
-padded bodies, and the eager reference. Prints the median wall time of each (after one warm-up run
-of each) and the ratio exported / eager; writes them as JSON with the machine, and a plot beside
-it. ``--threads 0`` is each library's default pool.
+ones) and ``still`` (one scene: nearly every location static). Each repeat runs the exported merger
+(ONNX Runtime, the prunevid ops' function bodies) and the eager reference, in an order rotated per
+repeat. Prints the median wall time of each (after one warm-up run of each) and the ratio exported
+/ eager; writes them as JSON with the machine, and a plot beside it. ``--threads 0`` is each
+library's default pool.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def clip(kind: str, hidden: int, frames: int = 16, tokens: int = 144):
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Grouped bars: ms per clip and width, exported / padded / eager."""
+    """Grouped bars: ms per clip and width, exported / eager."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,16 +64,15 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(widths), figsize=(5 * len(widths), 3.6), squeeze=False)
     for ax, c in zip(axes[0], widths):
         sub = [r for r in rows if r["hidden"] == c]
-        for j, (key, label) in enumerate((("onnxruntime_ms", "exported (ONNX Runtime)"),
-                                          ("padded_ms", "exported, TensorRT variant's bodies"),
-                                          ("eager_ms", "eager reference"))):
-            ax.bar([i + 0.27 * (j - 1) for i in range(len(sub))], [r[key] for r in sub], width=0.27,
+        for j, (key, label) in enumerate((("onnxruntime_ms", "exported merger (ONNX Runtime)"),
+                                          ("eager_ms", "eager reference (torch)"))):
+            ax.bar([i + 0.4 * (j - 0.5) for i in range(len(sub))], [r[key] for r in sub], width=0.4,
                    color=f"C{j}", label=label)
         ax.set_xticks(range(len(sub)), [f"{r['clip']}\n{r['merged_tokens']} tokens" for r in sub], fontsize=8)
         ax.set_title(f"16 x 144 x {c}, one thread")
         ax.set_ylabel("ms (median)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=120)
 
@@ -100,30 +99,27 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     rows = []
     for c in args.hidden:
-        sessions = {}
-        for label, padded in (("onnxruntime", False), ("padded", True)):
-            opts = ort.SessionOptions()
-            if args.threads:
-                opts.intra_op_num_threads = args.threads
-            sessions[label] = ort.InferenceSession(merger_onnx(cfg, 16, 144, c, padded=padded), opts,
-                                                   providers=["CPUExecutionProvider"])
+        opts = ort.SessionOptions()
+        if args.threads:
+            opts.intra_op_num_threads = args.threads
+        session = ort.InferenceSession(merger_onnx(cfg, 16, 144, c), opts, providers=["CPUExecutionProvider"])
         for kind in args.clips:
             video = clip(kind, c)
             feeds = {"visual_features": video.numpy()}
-            fns = {label: (lambda sess=sess: sess.run(None, feeds)) for label, sess in sessions.items()}
-            fns["eager"] = lambda video=video: merge_video_tokens(video)
+            fns = {"onnxruntime": lambda feeds=feeds: session.run(None, feeds),
+                   "eager": lambda video=video: merge_video_tokens(video)}
             ms = interleaved_ms(fns, args.repeats)
             ref = merge_video_tokens(video)
-            got = sessions["onnxruntime"].run(None, feeds)
+            got = session.run(None, feeds)
             row = {"hidden": c, "clip": kind, "segments": ref.window_sizes, "merged_tokens": ref.num_tokens,
                    "same_tokens_as_eager": bool(int(got[1]) == ref.num_tokens
                                                 and (got[4] == ref.token_of_cell.numpy()).all()),
-                   "onnxruntime_ms": ms["onnxruntime"], "padded_ms": ms["padded"], "eager_ms": ms["eager"],
+                   "onnxruntime_ms": ms["onnxruntime"], "eager_ms": ms["eager"],
                    "exported_over_eager": ms["onnxruntime"] / ms["eager"]}
             rows.append(row)
             print(f"16x144x{c} {kind:12s} segments {ref.window_sizes} -> {ref.num_tokens} tokens "
                   f"(same as eager: {row['same_tokens_as_eager']}): onnxruntime {ms['onnxruntime']:.1f} ms, "
-                  f"padded bodies {ms['padded']:.1f} ms, eager {ms['eager']:.1f} ms; "
+                  f"eager {ms['eager']:.1f} ms; "
                   f"onnxruntime / eager {row['exported_over_eager']:.2f}", flush=True)
     torch.set_num_threads(default_threads)
     if args.json:

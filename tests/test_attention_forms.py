@@ -121,7 +121,7 @@ def test_forms_are_data_in_spec():
         lower(onnx.ModelProto(), "flash", 1, 1, D)
 
 
-def test_the_tensorrt_variant_takes_the_padded_dpc_body_and_keeps_other_bodies():
+def test_the_tensorrt_variant_keeps_the_op_bodies():
     from onnx import TensorProto, helper
 
     from prunevid.plugins.onnx_functions import attach_functions, function_proto
@@ -138,12 +138,10 @@ def test_the_tensorrt_variant_takes_the_padded_dpc_body_and_keeps_other_bodies()
         attach_functions(model)
         return model
 
-    dpc = one_node("PvDpcKnn")
-    assert dpc.functions[0].SerializeToString() == function_proto("PvDpcKnn", 18).SerializeToString()
-    assert to_tensorrt(dpc)
-    assert dpc.functions[0].SerializeToString() == function_proto("PvDpcKnn", 18, padded=True).SerializeToString()
-    assert not to_tensorrt(dpc)  # already the TensorRT variant
-    assert not to_tensorrt(one_node("PvGroupTopK"))  # one body serves both
+    for op in ("PvDpcKnn", "PvGroupTopK"):  # one body serves both: no size computed from values
+        model = one_node(op)
+        assert not to_tensorrt(model)
+        assert model.functions[0].SerializeToString() == function_proto(op, 18).SerializeToString()
 
 
 def test_the_tensorrt_variant_needs_no_torch():

@@ -204,7 +204,7 @@ def _value_infos(specs):
     return [helper.make_tensor_value_info(t.name, ONNX_TYPES[t.dtype], list(t.shape)) for t in specs]
 
 
-def _one_node_model(op_name: str, opset: int = MODEL_OPSET, padded: bool = False, attrs=None) -> onnx.ModelProto:
+def _one_node_model(op_name: str, opset: int = MODEL_OPSET, attrs=None) -> onnx.ModelProto:
     spec = OPS[op_name]
     node = helper.make_node(
         spec.name,
@@ -217,7 +217,7 @@ def _one_node_model(op_name: str, opset: int = MODEL_OPSET, padded: bool = False
         [node], f"one_{op_name}", _value_infos(spec.inputs), _value_infos(spec.outputs)
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
-    attach_functions(model, padded)
+    attach_functions(model)
     return model
 
 
@@ -270,10 +270,10 @@ def test_one_node_model_checks_and_runs_in_onnxruntime(op_name, opset):
 
 
 @pytest.mark.parametrize("k", [1, 3, 12, 40])
-def test_dpc_body_on_the_longest_group_equals_the_padded_body_and_the_kernel(k):
-    """The ONNX Runtime body works on the first max(num_valid) rows only; with every group far
-    shorter than the padded N (and k below, at and above that length, where the padded densities
-    are all 0) its outputs equal the padded (TensorRT variant) body's and the kernel's, -1 padded."""
+def test_dpc_body_on_padded_groups_equals_the_kernel(k):
+    """Every group far shorter than the padded N = 40 rows (garbage past each prefix), and k below,
+    at and above the longest group's length: the body's outputs equal the kernel's, -1 padded, and
+    the body computes no size from input values (no Slice or Pad: TensorRT takes the same body)."""
     gen = _gen(11)
     ns = [9, 0, 1, 12, 5, 12]  # longest 12 of N = 40 rows
     x, valid = _random_groups(11, ns, 6)
@@ -281,18 +281,14 @@ def test_dpc_body_on_the_longest_group_equals_the_padded_body_and_the_kernel(k):
     ncl = torch.tensor([3, 2, 1, 4, 2, 12], dtype=torch.int32)
     inputs = (x, torch.tensor(ns, dtype=torch.int32), ncl)
     feeds = {t.name: v.numpy() for t, v in zip(OPS["PvDpcKnn"].inputs, inputs)}
-    sliced = _session(_one_node_model("PvDpcKnn", attrs={"k": k})).run(None, feeds)
-    padded = _session(_one_node_model("PvDpcKnn", padded=True, attrs={"k": k})).run(None, feeds)
+    got = _session(_one_node_model("PvDpcKnn", attrs={"k": k})).run(None, feeds)
     labels, centers = dpc_knn_batched(*inputs, k)
-    for got_sliced, got_padded, want in zip(sliced, padded, (labels, centers)):
-        assert got_sliced.shape == (len(ns), 40)
-        np.testing.assert_array_equal(got_sliced, want.numpy())
-        np.testing.assert_array_equal(got_padded, want.numpy())
-    assert (sliced[0][:, 12:] == -1).all() and (sliced[1][:, 12:] == -1).all()
-    sliced_nodes = [n.op_type for f in _one_node_model("PvDpcKnn").functions for n in f.node]
-    padded_nodes = [n.op_type for f in _one_node_model("PvDpcKnn", padded=True).functions for n in f.node]
-    assert "Slice" in sliced_nodes and "Pad" in sliced_nodes
-    assert "Slice" not in padded_nodes and "Pad" not in padded_nodes  # no size computed from values
+    for out, want in zip(got, (labels, centers)):
+        assert out.shape == (len(ns), 40)
+        np.testing.assert_array_equal(out, want.numpy())
+    assert (got[0][:, 12:] == -1).all() and (got[1][:, 12:] == -1).all()
+    nodes = [n.op_type for f in _one_node_model("PvDpcKnn").functions for n in f.node]
+    assert "Slice" not in nodes and "Pad" not in nodes
 
 
 @pytest.mark.parametrize("op_name", sorted(OPS))

@@ -261,10 +261,8 @@ class MergerStage(nn.Module):
         return merged, total, group_sizes, window_sizes, token_of_cell
 
 
-def merger_onnx(cfg: PruneConfig, frames: int, tokens_per_frame: int, hidden: int, opset: int = 18,
-                padded: bool = False) -> bytes:
-    """The ``merger`` graph alone (no checkpoint needed), serialised, with its function bodies
-    (``padded``: the TensorRT variant's, see :func:`prunevid.plugins.onnx_functions.function_proto`).
+def merger_onnx(cfg: PruneConfig, frames: int, tokens_per_frame: int, hidden: int, opset: int = 18) -> bytes:
+    """The ``merger`` graph alone (no checkpoint needed), serialised, with its function bodies.
 
     Its inputs and outputs are those of :mod:`prunevid.spec`'s ``merger`` entry; used by tests and
     benchmarks that compare the exported merger with the eager reference on synthetic features.
@@ -288,5 +286,5 @@ def merger_onnx(cfg: PruneConfig, frames: int, tokens_per_frame: int, hidden: in
                           opset_version=opset, input_names=graph.input_names, output_names=graph.output_names,
                           custom_opsets={DOMAIN: DOMAIN_VERSION}, do_constant_folding=True)
     model = onnx.load_from_string(buf.getvalue())
-    attach_functions(model, padded)
+    attach_functions(model)
     return model.SerializeToString()

@@ -83,15 +83,11 @@ class _Body:
         return self.op("Squeeze", data, axes_t)
 
 
-def _dpc_knn_body(b: _Body, spec: OpSpec, sliced: bool = True) -> None:
-    """Body of PvDpcKnn, step for step as :func:`prunevid.plugins.kernels.dpc_knn_batched`.
-
-    ``sliced``: the work runs on the first ``N' = max(num_valid)`` rows only (clamped to 1..N) and
-    the outputs are padded back to ``N`` with -1, which is what the padded computation gives there
-    (rows past every group's prefix are invalid). The density's ``k`` is still clamped to ``N``:
-    when that ``k`` exceeds ``N'`` every valid row's ``k`` nearest include an invalid (infinite)
-    one, so its density is 0, as in the padded form. The slice bound is a value-dependent shape,
-    so the TensorRT variant keeps the padded form (``sliced=False``).
+def _dpc_knn_body(b: _Body, spec: OpSpec) -> None:
+    """Body of PvDpcKnn, step for step as :func:`prunevid.plugins.kernels.dpc_knn_batched`, on the
+    full padded shapes: no size is computed from input values, so ONNX Runtime and the TensorRT
+    variant take the same body. Callers cut the padding themselves (the merger passes each batch at
+    its longest real group, the shape a padded call would waste work on).
     """
     x_in, num_valid, num_clusters_i32 = (t.name for t in spec.inputs)
     labels_out, centers_out = (t.name for t in spec.outputs)
@@ -106,13 +102,7 @@ def _dpc_knn_body(b: _Body, spec: OpSpec, sliced: bool = True) -> None:
     one_1d = b.const([1], i64, "one_1d", shape=(1,))
 
     # sizes and index vectors
-    full_n_1d = b.op("Shape", x_in, start=1, end=2)  # [1] = N
-    if sliced:
-        longest = b.reduce("ReduceMax", b.op("Cast", num_valid, to=i64), [0], keepdims=1)  # [1]
-        n_1d = b.op("Max", b.op("Min", longest, full_n_1d), one_1d)  # [1] = N' in 1..N
-        x = b.op("Slice", x_in, b.const([0], i64, "start", shape=(1,)), n_1d, one_1d)  # [B, N', C]
-    else:
-        n_1d, x = full_n_1d, x_in
+    n_1d, x = b.op("Shape", x_in, start=1, end=2), x_in  # [1] = N
     c_1d = b.op("Shape", x, start=2, end=3)  # [1] = C
     n_scalar = b.squeeze(n_1d, [0])  # scalar N
     idx = b.op("Range", zero_i, n_scalar, one_i)  # [N]
@@ -151,15 +141,13 @@ def _dpc_knn_body(b: _Body, spec: OpSpec, sliced: bool = True) -> None:
         AttributeProto(name="value_int", ref_attr_name="k", type=AttributeProto.INT)
     )
     k_1d = b.op("Reshape", k_scalar, b.const([1], i64, "shape1", shape=(1,)))  # [1]
-    k_1d = b.op("Min", b.op("Max", k_1d, one_1d), full_n_1d)  # [1]: k clamped to 1..N
+    k_1d = b.op("Min", b.op("Max", k_1d, one_1d), n_1d)  # [1]: k clamped to 1..N
     knn_dist = b.op("Where", pair_valid, dist, inf_f)
     nearest = b.op_n(
-        "TopK", [knn_dist, b.op("Min", k_1d, n_1d) if sliced else k_1d],
+        "TopK", [knn_dist, k_1d],
         [b._name("nearest"), b._name("nearest_idx")], axis=-1, largest=0, sorted=1,
     )[0]  # [B, N, k]
     nearest_sum = b.reduce("ReduceSum", b.op("Mul", nearest, nearest), [-1], keepdims=0)
-    if sliced:  # k > N': an invalid (infinite) neighbour among the k nearest of every valid row
-        nearest_sum = b.op("Where", b.op("Greater", k_1d, n_1d), inf_f, nearest_sum)
     mean_sq = b.op("Div", nearest_sum, b.op("Cast", k_1d, to=f32))  # [B, N]
     density = b.op("Exp", b.op("Neg", mean_sq))  # [B, N]
 
@@ -184,12 +172,7 @@ def _dpc_knn_body(b: _Body, spec: OpSpec, sliced: bool = True) -> None:
     ncl_col = b.unsqueeze(num_clusters, [1])  # [B, 1]
     slot_ok = b.op("Less", idx_row, ncl_col)  # [B, N]
     centers = b.op("Where", slot_ok, center_raw, minus_one_i)
-    pad = None
-    if sliced:  # [B, N'] -> [B, N]: -1 on the right
-        pad = b.op("Concat", b.const([0, 0, 0], i64, "pads", shape=(3,)), b.op("Sub", full_n_1d, n_1d), axis=0)
-        b.op("Cast", b.op("Pad", centers, pad, minus_one_i), to=i32, out=centers_out)
-    else:
-        b.op("Cast", centers, to=i32, out=centers_out)
+    b.op("Cast", centers, to=i32, out=centers_out)
 
     # labels: nearest valid centre (first slot on ties); centres take their own slot
     center_idx = b.op("Max", centers, zero_i)  # [B, N]
@@ -200,13 +183,12 @@ def _dpc_knn_body(b: _Body, spec: OpSpec, sliced: bool = True) -> None:
     nearest_center = b.op("ArgMin", center_dist, axis=1, keepdims=0, select_last_index=0)
     is_center = b.op("And", valid, b.op("Less", rank, ncl_col))
     labels = b.op("Where", is_center, rank, nearest_center)
-    labels = b.op("Where", valid, labels, minus_one_i)  # [B, N']
-    b.op("Cast", labels if pad is None else b.op("Pad", labels, pad, minus_one_i), to=i32, out=labels_out)
+    labels = b.op("Where", valid, labels, minus_one_i)  # [B, N]
+    b.op("Cast", labels, to=i32, out=labels_out)
 
 
-def _group_topk_body(b: _Body, spec: OpSpec, sliced: bool = True) -> None:
-    """Body of PvGroupTopK, step for step as :func:`prunevid.plugins.kernels.group_topk` (one form:
-    ``sliced`` is accepted for a uniform signature)."""
+def _group_topk_body(b: _Body, spec: OpSpec) -> None:
+    """Body of PvGroupTopK, step for step as :func:`prunevid.plugins.kernels.group_topk`."""
     scores, group_sizes_i32, keep_counts_i32 = (t.name for t in spec.inputs)
     keep_out, count_out = (t.name for t in spec.outputs)
     i64, i32 = TensorProto.INT64, TensorProto.INT32
@@ -256,11 +238,8 @@ _BODIES: dict[str, Callable[[_Body, OpSpec, bool], None]] = {
 }
 
 
-def function_proto(op_name: str, opset: int, padded: bool = False) -> FunctionProto:
+def function_proto(op_name: str, opset: int) -> FunctionProto:
     """The local function of op ``op_name`` with a body in default-domain opset ``opset`` (17..21).
-
-    ``padded``: the body works on the full padded shapes (no size computed from input values: the
-    TensorRT variant); else PvDpcKnn works on the longest valid prefix only (ONNX Runtime).
 
     Its inputs, outputs and attributes are those of :data:`~prunevid.plugins.ops.OPS`, plus the
     ``plugin_namespace`` / ``plugin_version`` attributes the calling node carries.
@@ -273,7 +252,7 @@ def function_proto(op_name: str, opset: int, padded: bool = False) -> FunctionPr
     if set(spec.attributes) - {"k"} or op_name not in _BODIES:
         raise NotImplementedError(f"no function body written for {op_name}")
     body = _Body(f"_{op_name}", opset)
-    _BODIES[op_name](body, spec, not padded)
+    _BODIES[op_name](body, spec)
     return helper.make_function(
         DOMAIN,
         op_name,
@@ -305,10 +284,8 @@ def _default_opset(model: ModelProto) -> int:
     raise ValueError("the model imports no default-domain opset")
 
 
-def attach_functions(model: ModelProto, padded: bool = False) -> None:
+def attach_functions(model: ModelProto) -> None:
     """Add the local function of every prunevid op the model uses (once) and import the domain.
-
-    ``padded`` selects the bodies (see :func:`function_proto`).
 
     Functions are built for the model's default-domain opset. A function already present under the
     same (domain, name) is kept. The model's ``prunevid`` opset import is set to
@@ -327,7 +304,7 @@ def attach_functions(model: ModelProto, padded: bool = False) -> None:
         opset = _default_opset(model)
         for name in used:
             if (DOMAIN, name) not in present:
-                model.functions.append(function_proto(name, opset, padded))
+                model.functions.append(function_proto(name, opset))
     for imp in model.opset_import:
         if imp.domain == DOMAIN:
             imp.version = DOMAIN_VERSION

@@ -224,7 +224,7 @@ def build_engine(
 
     The ONNX is parsed from its path (``OnnxParser.parse_from_file``) so external data resolves.
     The stored graph is first turned into its TensorRT variant (:func:`prunevid.trt.variant.to_tensorrt`:
-    standard attention, padded function bodies); with plugins requested on TensorRT < 10.7, the
+    standard attention); with plugins requested on TensorRT < 10.7, the
     local functions of the ops whose plugins are loaded are stripped too
     (:func:`strip_functions_for_plugins`). A changed copy is written beside the original, so its
     relative external-data paths still resolve, and removed after.

@@ -1,11 +1,11 @@
 """The TensorRT variant of an export's graphs, derived from the stored (ONNX Runtime) form.
 
 An export stores each graph once, in the form ONNX Runtime runs fastest (``manifest["attention"]``):
-the decoder graphs' prompt attention as ``com.microsoft.GroupQueryAttention`` under an ``If``, the
-PvDpcKnn function body working on the longest real group (a size computed from values). TensorRT
-takes neither, so the TensorRT paths (``check --trt-compat``, ``build``, ``trtexec``) parse the
-variant :func:`to_tensorrt` derives: each attention ``If`` replaced by its standard-op branch, the
-prunevid function bodies replaced by their padded forms. Weights are untouched (stored once).
+the decoder graphs' prompt attention as ``com.microsoft.GroupQueryAttention`` under an ``If``.
+TensorRT takes no contrib op, so the TensorRT paths (``check --trt-compat``, ``build``, ``trtexec``)
+parse the variant :func:`to_tensorrt` derives: each attention ``If`` replaced by its standard-op
+branch. The prunevid ops' function bodies are one form for both (no size computed from values).
+Weights are untouched (stored once).
 """
 
 from __future__ import annotations
@@ -18,23 +18,8 @@ from prunevid.errors import ArtifactError
 def to_tensorrt(model) -> bool:
     """Turn ``model`` into its TensorRT variant in place; returns whether anything changed."""
     from prunevid.exporter.attention import to_standard
-    from prunevid.plugins.onnx_functions import MAX_OPSET, MIN_OPSET, function_proto
-    from prunevid.plugins.ops import DOMAIN, OPS
 
-    changed = to_standard(model) > 0
-    for index, func in enumerate(model.functions):
-        if func.domain != DOMAIN or func.name not in OPS:
-            continue
-        opset = next((o.version for o in func.opset_import if o.domain in ("", "ai.onnx")), None)
-        if opset is None or not MIN_OPSET <= opset <= MAX_OPSET:
-            continue
-        # only the stored (ONNX Runtime) body is swapped; any other body is left as it is
-        if func.SerializeToString() == function_proto(func.name, opset).SerializeToString():
-            padded = function_proto(func.name, opset, padded=True)
-            if padded.SerializeToString() != func.SerializeToString():
-                model.functions[index].CopyFrom(padded)
-                changed = True
-    return changed
+    return to_standard(model) > 0
 
 
 def tensorrt_onnx(onnx_path: str | Path) -> Path:

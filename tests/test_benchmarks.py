@@ -139,3 +139,18 @@ def test_benchmark_script_quick_end_to_end(script, tiny_model_dir, tiny_export, 
             assert len(flat["per_step_ms"]) == 3 and flat["quarter_steps"] == 1
             assert flat["first_ms"] == flat["per_step_ms"][0] and flat["last_ms"] == flat["per_step_ms"][-1]
         assert "per-token time first / last" in done.stdout and "peak during decode" in done.stdout
+
+
+def test_merger_speed_quick_end_to_end(tmp_path):
+    """The merger benchmark at a small width: every clip kind measured, the exported merger giving
+    the eager token counts and provenance on each, JSON and plot written."""
+    out = tmp_path / "merger.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(BENCH / "merger_speed.py"), "--hidden", "48", "--repeats", "1", "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["results"]
+    assert [r["clip"] for r in rows] == ["random", "two scenes", "four scenes", "still"]
+    assert all(r["same_tokens_as_eager"] and r["onnxruntime_ms"] > 0 and r["eager_ms"] > 0 for r in rows)
+    assert len({r["merged_tokens"] for r in rows}) > 1  # the kinds move the work around
+    assert out.with_suffix(".png").stat().st_size > 10_000

@@ -70,3 +70,27 @@ def test_identical_frames_are_not_static_at_tau_one():
     assert static_mask(video[:8], 0.999).all()
     assert_same(video, PruneConfig(tau=1.0))
     assert_same(video, PruneConfig())
+
+
+def test_exported_merger_keeps_ties_between_duplicated_tokens():
+    """Exactly duplicated tokens (a black letterbox: the same features in several cells of every
+    frame) cluster as in the eager reference on ONNX Runtime too. PvDpcKnn's body once summed the k
+    smallest squared distances with ReduceSum, which ONNX Runtime rounds by each row's memory
+    alignment: duplicated rows got densities an ulp apart and lost their tie (10 of these 20 clips
+    differed from eager). The sum is now sequential, as in the C++ core."""
+    import onnxruntime as ort
+
+    from prunevid.exporter.merger import merger_onnx
+
+    cfg = PruneConfig()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(merger_onnx(cfg, 16, 16, 8), opts, providers=["CPUExecutionProvider"])
+    for seed in range(20):
+        video = torch.randn(16, 16, 8, generator=torch.Generator().manual_seed(seed))
+        video[:, :3] = 0  # three identical (zero) tokens in every frame
+        ref = reference(video, cfg)
+        merged, num, _, _, token_of_cell = sess.run(None, {"visual_features": video.numpy()})
+        assert int(num) == ref.num_tokens, seed
+        assert (token_of_cell == ref.token_of_cell.numpy()).all(), seed
+        assert torch.allclose(torch.from_numpy(merged[: ref.num_tokens]), ref.tokens, atol=1e-5), seed

@@ -90,7 +90,8 @@ def dpc_knn_batched(
     kk = min(max(int(k), 1), n)
     knn_dist = dist.masked_fill(~pair_valid, float("inf"))
     nearest = torch.topk(knn_dist, k=kk, dim=-1, largest=False, sorted=True).values  # [B, N, kk]
-    density = (-((nearest * nearest).sum(dim=-1) / kk)).exp()  # [B, N]
+    # the squares summed in ascending order, one after the other, as the C++ core and the ONNX body
+    density = (-((nearest * nearest).cumsum(dim=-1)[..., -1] / kk)).exp()  # [B, N]
 
     # delta: min distance to a denser valid token, else the group's maximum distance
     dist0 = dist.masked_fill(~pair_valid, 0.0)

@@ -147,7 +147,12 @@ def _dpc_knn_body(b: _Body, spec: OpSpec) -> None:
         "TopK", [knn_dist, k_1d],
         [b._name("nearest"), b._name("nearest_idx")], axis=-1, largest=0, sorted=1,
     )[0]  # [B, N, k]
-    nearest_sum = b.reduce("ReduceSum", b.op("Mul", nearest, nearest), [-1], keepdims=0)
+    # the squares summed in ascending order, one after the other, as the C++ core does: a CumSum,
+    # whose last column is its maximum (the squares are >= 0). ONNX Runtime's ReduceSum over a short
+    # last axis rounds by each row's memory alignment: duplicated tokens got densities an ulp apart
+    # and lost their tie.
+    running = b.op("CumSum", b.op("Mul", nearest, nearest), b.const(-1, i64, "k_axis"))  # [B, N, k]
+    nearest_sum = b.reduce("ReduceMax", running, [-1], keepdims=0)  # [B, N]
     mean_sq = b.op("Div", nearest_sum, b.op("Cast", k_1d, to=f32))  # [B, N]
     density = b.op("Exp", b.op("Neg", mean_sq))  # [B, N]
 

@@ -258,7 +258,9 @@ def classify_clip(video, cfg, merger: TracedMerger) -> Verdict:
     statics, dynamics = [], []
     start = 0
     closest = (np.inf, 0.0)
-    for s, w in enumerate(merge_video_tokens(video).window_sizes):
+    eager = merge_video_tokens(video, tau=cfg.tau, temporal_segment_ratio=cfg.temporal_segment_ratio,
+                               cluster_ratio=cfg.cluster_ratio, temporal_k=cfg.temporal_k, spatial_k=cfg.spatial_k)
+    for s, w in enumerate(eager.window_sizes):
         window = video[start: start + w]  # [w, L, C]
         static = static_mask(window, cfg.tau)  # [L]
         statics.append((f"static s={s}", window[:, static].mean(dim=0).numpy(), mean_error(window[:, static].numpy())))
@@ -279,8 +281,13 @@ def classify_clip(video, cfg, merger: TracedMerger) -> Verdict:
     for kind, call in zip((statics, dynamics), spatial, strict=True):  # one batched call per kind
         groups = [g for g in kind if g[1].shape[0] >= MERGE_MIN_GROUP]
         x_op, n_op, _, labels, centers = call
-        sizes = [int(n) for n in n_op[: len(groups)]] if groups else []
-        if sizes != [g[1].shape[0] for g in groups]:
+        # the call's batch is the clustered groups, or one dummy row (fewer than 15 members) when none
+        sizes = [int(n) for n in n_op]
+        if groups:
+            same = sizes == [g[1].shape[0] for g in groups]
+        else:
+            same = len(sizes) == 1 and sizes[0] < MERGE_MIN_GROUP
+        if not same:
             same_groups = False
             continue
         for (name, x, err), lab, cen, xo in zip(groups, labels, centers, x_op, strict=False):  # compare each clustering

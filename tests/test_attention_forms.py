@@ -143,6 +143,18 @@ def test_the_tensorrt_variant_keeps_the_op_bodies():
         assert not to_tensorrt(model)
         assert model.functions[0].SerializeToString() == function_proto(op, 18).SerializeToString()
 
+    # an export from before the one body stored PvDpcKnn sliced to the longest group (Slice, Pad):
+    # that body is replaced by the current one; a body of any other shape is left alone
+    legacy = one_node("PvDpcKnn")
+    func = legacy.functions[0]
+    func.node.extend([helper.make_node("Slice", ["x", "a", "b"], ["s"]), helper.make_node("Pad", ["s", "p"], ["q"])])
+    assert to_tensorrt(legacy)
+    assert legacy.functions[0].SerializeToString() == function_proto("PvDpcKnn", 18).SerializeToString()
+    other = one_node("PvDpcKnn")
+    other.functions[0].node.append(helper.make_node("Identity", ["x"], ["y"]))
+    before = other.functions[0].SerializeToString()
+    assert not to_tensorrt(other) and other.functions[0].SerializeToString() == before
+
 
 def test_the_tensorrt_variant_needs_no_torch():
     """A Jetson with TensorRT and no torch derives the variant (check --trt-compat, build, trtexec)."""

@@ -72,20 +72,44 @@ def test_identical_frames_are_not_static_at_tau_one():
     assert_same(video, PruneConfig())
 
 
+def _merger_session(cfg: PruneConfig, t: int, l: int, c: int):
+    import onnxruntime as ort
+
+    from prunevid.exporter.merger import merger_onnx
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(merger_onnx(cfg, t, l, c), opts, providers=["CPUExecutionProvider"])
+
+
+def test_exported_merger_segments_duplicated_frames_as_eager():
+    """Runs of identical frames (a paused or frame-doubled video): their frame means are duplicated
+    rows of the temporal DPC-KNN, which must keep their density tie on ONNX Runtime as in eager
+    (with the ReduceSum density body 2 of these 40 clips segmented or merged differently)."""
+    cfg = PruneConfig()
+    sess = _merger_session(cfg, 16, 16, 8)
+    for seed in range(40):
+        gen = torch.Generator().manual_seed(seed)
+        video = torch.randn(16, 16, 8, generator=gen)
+        for cut in (5, 11):
+            video[cut:] += 2 * torch.randn(1, 1, 8, generator=gen)
+        for t in range(1, 16):
+            if t % 3:  # runs of three identical frames
+                video[t] = video[t - 1]
+        ref = reference(video, cfg)
+        merged, num, _, windows, token_of_cell = sess.run(None, {"visual_features": video.numpy()})
+        assert [int(w) for w in windows if w > 0] == ref.window_sizes, seed
+        assert int(num) == ref.num_tokens and (token_of_cell == ref.token_of_cell.numpy()).all(), seed
+
+
 def test_exported_merger_keeps_ties_between_duplicated_tokens():
     """Exactly duplicated tokens (a black letterbox: the same features in several cells of every
     frame) cluster as in the eager reference on ONNX Runtime too. PvDpcKnn's body once summed the k
     smallest squared distances with ReduceSum, which ONNX Runtime rounds by each row's memory
     alignment: duplicated rows got densities an ulp apart and lost their tie (10 of these 20 clips
     differed from eager). The sum is now sequential, as in the C++ core."""
-    import onnxruntime as ort
-
-    from prunevid.exporter.merger import merger_onnx
-
     cfg = PruneConfig()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(merger_onnx(cfg, 16, 16, 8), opts, providers=["CPUExecutionProvider"])
+    sess = _merger_session(cfg, 16, 16, 8)
     for seed in range(20):
         video = torch.randn(16, 16, 8, generator=torch.Generator().manual_seed(seed))
         video[:, :3] = 0  # three identical (zero) tokens in every frame

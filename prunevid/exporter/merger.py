@@ -1,29 +1,30 @@
-"""PruneVid's stages A-C as one fixed-shape torch module, exportable as the ``merger`` graph.
+"""PruneVid's stages A-C as one fixed-input-shape torch module, exportable as the ``merger`` graph.
 
 The eager reference (:func:`prunevid.pruning.merge_video_tokens`) loops over segments, frames and
 groups with data-dependent sizes. This module computes the same tokens in the same order for a
-fixed ``[T, L, C]`` input, batched over all groups at once:
+fixed ``[T, L, C]`` input, batched, with the work sized by the real segments and groups (sizes
+computed in the graph):
 
     frames [T,L,C] --mean--> [T,C] --PvDpcKnn--> labels [T] --refine (unrolled over T)--> segment of each frame
-    static test per (segment, location) --> static means [S,L,C] and dynamic masks
-    groups: T static slots + T frames, members in raster order                     [2T, L] masks
-    clustered groups only (> 14 tokens), compacted and batched at their number       [G', L, C]
-    PvDpcKnn on them, cluster means over the Kmax cluster rows (member-matrix product) [G', Kmax, C]
-    groups sorted into token order (static of s, then its frames); each merged row gathered once,
-    from the cluster means or, for a pass-through group, from its member token      [T*L, C]
+    static test per (segment, location) from the per-location frame Gram [L,T,T] --> static [S,L], means [S,L,C]
+    static groups (one per segment, members = its static locations)   and   dynamic groups (one per frame)
+      each kind apart: its clustered groups (> 14 tokens) compacted, cut to the longest    [G', N', C]
+      PvDpcKnn on them, cluster means over their K' cluster rows (member-matrix product)  [G', K', C]
+    groups sorted into token order (static of s, then its frames); each merged row gathered once
+    from [cluster means; the first 14 members of every group; a zero row]                  [T*L, C]
 
 Outputs: merged tokens ``[T*L, C]`` (rows past ``num_merged`` are zero), ``num_merged``, the group
 sizes in token order ``[2T]`` (trailing zeros), the window sizes ``[T]`` (trailing zeros) and the
 provenance ``token_of_cell [T, L]``. Gathers read flattened ``[rows, C]`` tensors with one index
-per row (no ``[G, L, C]`` index tensors).
-``T`` is fixed per export; data-dependent sizes live in masks. Group sizes go through exact lookup
-tables (``int(n * ratio)`` computed in Python at build time), never float rounding in the graph.
+per row. ``T`` is fixed per export; group sizes go through exact lookup tables (``int(n * ratio)``
+computed in Python at build time), never float rounding in the graph.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prunevid.config import PruneConfig
@@ -90,6 +91,18 @@ def refine_unrolled(labels: torch.Tensor) -> torch.Tensor:
     return torch.stack(filled)  # [T]
 
 
+class MergedKind(NamedTuple):
+    """Stage C's result for the groups of one kind (see :meth:`MergerStage.merge_groups`)."""
+
+    means: torch.Tensor  # [G'*K', C] cluster means of the clustered groups, batch-major
+    cluster_rows: torch.Tensor  # 0-d K': cluster rows per clustered group in ``means``
+    place: torch.Tensor  # [G] a clustered group's index in the batch
+    clustered: torch.Tensor  # [G] bool
+    passthrough: torch.Tensor  # [G*P, C] the first P members of every group, raster order
+    counts: torch.Tensor  # [G] output rows of each group
+    row_of_location: torch.Tensor  # [G, L] the group's output row each member went into
+
+
 class MergerStage(nn.Module):
     """Stages A-C for clips of exactly ``frames`` frames of ``tokens_per_frame`` tokens."""
 
@@ -145,63 +158,59 @@ class MergerStage(nn.Module):
         means = means / w.float()[:, None, None]
         return static, w, means
 
-    def merge_groups(self, source: torch.Tensor, mask: torch.Tensor):
-        """Stage C on the groups of one kind (the static groups, or the frames' dynamic groups):
-        group ``g`` has the members ``mask[g]`` of row ``g`` of ``source [K, L, C]``.
+    def merge_groups(self, source: torch.Tensor, mask: torch.Tensor) -> MergedKind:
+        """Stage C on the ``G`` groups of one kind (the static groups, or the frames' dynamic groups):
+        group ``g`` has the members ``mask[g]`` of row ``g`` of ``source [G, L, C]``.
 
         Work follows the real groups: DPC-KNN and the cluster sums run only on the clustered groups
         (more than 14 members), compacted to the front of a batch sized by their number and cut to
         the longest of them (``N'`` member columns); the sums run over the ``K'`` cluster rows they
         have. The two kinds are batched apart because their sizes differ (a static group has the
         locations a dynamic group lacks), so neither pads the other. Gathers read the flattened
-        ``[K*L, C]`` source with one index per row.
-
-        Returns ``means [K''*K', C]`` (cluster means of the clustered groups, batch-major), ``K'``,
-        ``place [K]`` (a clustered group's index in that batch), ``clustered [K]``, the pass-through
-        rows ``[K*P, C]`` (the first ``P`` members of every group, raster order), the output counts
-        ``[K]`` and, per group and location, the group's output row the member went into ``[K, L]``.
+        ``[G*L, C]`` source with one index per row. ``G'`` is the number of clustered groups in the
+        batch (at least 1: a dummy when there is none).
         """
         from prunevid.plugins.torch_ops import dpc_knn_op
 
         l, c = mask.shape[1], source.shape[-1]
-        flat = source.reshape(-1, c)  # [K*L, C]
-        k = _size0(mask)
+        flat = source.reshape(-1, c)  # [G*L, C]
+        num_groups = _size0(mask)  # G
         slots = torch.arange(l)
-        groups = _range(k)  # [K]
-        pos = torch.cumsum(mask.long(), 1) - 1  # [K, L] slot of each member
-        src = torch.argsort(torch.where(mask, slots[None, :], slots[None, :] + l), dim=1)  # [K, L(slot)]: members first, raster order
-        n = mask.long().sum(1)  # [K]
-        clustered = self.clustered.index_select(0, n)  # [K]
+        groups = _range(num_groups)  # [G]
+        pos = torch.cumsum(mask.long(), 1) - 1  # [G, L] slot of each member
+        src = torch.argsort(torch.where(mask, slots[None, :], slots[None, :] + l), dim=1)  # [G, L(slot)]: members first, raster order
+        n = mask.long().sum(1)  # [G]
+        clustered = self.clustered.index_select(0, n)  # [G]
 
         # the clustered groups only, compacted to the front (at least one row, a dummy)
-        order = torch.argsort(torch.where(clustered, groups, groups + k))  # [K]: clustered first
+        order = torch.argsort(torch.where(clustered, groups, groups + num_groups))  # [G]: clustered first
         batch = clustered.long().sum().clamp(min=1)
-        picked = order.index_select(0, _range(batch))  # [K'']
-        sub_n = n.index_select(0, picked)  # [K'']
+        picked = order.index_select(0, _range(batch))  # [G']
+        sub_n = n.index_select(0, picked)  # [G']
         width = sub_n.max().clamp(min=1)  # N': the longest clustered group
-        member_slot = src.index_select(0, picked).index_select(1, _range(width))  # [K'', N'], members first
-        rows = (picked[:, None] * l + member_slot).reshape(-1)  # [K''*N']
-        compact = flat.index_select(0, rows).reshape(-1, width, c)  # [K'', N', C]
-        sub_clusters = self.num_clusters.index_select(0, sub_n).clamp(min=1)  # [K'']
-        labels, _ = dpc_knn_op(compact, sub_n.int(), sub_clusters.int(), self.cfg.spatial_k)  # [K'', N'], -1 past n
+        member_slot = src.index_select(0, picked).index_select(1, _range(width))  # [G', N'], members first
+        rows = (picked[:, None] * l + member_slot).reshape(-1)  # [G'*N']
+        compact = flat.index_select(0, rows).reshape(-1, width, c)  # [G', N', C]
+        sub_clusters = self.num_clusters.index_select(0, sub_n).clamp(min=1)  # [G']
+        labels, _ = dpc_knn_op(compact, sub_n.int(), sub_clusters.int(), self.cfg.spatial_k)  # [G', N'], -1 past n
 
         # cluster sums as one batched product with the member matrix of the K' cluster rows, as the
         # eager reference (measured: ONNX Runtime's ScatterElements-add, the TensorRT-compatible
         # segment sum, was 3x slower; ScatterND-add is not in TensorRT)
         kr = sub_clusters.max()  # K'
-        member = (labels[:, None, :] == _range(kr)[None, :, None]).float()  # [K'', K', N']
-        means = (member @ compact) / member.sum(-1).clamp(min=1)[:, :, None]  # [K'', K', C]
+        member = (labels[:, None, :] == _range(kr)[None, :, None]).float()  # [G', K', N']
+        means = (member @ compact) / member.sum(-1).clamp(min=1)[:, :, None]  # [G', K', C]
 
         # pass-through groups have at most P members: the first P of every group, gathered once
         passthrough = flat.index_select(0, (groups[:, None] * l + src.index_select(1, torch.arange(self.pass_width)))
-                                        .reshape(-1))  # [K*P, C]
+                                        .reshape(-1))  # [G*P, C]
 
-        place = torch.zeros_like(order).scatter(0, order, groups)  # [K]: position of each group in order
-        labels = labels.index_select(0, place.clamp(max=batch - 1))  # [K, N'], rows of clustered groups
-        label_of_location = torch.gather(labels, 1, torch.minimum(pos.clamp(min=0), width - 1))  # [K, L(loc)]
-        row_of_location = torch.where(clustered[:, None], label_of_location, pos)  # [K, L(loc)], members only
-        counts = torch.where(clustered, self.num_clusters.index_select(0, n), n)  # [K]
-        return means.reshape(-1, c), kr, place, clustered, passthrough, counts, row_of_location
+        place = torch.zeros_like(order).scatter(0, order, groups)  # [G]: position of each group in order
+        labels = labels.index_select(0, place.clamp(max=batch - 1))  # [G, N'], rows of clustered groups
+        label_of_location = torch.gather(labels, 1, torch.minimum(pos.clamp(min=0), width - 1))  # [G, L(loc)]
+        row_of_location = torch.where(clustered[:, None], label_of_location, pos)  # [G, L(loc)], members only
+        counts = torch.where(clustered, self.num_clusters.index_select(0, n), n)  # [G]
+        return MergedKind(means.reshape(-1, c), kr, place, clustered, passthrough, counts, row_of_location)
 
     def forward(self, video: torch.Tensor):
         dtype = video.dtype  # float16 exports still merge in float32: the decisions are thresholds
@@ -217,16 +226,16 @@ class MergerStage(nn.Module):
         # the G = S + T groups in slot order (static group of segment s, then frame t), their rows in
         # source = [static cluster means; dynamic cluster means; static pass-through; dynamic
         # pass-through; a zero row]
-        means = [kind[0] for kind in kinds]
-        passthrough = [kind[4] for kind in kinds]
-        mean_base = [_scalar(0), _size0(means[0])]
-        pass_base = [_size0(means[0]) + _size0(means[1]), _size0(means[0]) + _size0(means[1]) + _size0(passthrough[0])]
-        first_mean = torch.cat([kind[2] * kind[1] + base for kind, base in zip(kinds, mean_base)])  # [G]
-        first_pass = torch.cat([_range(_size0(kind[3])) * self.pass_width + base
+        static_kind, dynamic_kind = kinds
+        n_means = _size0(static_kind.means) + _size0(dynamic_kind.means)
+        mean_base = [_scalar(0), _size0(static_kind.means)]
+        pass_base = [n_means, n_means + _size0(static_kind.passthrough)]
+        first_mean = torch.cat([kind.place * kind.cluster_rows + base for kind, base in zip(kinds, mean_base)])  # [G]
+        first_pass = torch.cat([_range(_size0(kind.clustered)) * self.pass_width + base
                                 for kind, base in zip(kinds, pass_base)])  # [G]
-        clustered = torch.cat([kind[3] for kind in kinds])  # [G]
-        counts = torch.cat([kind[5] for kind in kinds])  # [G]
-        row_of_location = torch.cat([kind[6] for kind in kinds])  # [G, L]
+        clustered = torch.cat([kind.clustered for kind in kinds])  # [G]
+        counts = torch.cat([kind.counts for kind in kinds])  # [G]
+        row_of_location = torch.cat([kind.row_of_location for kind in kinds])  # [G, L]
 
         # token order: static group of segment s at key 2*start_s, frame t at 2t + 1
         member = seg[None, :] == _range(num_static)[:, None]  # [S, T]
@@ -244,7 +253,8 @@ class MergerStage(nn.Module):
         total = ends[-1]
 
         # each merged row gathered once from the source
-        source = torch.cat([*means, *passthrough, torch.zeros(1, c)])  # [R, C]
+        source = torch.cat([*(kind.means for kind in kinds), *(kind.passthrough for kind in kinds),
+                            torch.zeros(1, c)])  # [R, C]
         rows = torch.arange(t * l)  # [T*L]
         group = torch.minimum((ends[None, :] <= rows[:, None]).long().sum(1), g - 1)  # [T*L], token order
         within = rows - (ends - counts).index_select(0, group)  # [T*L]

@@ -237,7 +237,7 @@ def _group_topk_body(b: _Body, spec: OpSpec) -> None:
     b.op("Identity", count, out=count_out)
 
 
-_BODIES: dict[str, Callable[[_Body, OpSpec, bool], None]] = {
+_BODIES: dict[str, Callable[[_Body, OpSpec], None]] = {
     "PvDpcKnn": _dpc_knn_body,
     "PvGroupTopK": _group_topk_body,
 }

@@ -16,10 +16,26 @@ from prunevid.errors import ArtifactError
 
 
 def to_tensorrt(model) -> bool:
-    """Turn ``model`` into its TensorRT variant in place; returns whether anything changed."""
-    from prunevid.exporter.attention import to_standard
+    """Turn ``model`` into its TensorRT variant in place; returns whether anything changed.
 
-    return to_standard(model) > 0
+    Exports made before the prunevid ops had one body stored PvDpcKnn's ONNX Runtime body, which
+    slices to the longest real group (a ``Slice`` sized from values, then a ``Pad``); such a body is
+    replaced by the current one. Any other body is left as it is.
+    """
+    from prunevid.exporter.attention import to_standard
+    from prunevid.plugins.onnx_functions import MAX_OPSET, MIN_OPSET, function_proto
+    from prunevid.plugins.ops import DOMAIN, DPC_KNN
+
+    changed = to_standard(model) > 0
+    for index, func in enumerate(model.functions):
+        if func.domain != DOMAIN or func.name != DPC_KNN.name:
+            continue
+        opset = next((o.version for o in func.opset_import if o.domain in ("", "ai.onnx")), None)
+        ops = {node.op_type for node in func.node}
+        if opset is not None and MIN_OPSET <= opset <= MAX_OPSET and {"Slice", "Pad"} <= ops:
+            model.functions[index].CopyFrom(function_proto(func.name, opset))
+            changed = True
+    return changed
 
 
 def tensorrt_onnx(onnx_path: str | Path) -> Path:

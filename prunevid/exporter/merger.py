@@ -238,8 +238,7 @@ class MergerStage(nn.Module):
         row_of_location = torch.cat([kind.row_of_location for kind in kinds])  # [G, L]
 
         # token order: static group of segment s at key 2*start_s, frame t at 2t + 1
-        member = seg[None, :] == _range(num_static)[:, None]  # [S, T]
-        start = torch.argmax(member.long(), dim=1)  # [S]: first frame of each segment
+        start = torch.cumsum(w, 0) - w  # [S]: first frame of each segment (segments are contiguous runs)
         frames = torch.arange(t)
         order = torch.argsort(torch.cat([2 * start, 2 * frames + 1]))  # [G]: groups in token order
         g = _size0(order)

@@ -89,7 +89,7 @@ def _dpc_knn_body(b: _Body, spec: OpSpec) -> None:
     variant take the same body. Callers cut the padding themselves (the merger passes each batch at
     its longest real group, the shape a padded call would waste work on).
     """
-    x_in, num_valid, num_clusters_i32 = (t.name for t in spec.inputs)
+    x, num_valid, num_clusters_i32 = (t.name for t in spec.inputs)
     labels_out, centers_out = (t.name for t in spec.outputs)
     i64, i32, f32 = TensorProto.INT64, TensorProto.INT32, TensorProto.FLOAT
 
@@ -102,7 +102,7 @@ def _dpc_knn_body(b: _Body, spec: OpSpec) -> None:
     one_1d = b.const([1], i64, "one_1d", shape=(1,))
 
     # sizes and index vectors
-    n_1d, x = b.op("Shape", x_in, start=1, end=2), x_in  # [1] = N
+    n_1d = b.op("Shape", x, start=1, end=2)  # [1] = N
     c_1d = b.op("Shape", x, start=2, end=3)  # [1] = C
     n_scalar = b.squeeze(n_1d, [0])  # scalar N
     idx = b.op("Range", zero_i, n_scalar, one_i)  # [N]
